@@ -1,0 +1,1 @@
+"""Engines drive shard tasks: `local` (processes/threads on this machine) or `ray` (workers/)."""

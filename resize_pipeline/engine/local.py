@@ -1,0 +1,100 @@
+"""Local engine: shard tasks over a process or thread pool on one machine.
+
+Each worker builds the `ConvertStage` once and converts whole shards (the img2dataset model: one
+task per shard, so a shard is the unit of retry and resume). ``workers=1`` runs in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
+
+from fsspec.core import url_to_fs
+
+from resize_pipeline.shards import ShardResult, ShardTask, run_shard
+from resize_pipeline.stages import ConvertStage
+
+log = logging.getLogger(__name__)
+
+_worker: dict = {}
+_local = threading.local()
+
+
+def _init_process(config, threads_per_worker: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_worker))
+    try:
+        import torch
+
+        torch.set_num_threads(threads_per_worker)
+    except ImportError:
+        pass
+    _worker["config"] = config
+    _worker["stage"] = ConvertStage(config)
+    _worker["fs"], _worker["root"] = url_to_fs(config.dest, **config.storage_options)
+
+
+def _run_in_process(task: ShardTask) -> ShardResult:
+    return run_shard(task, _worker["stage"], _worker["config"], _worker["fs"], _worker["root"])
+
+
+def _run_in_thread(task: ShardTask, config) -> ShardResult:
+    if not hasattr(_local, "stage"):
+        _local.stage = ConvertStage(config)
+        _local.fs, _local.root = url_to_fs(config.dest, **config.storage_options)
+    return run_shard(task, _local.stage, config, _local.fs, _local.root)
+
+
+def _in_memory(url: str) -> bool:
+    return url.startswith("memory://")
+
+
+def run_local(
+    config,
+    tasks: Sequence[ShardTask],
+    on_done: Callable[[ShardResult], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[ShardResult]:
+    """Convert `tasks`, yielding each shard's result as it completes (in completion order)."""
+    workers = min(config.num_workers, max(1, len(tasks)))
+    parallelism = config.parallelism
+    if workers > 1 and parallelism == "process" and (_in_memory(config.source) or _in_memory(config.dest)):
+        log.info("memory:// lives in one process: using threads instead of processes")
+        parallelism = "thread"
+    if workers == 1:
+        stage = ConvertStage(config)
+        fs, root = url_to_fs(config.dest, **config.storage_options)
+        for task in tasks:
+            yield run_shard(task, stage, config, fs, root, on_progress)
+        return
+
+    pool: Executor
+    if parallelism == "process":
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_process,
+                                   initargs=(config, threads))
+        submit = lambda t: pool.submit(_run_in_process, t)  # noqa: E731
+    else:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="convert")
+        submit = lambda t: pool.submit(_run_in_thread, t, config)  # noqa: E731
+    with pool:
+        # bounded in-flight window: memory stays flat however many shards there are
+        queue = list(tasks)[::-1]
+        running = set()
+        try:
+            while queue or running:
+                while queue and len(running) < 2 * workers:
+                    running.add(submit(queue.pop()))
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    res = fut.result()
+                    if on_progress:
+                        on_progress(res.total)
+                    yield res
+        except BaseException:
+            for fut in running:
+                fut.cancel()
+            raise

@@ -1,0 +1,43 @@
+"""Exceptions and the per-sample error record."""
+
+from __future__ import annotations
+
+
+class ResizePipelineError(Exception):
+    """Base class for errors that stop a whole job (bad arguments, unreadable source)."""
+
+
+class ConfigError(ResizePipelineError, ValueError):
+    """A configuration value is invalid."""
+
+
+class SourceError(ResizePipelineError):
+    """The source cannot be listed or read at all."""
+
+
+class OutputError(ResizePipelineError):
+    """The destination cannot be written or holds incompatible output."""
+
+
+class SampleError(Exception):
+    """A single sample failed; recorded, never fatal for the job."""
+
+
+class ImageTooLarge(SampleError):
+    """Declared image dimensions exceed the decompression-bomb guard."""
+
+
+class UnsupportedImage(SampleError):
+    """The decoder cannot handle this image (mode, format)."""
+
+
+STAGES = ("list", "read", "decode", "resize", "encode", "write")
+
+
+def error_record(*, key: str, source: str, stage: str, exc: BaseException | str) -> dict[str, str]:
+    """One line of `_errors.jsonl`."""
+    if isinstance(exc, BaseException):
+        etype, msg = type(exc).__name__, str(exc) or repr(exc)
+    else:
+        etype, msg = "Error", exc
+    return {"key": key, "path": source, "stage": stage, "error_type": etype, "error": msg}

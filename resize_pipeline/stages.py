@@ -1,0 +1,265 @@
+"""Pipeline stages as callable classes over column batches (``dict[str, np.ndarray]``).
+
+The same classes run in the local engine and as Ray Data ``map_batches`` actors. Heavy state (a
+decoder, a CNN) is built once in ``__init__``; ``__call__`` maps one batch. Rows never disappear:
+a row that fails gets ``error`` / ``error_stage`` / ``error_type`` set and is passed through, so
+every input ends in the sink as written or as failed-with-reason.
+
+Columns: ``key url label label_name meta offset length row`` (from the listing), ``data`` (raw bytes,
+after read), ``image`` (uint8 HWC, after decode/resize), ``orig_width orig_height``, ``payload
+width height`` (after encode), ``error error_stage error_type``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from resize_pipeline.geometry import ResizeOp, draft_request, plan_resize
+from resize_pipeline.sources.base import SourceItem
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, np.ndarray]
+ITEM_COLUMNS = ("key", "url", "label", "label_name", "meta", "offset", "length", "row")
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = list(values) if not isinstance(values, list) else values
+    return arr
+
+
+def items_to_batch(items: Sequence[SourceItem]) -> Batch:
+    """Listing rows -> a batch with empty error columns."""
+    n = len(items)
+    batch: Batch = {
+        "key": np.array([it.key for it in items], dtype=object),
+        "url": np.array([it.url for it in items], dtype=object),
+        "label": np.array([it.label for it in items], dtype=np.int64),
+        "label_name": np.array([it.label_name for it in items], dtype=object),
+        "meta": np.array([it.meta for it in items], dtype=object),
+        "offset": np.array([it.offset for it in items], dtype=np.int64),
+        "length": np.array([it.length for it in items], dtype=np.int64),
+        "row": np.array([it.row for it in items], dtype=np.int64),
+    }
+    batch["error"] = np.array([""] * n, dtype=object)
+    batch["error_stage"] = np.array([""] * n, dtype=object)
+    batch["error_type"] = np.array([""] * n, dtype=object)
+    return batch
+
+
+def batch_to_items(batch: Batch) -> list[SourceItem]:
+    return [
+        SourceItem(
+            key=str(batch["key"][i]),
+            url=str(batch["url"][i]),
+            label=int(batch["label"][i]),
+            label_name=str(batch["label_name"][i]),
+            meta=str(batch["meta"][i]),
+            offset=int(batch["offset"][i]),
+            length=int(batch["length"][i]),
+            row=int(batch["row"][i]),
+        )
+        for i in range(len(batch["key"]))
+    ]
+
+
+def ok_rows(batch: Batch) -> list[int]:
+    return [i for i, e in enumerate(batch["error"]) if not e]
+
+
+def fail(batch: Batch, i: int, stage: str, exc: BaseException) -> None:
+    batch["error"][i] = str(exc) or repr(exc)
+    batch["error_stage"][i] = stage
+    batch["error_type"][i] = type(exc).__name__
+    log.debug("%s failed at %s: %s", batch["url"][i], stage, exc)
+
+
+class ReadStage:
+    """Fetch raw bytes for each row (``data`` column)."""
+
+    def __init__(self, storage_options: dict[str, Any] | None = None) -> None:
+        self.storage_options = dict(storage_options or {})
+
+    def __call__(self, batch: Batch) -> Batch:
+        from resize_pipeline.sources.reader import read_items
+
+        rows = ok_rows(batch)
+        items = batch_to_items(batch)
+        data = _objects([b""] * len(items))
+        for i, got in zip(rows, read_items([items[i] for i in rows], self.storage_options), strict=True):
+            if isinstance(got, Exception):
+                fail(batch, i, "read", got)
+            else:
+                data[i] = bytes(got)
+        batch["data"] = data
+        return batch
+
+
+class DecodeStage:
+    """Decode ``data`` to ``image`` (uint8 HWC RGB); records ``orig_width``/``orig_height``."""
+
+    def __init__(
+        self,
+        decoder: str = "pillow",
+        *,
+        size: tuple[int, int] = (224, 224),
+        mode: str = "center-crop",
+        input_scale: float = 2.0,
+        background: tuple[int, int, int] = (255, 255, 255),
+        max_pixels: int = 178_956_970,
+        draft: bool = True,
+    ) -> None:
+        from resize_pipeline.decode import get_decoder
+
+        self.decoder = get_decoder(decoder, background=background, max_pixels=max_pixels, draft=draft)
+        self.size, self.mode, self.input_scale = size, mode, input_scale
+
+    def size_request(self, w: int, h: int) -> tuple[int, int]:
+        return draft_request(w, h, plan_resize(w, h, self.size, self.mode), self.input_scale)
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["key"])
+        rows = ok_rows(batch)
+        images = _objects([None] * n)
+        ow = np.zeros(n, dtype=np.int32)
+        oh = np.zeros(n, dtype=np.int32)
+        decoded = self.decoder.decode([batch["data"][i] for i in rows], self.size_request)
+        for i, got in zip(rows, decoded, strict=True):
+            if isinstance(got, Exception):
+                fail(batch, i, "decode", got)
+            else:
+                images[i] = got
+                oh[i], ow[i] = got.shape[:2]
+        batch["image"], batch["orig_width"], batch["orig_height"] = images, ow, oh
+        batch.pop("data", None)  # free the encoded input as soon as it is decoded
+        return batch
+
+
+class ResizeStage:
+    """Resize ``image`` to the target geometry (crop/pad by mode) with the configured resizer."""
+
+    def __init__(
+        self,
+        resizer: str = "bilinear",
+        *,
+        size: tuple[int, int] = (224, 224),
+        mode: str = "center-crop",
+        pad_color: tuple[int, int, int] = (0, 0, 0),
+        device: str = "auto",
+        batch_size: int = 64,
+    ) -> None:
+        from resize_pipeline.resize import get_resizer
+
+        self.resizer = get_resizer(resizer, device=device, batch_size=batch_size)
+        self.size, self.mode, self.pad_color = size, mode, np.asarray(pad_color, dtype=np.uint8)
+
+    def finish(self, image: np.ndarray, op: ResizeOp) -> np.ndarray:
+        if image.shape[1::-1] != op.size:
+            raise RuntimeError(f"resizer returned {image.shape[1]}x{image.shape[0]}, expected {op.size}")
+        if op.canvas is None:
+            return image
+        cw, ch = op.canvas
+        canvas = np.empty((ch, cw, 3), dtype=np.uint8)
+        canvas[:] = self.pad_color
+        x, y = op.offset
+        canvas[y : y + op.size[1], x : x + op.size[0]] = image
+        return canvas
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = ok_rows(batch)
+        images = batch["image"]
+        ops, valid = [], []
+        for i in rows:
+            try:
+                h, w = images[i].shape[:2]
+                ops.append(plan_resize(w, h, self.size, self.mode))
+                valid.append(i)
+            except Exception as exc:  # noqa: BLE001
+                fail(batch, i, "resize", exc)
+        try:
+            outs: list[np.ndarray | Exception] = list(self.resizer.resize([images[i] for i in valid], ops))
+        except Exception:  # noqa: BLE001 - isolate the sample that broke the batch
+            outs = []
+            for i, op in zip(valid, ops, strict=True):
+                try:
+                    outs.append(self.resizer.resize([images[i]], [op])[0])
+                except Exception as exc:  # noqa: BLE001
+                    outs.append(exc)
+        for i, op, out in zip(valid, ops, outs, strict=True):
+            try:
+                if isinstance(out, Exception):
+                    raise out
+                images[i] = self.finish(out, op)
+            except Exception as exc:  # noqa: BLE001
+                images[i] = None
+                fail(batch, i, "resize", exc)
+        return batch
+
+
+class EncodeStage:
+    """Encode ``image`` to ``payload`` bytes; records output ``width``/``height``."""
+
+    def __init__(self, encode: str = "jpg", quality: int = 95) -> None:
+        from resize_pipeline.encode import Encoder
+
+        self.encoder = Encoder(encode, quality)
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["key"])
+        payload = _objects([b""] * n)
+        width = np.zeros(n, dtype=np.int32)
+        height = np.zeros(n, dtype=np.int32)
+        for i in ok_rows(batch):
+            try:
+                img = batch["image"][i]
+                payload[i] = self.encoder.encode(img)
+                height[i], width[i] = img.shape[:2]
+            except Exception as exc:  # noqa: BLE001
+                fail(batch, i, "encode", exc)
+        batch["payload"], batch["width"], batch["height"] = payload, width, height
+        batch.pop("image", None)
+        return batch
+
+
+class ConvertStage:
+    """read -> decode -> resize -> encode, built once from a `ConvertConfig`."""
+
+    def __init__(self, config) -> None:
+        self.read = ReadStage(config.storage_options)
+        self.resize = ResizeStage(
+            config.resizer,
+            size=config.size,
+            mode=config.mode,
+            pad_color=config.pad_color,
+            device=config.device,
+            batch_size=config.batch_size,
+        )
+        self.decode = DecodeStage(
+            config.decoder,
+            size=config.size,
+            mode=config.mode,
+            input_scale=self.resize.resizer.input_scale,
+            background=config.background,
+            max_pixels=config.max_pixels,
+            draft=config.draft,
+        )
+        self.encode = EncodeStage(config.encode, config.quality)
+
+    def describe(self) -> dict[str, Any]:
+        return {"resizer": self.resize.resizer.describe(), "decoder": self.decode.decoder.name}
+
+    @staticmethod
+    def describe_config(config) -> dict[str, Any]:
+        """What the manifest records about the components, without building a decoder."""
+        from resize_pipeline.resize import get_resizer
+
+        resizer = get_resizer(config.resizer, device="cpu", batch_size=1)
+        return {"resizer": resizer.describe(), "decoder": config.decoder}
+
+    def __call__(self, batch: Batch) -> Batch:
+        return self.encode(self.resize(self.decode(self.read(batch))))
