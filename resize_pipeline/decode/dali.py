@@ -46,6 +46,7 @@ Images routed to Pillow are decoded on the host and resized by the same ``fn.res
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import os
@@ -99,14 +100,12 @@ def cuda_device_count() -> int:
     try:
         import torch
 
-        if torch.cuda.is_available():  # NVML-based count first inside torch; 0 on CPU builds
-            return torch.cuda.device_count()
-        if torch.version.cuda is not None:
-            return 0
+        if torch.version.cuda is not None:  # a CUDA build: NVML count, does not poison fork
+            return int(torch.cuda.device_count())
     except ImportError:
         pass
     try:  # torch without CUDA support: ask DALI (initialises the CUDA driver)
-        from nvidia.dali.backend import GetCUDADeviceCount
+        from nvidia.dali.backend import GetCUDADeviceCount  # type: ignore[attr-defined]
 
         return int(GetCUDADeviceCount())
     except Exception:  # noqa: BLE001 - no driver, no DALI: no GPU
@@ -218,7 +217,8 @@ class DaliDecoder(Decoder):
         if not 0.0 <= hw_decoder_load <= 1.0:
             raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
         self._Pipeline, self._fn, self._types = _import_dali()
-        if device == "auto":
+        auto = device == "auto"
+        if auto:
             device = "mixed" if cuda_device_count() > 0 else "cpu"
         elif device == "mixed" and cuda_device_count() == 0:
             raise RuntimeError("DALI mixed (GPU) decoding asked for, but no CUDA GPU is visible")
@@ -236,7 +236,16 @@ class DaliDecoder(Decoder):
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._pipes: dict[str, Any] = {}
-        self._pipe("decode")  # built once here; the fused graphs are built on first use
+        try:
+            self._pipe("decode")  # built once here; the fused graphs are built on first use
+        except Exception as exc:
+            if not (auto and self.mode == "mixed"):
+                raise
+            # a GPU is listed but unusable (driver, MIG, out of memory): decode on the CPU instead
+            log.warning("DALI mixed decoder unavailable (%s); using DALI CPU-only", exc)
+            self.mode, self.device_id = "cpu", None
+            self._pipes.clear()
+            self._pipe("decode")
 
     # -- pipelines ---------------------------------------------------------------------------
     def _build(self, kind: str):
@@ -249,7 +258,9 @@ class DaliDecoder(Decoder):
         )
         dec_kw: dict[str, Any] = {"device": self.mode, "output_type": types.RGB, "adjust_orientation": True}
         if self.mode == "mixed":
-            dec_kw.update(hw_decoder_load=self.hw_decoder_load, jpeg_fancy_upsampling=self.jpeg_fancy_upsampling)
+            dec_kw.update(
+                hw_decoder_load=self.hw_decoder_load, jpeg_fancy_upsampling=self.jpeg_fancy_upsampling
+            )
         with pipe:
             if kind == "resize":  # host-decoded (Pillow-routed) images through the same resize
                 img = fn.external_source(name="images", dtype=types.UINT8, ndim=3, layout="HWC")
@@ -360,6 +371,24 @@ class DaliDecoder(Decoder):
                 log.debug("DALI also failed: %s", dali_exc)
             return exc
 
+    def _decode(self, blobs: Sequence[bytes], size_request, collect, convert) -> list[Any]:
+        """Shared body of `decode` / `decode_gpu`: DALI runs go to `collect`, Pillow arrays to `convert`."""
+        _, results, to_dali, to_pillow = self._screen(blobs)
+
+        def count_and_collect(out, positions):
+            self.stats["dali"] += len(positions)
+            collect(out, positions)
+
+        failed: dict[int, Exception] = {}
+        items = [(i, {"blobs": np.frombuffer(blobs[i], np.uint8)}) for i in to_dali]
+        self._run_bisect("decode", items, count_and_collect, failed)
+        for i in to_pillow + list(failed):
+            if i in failed:
+                self.stats["pillow_fallback"] += 1
+            img = self._pillow_decode(blobs[i], size_request, failed.get(i))
+            results[i] = img if isinstance(img, Exception) else convert(img)
+        return results
+
     def decode(
         self, blobs: Sequence[bytes], size_request: SizeRequest | None = None
     ) -> list[np.ndarray | Exception]:
@@ -368,23 +397,31 @@ class DaliDecoder(Decoder):
         `size_request` is only used by the Pillow fallback (JPEG draft); DALI decodes full size.
         """
         with self._lock:
-            _, results, to_dali, to_pillow = self._screen(blobs)
+            results: list[Any] = [None] * len(blobs)
 
             def collect(out, positions):
                 host = out.as_cpu() if self.mode == "mixed" else out
                 for k, pos in enumerate(positions):
                     results[pos] = np.array(host[k], copy=True)
-                self.stats["dali"] += len(positions)
 
-            failed: dict[int, Exception] = {}
-            items = [(i, {"blobs": np.frombuffer(blobs[i], np.uint8)}) for i in to_dali]
-            self._run_bisect("decode", items, collect, failed)
-            for i in to_pillow:
-                results[i] = self._pillow_decode(blobs[i], size_request, None)
-            for i, exc in failed.items():
-                self.stats["pillow_fallback"] += 1
-                results[i] = self._pillow_decode(blobs[i], size_request, exc)
-            return results
+            screened = self._decode(blobs, size_request, collect, lambda img: img)
+            return [r if r is not None else s for r, s in zip(results, screened, strict=True)]
+
+    def decode_gpu(self, blobs: Sequence[bytes]) -> list[Any]:
+        """Decode on the GPU at full size: one (3, h, w) uint8 CUDA tensor (channels-last view) each.
+
+        Pillow-routed images are decoded on the host and uploaded.
+        """
+        torch = self._require_gpu()
+        device = torch.device("cuda", self.device_id)
+        with self._lock, torch.cuda.device(self.device_id):
+            results: list[Any] = [None] * len(blobs)
+
+            def upload(img: np.ndarray):
+                return torch.from_numpy(img).to(device).permute(2, 0, 1)
+
+            screened = self._decode(blobs, None, self._torch_collect(torch, results), upload)
+            return [r if r is not None else s for r, s in zip(results, screened, strict=True)]
 
     # -- fused decode + resize ---------------------------------------------------------------
     @staticmethod
@@ -421,7 +458,11 @@ class DaliDecoder(Decoder):
                 results[i] = exc
                 self.stats["failed"] += 1
         failed: dict[int, Exception] = {}
-        items = [(i, {"blobs": np.frombuffer(blobs[i], np.uint8), **self._resize_feeds(ops[i])}) for i in to_dali if i in ops]
+        items = [
+            (i, {"blobs": np.frombuffer(blobs[i], np.uint8), **self._resize_feeds(ops[i])})
+            for i in to_dali
+            if i in ops
+        ]
 
         def count_and_collect(out, positions):
             self.stats["dali"] += len(positions)
@@ -445,9 +486,10 @@ class DaliDecoder(Decoder):
                     results[i] = exc
                     continue
             host.append((i, {"images": img, **self._resize_feeds(op)}))
-        self._run_bisect("resize", host, collect, failed_resize := {})
-        for i, exc in failed_resize.items():
-            results[i] = exc
+        failed_resize: dict[int, Exception] = {}
+        self._run_bisect("resize", host, collect, failed_resize)
+        for i, err in failed_resize.items():
+            results[i] = err
             self.stats["failed"] += 1
         return results
 
@@ -481,6 +523,7 @@ class DaliDecoder(Decoder):
     def _torch_collect(self, torch, results: list[Any]):
         stream = torch.cuda.current_stream(self.device_id)
         device = torch.device("cuda", self.device_id)
+        raw_stream = self._types._raw_cuda_stream_ptr  # what DALI's own feed_ndarray uses
 
         def collect(out, positions):
             shapes = [tuple(s) for s in out.shape()]
@@ -488,7 +531,8 @@ class DaliDecoder(Decoder):
             flat = torch.empty(total, dtype=torch.uint8, device=device)
             # one device-to-device copy of the whole (ragged) batch, samples back to back, on
             # torch's stream; blocking so DALI may reuse its buffers right after
-            out.copy_to_external(flat.data_ptr(), stream.cuda_stream, non_blocking=False)
+            # (run() returned host-synchronised outputs, so the copy needs no extra stream wait)
+            out.copy_to_external(ctypes.c_void_p(flat.data_ptr()), raw_stream(stream), non_blocking=False)
             offset = 0
             for shape, pos in zip(shapes, positions, strict=True):
                 size = int(np.prod(shape))
@@ -497,7 +541,9 @@ class DaliDecoder(Decoder):
 
         return collect
 
-    def decode_resize_gpu(self, blobs: Sequence[bytes], sizes: SizeSpec | Plan | Sequence[SizeSpec]) -> list[Any]:
+    def decode_resize_gpu(
+        self, blobs: Sequence[bytes], sizes: SizeSpec | Plan | Sequence[SizeSpec]
+    ) -> list[Any]:
         """Decode (nvJPEG) + crop + resize on the GPU; one (3, h, w) uint8 CUDA tensor per sample.
 
         Failed samples are exceptions in place. Tensors are views (channels-last strides) of one
@@ -571,4 +617,12 @@ def make_dali_decoder(name: str = "auto", **kwargs) -> Decoder:
     return DaliDecoder(**kwargs)
 
 
-__all__ = ["DaliDecoder", "GpuBatch", "Probe", "probe", "make_dali_decoder", "cuda_device_count", "INSTALL_HINT"]
+__all__ = [
+    "DaliDecoder",
+    "GpuBatch",
+    "Probe",
+    "probe",
+    "make_dali_decoder",
+    "cuda_device_count",
+    "INSTALL_HINT",
+]

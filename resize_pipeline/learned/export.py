@@ -12,6 +12,7 @@ an optional sidecar ``<file>.json`` may give ``input_scale``.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -51,9 +52,9 @@ def export_resizer(
     from safetensors.torch import save_file
 
     if isinstance(net, LearnedResizerNet):
-        folded = fold_batchnorm(net.cpu().eval())
+        folded = fold_batchnorm(copy.deepcopy(net).cpu().eval())
     elif isinstance(net, FoldedResizerNet):
-        folded = net.cpu().eval()
+        folded = copy.deepcopy(net).cpu().eval()
     else:
         raise TypeError(f"expected LearnedResizerNet or FoldedResizerNet, got {type(net).__name__}")
     cfg = folded.config
@@ -189,8 +190,8 @@ def load_resizer_module(path: str | os.PathLike) -> tuple[nn.Module, dict[str, A
 def export_torchscript(net: nn.Module, path: str | os.PathLike) -> Path:
     """Script a (folded) resizer and save it; the file can be passed as ``--resizer learned:PATH``."""
     if isinstance(net, LearnedResizerNet):
-        net = fold_batchnorm(net.cpu().eval())
-    scripted = torch.jit.script(net.cpu().eval())
+        net = fold_batchnorm(copy.deepcopy(net).cpu().eval())
+    scripted = torch.jit.script(copy.deepcopy(net).cpu().eval())
     torch.jit.save(scripted, str(path))
     side = Path(str(path) + ".json")
     side.write_text(json.dumps({"input_scale": net.config.input_scale, "contract": CONTRACT}, indent=2))

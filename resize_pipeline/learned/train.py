@@ -62,7 +62,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     workers: int = 0
-    out_dir: str | None = None  # checkpoints + exported resizer
+    out_dir: str | None = None  # checkpoints (last.pt) and, by default, the exported resizer
+    export_dir: str | None = None  # where the frozen resizer goes (default: out_dir/resizer)
     resume: bool = False
     progress: bool = True
 
@@ -245,7 +246,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     result.resizer, result.classifier = resizer, classifier
     log.info("%s seed=%d: val accuracy %.4f after %d steps (%.0f s)", cfg.resizer, cfg.seed,
              result.val_accuracy, step, result.seconds)
-    if cfg.out_dir and cfg.resizer == "learned":
+    export_dir = cfg.export_dir or (os.path.join(cfg.out_dir, "resizer") if cfg.out_dir else None)
+    if export_dir and cfg.resizer == "learned":
         from resize_pipeline.learned.export import export_resizer
 
         provenance = {
@@ -255,5 +257,5 @@ def train(cfg: TrainConfig) -> TrainResult:
             "final_epoch_loss": result.epoch_losses[-1] if result.epoch_losses else None,
             "torch": torch.__version__,
         }
-        result.export_dir = str(export_resizer(resizer, os.path.join(cfg.out_dir, "resizer"), provenance))
+        result.export_dir = str(export_resizer(resizer, export_dir, provenance))
     return result

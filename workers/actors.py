@@ -1,0 +1,119 @@
+"""The Ray Data actor: one shard task in, one `ShardResult` out.
+
+`ShardConverter` is a plain callable class (no Ray import): Ray Data's ``map_batches`` runs it as an
+actor pool, so the `ConvertStage` (decoder, resizer model) is built once per actor and every shard
+goes through the spine's `run_shard` unchanged, which commits the shard atomically and writes its
+stats file last. A shard is therefore safe to run again after a killed actor: Ray retries the task on
+a restarted actor and the shard comes out byte-identical.
+
+Shard tasks travel as compact rows (``index``, ``name``, zlib-compressed JSON of the items), so
+thousands of shards of thousands of inputs stay small in the object store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from resize_pipeline.shards import ShardResult, ShardTask
+from resize_pipeline.sources.base import SourceItem
+
+log = logging.getLogger(__name__)
+
+#: Test hook: path of a marker file. The first actor to reach it creates the file and dies
+#: (``os._exit(1)``) in the middle of its first shard; later shards (and the retry) run normally.
+CRASH_ONCE_ENV = "RESIZE_PIPELINE_RAY_TEST_CRASH_ONCE"
+
+_ITEM_FIELDS = ("key", "url", "label", "label_name", "meta", "offset", "length", "row")
+
+
+def encode_task(task: ShardTask) -> dict[str, Any]:
+    """`ShardTask` -> a row for ``ray.data.from_items`` (items as zlib-compressed JSON)."""
+    items = [[getattr(it, f) for f in _ITEM_FIELDS] for it in task.items]
+    blob = zlib.compress(json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"), 6)
+    return {"index": task.index, "name": task.name, "items": blob}
+
+
+def decode_task(index: int, name: str, blob: bytes) -> ShardTask:
+    rows = json.loads(zlib.decompress(blob).decode("utf-8", "surrogatepass"))
+    return ShardTask(int(index), str(name), tuple(SourceItem(*r) for r in rows))
+
+
+def result_to_json(result: ShardResult) -> str:
+    return json.dumps(dict(result.to_dict(), seconds=result.seconds), ensure_ascii=False)
+
+
+def result_from_json(text: str) -> ShardResult:
+    d = json.loads(text)
+    res = ShardResult.from_dict(d)
+    res.seconds = float(d.get("seconds", 0.0))
+    return res
+
+
+class _CrashOnce:
+    """Kill this process once, after the first batch of a shard, the first time any actor gets here."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, n: int) -> None:
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        log.warning("test hook %s: actor %d exits mid-shard", CRASH_ONCE_ENV, os.getpid())
+        os._exit(1)
+
+
+class ShardConverter:
+    """Converts whole shards; Ray Data's ``map_batches`` runs it as an actor pool.
+
+    Args:
+        config: the job's `ConvertConfig`.
+        threads: CPU threads this actor may use (torch intra-op, OpenMP); ``None`` keeps the defaults
+            (Ray sets ``OMP_NUM_THREADS`` to the actor's ``num_cpus``).
+        crash_once: test hook, see `CRASH_ONCE_ENV`.
+    """
+
+    def __init__(self, config, threads: int | None = None, crash_once: str | None = None) -> None:
+        from fsspec.core import url_to_fs
+
+        from resize_pipeline.stages import ConvertStage
+
+        if threads:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            try:
+                import torch
+
+                torch.set_num_threads(threads)
+            except ImportError:
+                pass
+        self.config = config
+        self.stage = ConvertStage(config)
+        self.fs, self.root = url_to_fs(config.dest, **config.storage_options)
+        self.hook = _CrashOnce(crash_once) if crash_once else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from resize_pipeline.shards import run_shard
+
+        out: list[str] = []
+        for index, name, blob in zip(batch["index"], batch["name"], batch["items"], strict=True):
+            task = decode_task(index, name, blob)
+            result = run_shard(task, self.stage, self.config, self.fs, self.root, self.hook)
+            log.debug("shard %s: %d written, %d failed", task.name, result.written, result.failed)
+            out.append(result_to_json(result))
+        return {"result": _objects(out)}
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    arr = np.empty(len(values), dtype=object)
+    arr[:] = list(values)
+    return arr

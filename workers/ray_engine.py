@@ -1,0 +1,178 @@
+"""Ray engine: the conversion as a Ray Data streaming job, one task per shard (img2dataset's Ray model).
+
+    from_items(shard-task rows) -> map_batches(ShardConverter, batch_size=1, actor pool) -> iter_rows
+
+Each actor builds the spine's `ConvertStage` once and runs `run_shard` per task: the shard is written
+straight into DEST (any fsspec URL) and committed atomically, its stats file last, and only the small
+`ShardResult` comes back to the driver. Ray Data does the scheduling, backpressure and retries: actors
+are restarted when they die (``max_restarts``) and their in-flight shard is run again
+(``max_task_retries``); since a shard's output is deterministic and only visible once complete, a
+killed actor costs no sample. A killed *job* resumes on rerun from the completed shards
+(`resize_pipeline.convert` filters them before calling `run_ray`).
+
+Knobs (environment variables, read on the driver, so they also work through the CLI and
+``ray job submit``; ``--workers N`` sets the actor count):
+
+- ``RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR``: GPUs per actor (default 1 when the cluster has GPUs, else 0).
+- ``RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR``: CPUs reserved per actor, also its decode/torch thread count
+  (default 1 on CPU-only clusters; on GPU clusters the CPUs per GPU of the smallest GPU node, at most 8).
+- ``RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES``: retries of a shard whose actor died (default 3; a shard
+  that keeps killing its actor fails the job rather than looping forever).
+- ``RESIZE_PIPELINE_RAY_SHIP_CODE``: ``1`` uploads this checkout's ``resize_pipeline`` and ``workers``
+  with the job (``py_modules``); default on for ``ray://`` client connections, off otherwise (a job
+  submitted with ``--working-dir`` or an image with the package installed already has them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from resize_pipeline.shards import ShardResult, ShardTask
+from workers.actors import CRASH_ONCE_ENV, ShardConverter, encode_task, result_from_json
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "RESIZE_PIPELINE_RAY_"
+DEFAULT_MAX_TASK_RETRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ActorPlan:
+    """How many actors, and what each one reserves."""
+
+    concurrency: int
+    num_cpus: float
+    num_gpus: float
+    threads: int
+
+
+def _env_number(name: str, cast: Callable[[str], Any] = float) -> Any | None:
+    raw = os.environ.get(ENV_PREFIX + name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ValueError(f"{ENV_PREFIX}{name} must be >= 0, got {raw!r}")
+    return value
+
+
+def _code_dirs() -> list[str]:
+    import resize_pipeline
+    import workers
+
+    return [os.path.dirname(os.path.abspath(m.__file__)) for m in (resize_pipeline, workers)]  # type: ignore[arg-type]
+
+
+def connect(address: str | None) -> bool:
+    """Use the running Ray instance, or ``ray.init(address)``; returns True when this call started it.
+
+    ``None`` starts a local cluster (or joins ``RAY_ADDRESS``, as ``ray job submit`` sets it),
+    ``"auto"`` joins the cluster of this machine, ``"ray://host:10001"`` connects a Ray Client.
+    Workers of a cluster on this machine see the driver's ``sys.path``; remote ones need the package
+    installed, a ``--working-dir``, or ``RESIZE_PIPELINE_RAY_SHIP_CODE=1``.
+    """
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {}
+    ship = os.environ.get(ENV_PREFIX + "SHIP_CODE")
+    if ship == "1" or (ship is None and address is not None and address.startswith("ray://")):
+        kwargs["runtime_env"] = {"py_modules": _code_dirs(),
+                                 "excludes": ["__pycache__", "*.pyc"]}
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def plan_actors(config, n_tasks: int) -> ActorPlan:
+    """Actor count and resources from the cluster (GPUs first) and the overrides."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    total_cpus = sum(n["Resources"].get("CPU", 0.0) for n in nodes)
+    total_gpus = sum(n["Resources"].get("GPU", 0.0) for n in nodes)
+    gpus = _env_number("GPUS_PER_ACTOR")
+    if gpus is None:
+        gpus = 1.0 if total_gpus >= 1 else 0.0
+    cpus = _env_number("CPUS_PER_ACTOR")
+    if cpus is None:
+        if gpus > 0:
+            per_gpu = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in nodes
+                       if n["Resources"].get("GPU", 0.0) > 0]
+            cpus = float(max(1, min(8, int(min(per_gpu) * gpus)))) if per_gpu else 1.0
+        else:
+            cpus = 1.0
+    if config.workers:
+        concurrency = config.workers
+    elif gpus > 0:
+        concurrency = max(1, int(total_gpus // gpus))
+    else:
+        concurrency = max(1, int(total_cpus // max(cpus, 1e-3)))
+    concurrency = max(1, min(concurrency, n_tasks))
+    return ActorPlan(concurrency, cpus, gpus, max(1, int(round(cpus))))
+
+
+def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan):
+    """The lazy Ray Dataset: one row (and one block) per shard task, mapped by the actor pool."""
+    rows = [encode_task(t) for t in tasks]
+    # one block per shard: a map task then carries exactly one shard, so shards balance across actors
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    retries = _env_number("MAX_TASK_RETRIES", int)
+    return ds.map_batches(
+        ShardConverter,
+        fn_constructor_kwargs={"config": config, "threads": plan.threads,
+                               "crash_once": os.environ.get(CRASH_ONCE_ENV) or None},
+        batch_size=1,
+        batch_format="numpy",
+        zero_copy_batch=True,
+        compute=ray.data.ActorPoolStrategy(size=plan.concurrency, max_tasks_in_flight_per_actor=1),
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+        max_restarts=-1,
+        max_task_retries=DEFAULT_MAX_TASK_RETRIES if retries is None else retries,
+    )
+
+
+def _cleanup_partials(config) -> None:
+    """Drop temporary files that killed actors left behind (all writers have finished by now)."""
+    from fsspec.core import url_to_fs
+
+    from resize_pipeline.manifest import remove_partials
+
+    try:
+        fs, root = url_to_fs(config.dest, **config.storage_options)
+        remove_partials(fs, root)
+    except OSError as exc:  # cosmetic: the next run removes them too
+        log.warning("could not remove partial files in %s: %s", config.dest, exc)
+
+
+def run_ray(
+    config,
+    tasks: Sequence[ShardTask],
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[ShardResult]:
+    """Convert `tasks` on Ray, yielding each shard's result as it completes (in completion order)."""
+    if not tasks:
+        return
+    started = connect(config.address)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = not config.quiet
+        plan = plan_actors(config, len(tasks))
+        log.info("ray: %d shard(s) on %d actor(s) (%.3g CPU, %.3g GPU each)",
+                 len(tasks), plan.concurrency, plan.num_cpus, plan.num_gpus)
+        ds = build_dataset(config, tasks, plan)
+        for row in ds.iter_rows():
+            res = result_from_json(row["result"])
+            if on_progress:
+                on_progress(res.total)
+            yield res
+        _cleanup_partials(config)
+    finally:
+        if started:
+            ray.shutdown()
