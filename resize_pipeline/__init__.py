@@ -13,7 +13,7 @@ def __getattr__(name: str):  # lazy: keep `import resize_pipeline` cheap
 
         return ConvertConfig
     if name == "convert":
-        from resize_pipeline.convert import convert
+        from resize_pipeline.conversion import convert
 
         return convert
     raise AttributeError(name)

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
 ITEM_COLUMNS = ("key", "url", "label", "label_name", "meta", "offset", "length", "row")
+#: refuse outputs with a longer side than this before allocating them (WebP's limit is 16383,
+#: JPEG's 65500; a config size is at most 16384)
+MAX_OUTPUT_SIDE = 16384
 
 
 def _objects(values: Sequence[Any]) -> np.ndarray:
@@ -177,7 +180,12 @@ class ResizeStage:
         for i in rows:
             try:
                 h, w = images[i].shape[:2]
-                ops.append(plan_resize(w, h, self.size, self.mode))
+                op = plan_resize(w, h, self.size, self.mode)
+                ow, oh = op.output_size
+                if max(ow, oh) > MAX_OUTPUT_SIDE:  # e.g. shorter-side on a 1x4000 strip
+                    raise ValueError(f"output would be {ow}x{oh} (input {w}x{h}); over the {MAX_OUTPUT_SIDE} px "
+                                     "side limit of the encoders")
+                ops.append(op)
                 valid.append(i)
             except Exception as exc:  # noqa: BLE001
                 fail(batch, i, "resize", exc)

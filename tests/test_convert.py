@@ -11,7 +11,7 @@ import webdataset as wds
 from PIL import Image
 
 from resize_pipeline.config import ConvertConfig
-from resize_pipeline.convert import convert
+from resize_pipeline.conversion import convert
 from resize_pipeline.encode import decode_payload
 
 

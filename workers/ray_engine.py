@@ -16,8 +16,10 @@ Knobs (environment variables, read on the driver, so they also work through the 
 - ``RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR``: GPUs per actor (default 1 when the cluster has GPUs, else 0).
 - ``RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR``: CPUs reserved per actor, also its decode/torch thread count
   (default 1 on CPU-only clusters; on GPU clusters the CPUs per GPU of the smallest GPU node, at most 8).
-- ``RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES``: retries of a shard whose actor died (default 3; a shard
-  that keeps killing its actor fails the job rather than looping forever).
+- ``RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES``: cap on the retries of a shard whose actor died. Ray Data's
+  default (kept when unset) restarts actors and retries their tasks without limit; set a cap (e.g. 3)
+  when an input could crash the decoder process itself, so that such a shard fails the job instead
+  of looping (rerun resumes the rest).
 - ``RESIZE_PIPELINE_RAY_SHIP_CODE``: ``1`` uploads this checkout's ``resize_pipeline`` and ``workers``
   with the job (``py_modules``); default on for ``ray://`` client connections, off otherwise (a job
   submitted with ``--working-dir`` or an image with the package installed already has them).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +42,6 @@ from workers.actors import CRASH_ONCE_ENV, ShardConverter, encode_task, result_f
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "RESIZE_PIPELINE_RAY_"
-DEFAULT_MAX_TASK_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,19 +125,25 @@ def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan):
     # one block per shard: a map task then carries exactly one shard, so shards balance across actors
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     retries = _env_number("MAX_TASK_RETRIES", int)
-    return ds.map_batches(
-        ShardConverter,
-        fn_constructor_kwargs={"config": config, "threads": plan.threads,
-                               "crash_once": os.environ.get(CRASH_ONCE_ENV) or None},
-        batch_size=1,
-        batch_format="numpy",
-        zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(size=plan.concurrency, max_tasks_in_flight_per_actor=1),
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus,
-        max_restarts=-1,
-        max_task_retries=DEFAULT_MAX_TASK_RETRIES if retries is None else retries,
-    )
+    extra: dict[str, Any] = {}
+    if retries is not None:
+        # not a named map_batches parameter (yet): passed through Ray's remote args
+        extra = {"max_restarts": -1, "max_task_retries": retries}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        return ds.map_batches(
+            ShardConverter,
+            fn_constructor_kwargs={"config": config, "threads": plan.threads,
+                                   "crash_once": os.environ.get(CRASH_ONCE_ENV) or None},
+            batch_size=1,
+            batch_format="numpy",
+            zero_copy_batch=True,
+            # one shard in flight per actor: no shard waits behind a long one at the end of the job
+            compute=ray.data.ActorPoolStrategy(size=plan.concurrency, max_tasks_in_flight_per_actor=1),
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+            **extra,
+        )
 
 
 def _cleanup_partials(config) -> None:
@@ -160,19 +168,20 @@ def run_ray(
     if not tasks:
         return
     started = connect(config.address)
+    ctx = ray.data.DataContext.get_current()
+    bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = bars and not config.quiet
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = not config.quiet
         plan = plan_actors(config, len(tasks))
         log.info("ray: %d shard(s) on %d actor(s) (%.3g CPU, %.3g GPU each)",
                  len(tasks), plan.concurrency, plan.num_cpus, plan.num_gpus)
-        ds = build_dataset(config, tasks, plan)
-        for row in ds.iter_rows():
+        for row in build_dataset(config, tasks, plan).iter_rows():
             res = result_from_json(row["result"])
             if on_progress:
                 on_progress(res.total)
             yield res
         _cleanup_partials(config)
     finally:
+        ctx.enable_progress_bars = bars
         if started:
             ray.shutdown()

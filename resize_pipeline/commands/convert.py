@@ -74,7 +74,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from resize_pipeline.convert import convert
+    from resize_pipeline.conversion import convert
 
     config = config_from_args(args)
     summary = convert(config)

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from resize_pipeline.config import ConvertConfig
-    from resize_pipeline.convert import convert
+    from resize_pipeline.conversion import convert
     from resize_pipeline.sample_data import make_sample_dataset
 
     src = os.path.join(args.dest, "sample_input")

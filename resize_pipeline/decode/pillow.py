@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from resize_pipeline.decode.base import Decoder, SizeRequest, to_rgb_array
 from resize_pipeline.errors import ImageTooLarge, SampleError
@@ -49,6 +49,11 @@ class PillowDecoder(Decoder):
                 img = Image.open(io.BytesIO(blob))
             except Image.DecompressionBombError as exc:
                 raise ImageTooLarge(str(exc)) from None
+            except UnidentifiedImageError:
+                # Pillow's message embeds the BytesIO's address: keep _errors.jsonl reproducible
+                raise UnidentifiedImageError(
+                    f"cannot identify image file ({len(blob)} bytes, starting {blob[:8]!r})"
+                ) from None
             w, h = img.size
             if w * h > self.max_pixels:
                 raise ImageTooLarge(f"declared size {w}x{h} = {w * h} px exceeds max_pixels={self.max_pixels}")

@@ -29,10 +29,21 @@ def _fs(url: str, storage_options: dict[str, Any]):
 def _cat_files(items: list[SourceItem], so: dict[str, Any]) -> list[bytes | Exception]:
     fs, _ = _fs(items[0].url, so)
     paths = [fs._strip_protocol(it.url) for it in items]
-    got = fs.cat(paths, on_error="return")
-    if not isinstance(got, dict):  # a single path comes back as bytes
-        got = {paths[0]: got}
-    return [got.get(p, FileNotFoundError(p)) for p in paths]
+    # fs.cat expands glob characters: a file named "img[1].jpg" would match "img1.jpg" (or nothing), so
+    # such names are read one by one, literally
+    plain = [p for p in paths if not any(c in p for c in "*?[")]
+    got: dict[str, bytes | Exception] = {}
+    if plain:
+        got = fs.cat(plain, on_error="return")
+        if not isinstance(got, dict):  # a single path comes back as bytes
+            got = {plain[0]: got}
+    for p in paths:
+        if p not in got:
+            try:
+                got[p] = fs.cat_file(p)
+            except Exception as exc:  # noqa: BLE001 - returned in place, like fs.cat(on_error="return")
+                got[p] = exc
+    return [got[p] for p in paths]
 
 
 def _cat_ranges(items: list[SourceItem], so: dict[str, Any]) -> list[bytes | Exception]:

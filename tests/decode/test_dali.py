@@ -286,8 +286,14 @@ def test_mixed_decode_agrees_with_cpu(dec, photos):
     mixed = DaliDecoder(device="mixed", batch_size=8, num_threads=2)
     assert mixed.mode == "mixed"
     blobs = [encode(p) for p in photos.values()] + [_special(photos)["exif_rot90cw"][0]]
-    for a, b in zip(mixed.decode(blobs), dec.decode(blobs), strict=True):
+    cpu = dec.decode(blobs)
+    for a, b in zip(mixed.decode(blobs), cpu, strict=True):
         assert mad(a, b) <= 2.0
+    blobs.append(_special(photos)["gif"][0])  # Pillow-routed, uploaded
+    on_gpu = mixed.decode_gpu(blobs)
+    for t, ref in zip(on_gpu, cpu + [PillowDecoder().decode_one(blobs[-1])], strict=True):
+        assert t.is_cuda and t.dtype == torch.uint8 and tuple(t.shape) == (3, ref.shape[0], ref.shape[1])
+        assert mad(t.permute(1, 2, 0).cpu().numpy(), ref) <= 2.0
 
 
 @gpu
