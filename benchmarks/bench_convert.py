@@ -73,8 +73,13 @@ def timed_subprocess(code: str) -> tuple[float, float]:
         "peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
         "print(dt, peak / 1024)\n"
     )
-    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, TQDM_DISABLE="1"))
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, TQDM_DISABLE="1"),
+    )
     dt, peak = out.stdout.strip().splitlines()[-1].split()
     return float(dt), float(peak)
 
@@ -92,8 +97,10 @@ def main() -> None:
         n, w = len(paths), args.workers
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         rows = []
-        code = (f"import sys; sys.path.insert(0, {here!r}); sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
-                f"from bench_convert import baseline; baseline({paths!r}, {os.path.join(tmp, 'base')!r}, {w})")
+        code = (
+            f"import sys; sys.path.insert(0, {here!r}); sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+            f"from bench_convert import baseline; baseline({paths!r}, {os.path.join(tmp, 'base')!r}, {w})"
+        )
         rows.append(("Pillow multiprocessing loop (baseline)", *timed_subprocess(code)))
         for label, extra in (
             ("convert, processes (default)", "parallelism='process'"),
@@ -101,10 +108,12 @@ def main() -> None:
             ("convert, processes, --no-draft", "parallelism='process', draft=False"),
         ):
             dst = os.path.join(tmp, "out_" + str(len(rows)))
-            code = (f"import sys; sys.path.insert(0, {here!r})\n"
-                    "from resize_pipeline import ConvertConfig, convert\n"
-                    f"convert(ConvertConfig({corpus!r}, {dst!r}, size=224, mode='center-crop', resizer='bilinear', "
-                    f"encode='jpg', quality=95, workers={w}, samples_per_shard=100, quiet=True, {extra}))")
+            code = (
+                f"import sys; sys.path.insert(0, {here!r})\n"
+                "from resize_pipeline import ConvertConfig, convert\n"
+                f"convert(ConvertConfig({corpus!r}, {dst!r}, size=224, mode='center-crop', resizer='bilinear', "
+                f"encode='jpg', quality=95, workers={w}, samples_per_shard=100, quiet=True, {extra}))"
+            )
             rows.append((label, *timed_subprocess(code)))
         base = n / rows[0][1]
         print(f"\n{n} JPEGs (500x375..1024x768) -> 224x224 jpg q95, {w} workers, {os.cpu_count()} cores")

@@ -71,8 +71,10 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     weights = str(export_resizer(naive, tmp))  # same weights, BN folded, through the real export path
     folded, _ = load_artifact(weights)
-    print(f"# learned resizer {inp}->{args.size}, batch {args.batch}, torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(
+        f"# learned resizer {inp}->{args.size}, batch {args.batch}, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
     print(f"{'device':<6} {'variant':<44} {'img/s':>8} {'x naive':>8} {'max|d| u8':>9}")
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -95,6 +97,7 @@ def main() -> None:
                         return m(t, out)
                     with torch.autocast(dev, dtype=amp):
                         return m(t, out)
+
             return fn
 
         rows: list[tuple[str, object, torch.Tensor]] = []
@@ -137,11 +140,16 @@ def main() -> None:
         from resize_pipeline.geometry import ResizeOp
 
         r = LearnedResizer(weights, device=dev, batch_size=args.batch)
-        imgs = [np.random.default_rng(i).integers(0, 256, (600, 800, 3), dtype=np.uint8) for i in range(args.batch)]
+        imgs = [
+            np.random.default_rng(i).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+            for i in range(args.batch)
+        ]
         ops = [ResizeOp((100.0, 0.0, 700.0, 600.0), out)] * args.batch
         sec = timeit(lambda _: r.resize(imgs, ops), x, max(2, args.iters // 2), warmup=1)
-        print(f"{dev:<6} {'LearnedResizer.resize (800x600 u8 -> 224, e2e)':<44} {args.batch / sec:8.1f} "
-              f"{args.batch / sec / base:8.2f} {'-':>9}")
+        print(
+            f"{dev:<6} {'LearnedResizer.resize (800x600 u8 -> 224, e2e)':<44} {args.batch / sec:8.1f} "
+            f"{args.batch / sec / base:8.2f} {'-':>9}"
+        )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ use, which includes DALI's own pools) and writes gpu_check.json under $OUT (or -
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import logging
@@ -45,6 +46,7 @@ _CORPUS: list[bytes] = []  # set before the Pillow pool forks
 
 
 # -- corpus --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _photos() -> list[np.ndarray]:
     from skimage import data
 
@@ -164,14 +166,20 @@ def main(argv: list[str] | None = None) -> int:
 
     has_gpu = cuda_device_count() > 0 and torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if has_gpu else "none"
-    print(f"# gpu_check: python {platform.python_version()}, torch {torch.__version__}, GPU: {device}, "
-          f"{os.cpu_count()} CPUs", flush=True)
+    print(
+        f"# gpu_check: python {platform.python_version()}, torch {torch.__version__}, GPU: {device}, "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     corpus = make_corpus(args.n, args.seed, args.procs)
     sizes = [len(b) for b in corpus]
-    print(f"corpus: {len(corpus)} JPEGs, mean {np.mean(sizes) / 1024:.0f} KiB, "
-          f"made in {time.perf_counter() - t0:.1f}s", flush=True)
+    print(
+        f"corpus: {len(corpus)} JPEGs, mean {np.mean(sizes) / 1024:.0f} KiB, "
+        f"made in {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
     global _CORPUS
     _CORPUS = corpus
 
@@ -181,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     def row(name: str, decode: float | None, resize: float | None, note: str = "") -> None:
         rows.append({"decoder": name, "decode_img_s": decode, "decode_resize224_img_s": resize, "note": note})
         fmt = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
-        print(f"  {name}: decode {fmt(decode)} img/s, decode+resize224 {fmt(resize)} img/s {note}", flush=True)
+        print(
+            f"  {name}: decode {fmt(decode)} img/s, decode+resize224 {fmt(resize)} img/s {note}", flush=True
+        )
 
     # correctness first: DALI CPU vs Pillow (and mixed vs CPU below)
     sample = corpus[: min(64, len(corpus))]
@@ -219,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             if "dali_mixed_vs_cpu_mad" not in checks:
                 mixed_out = dec.decode(sample)
-                checks["dali_mixed_vs_cpu_mad"] = max(mad(a, b) for a, b in zip(mixed_out, cpu_out, strict=True))
+                checks["dali_mixed_vs_cpu_mad"] = max(
+                    mad(a, b) for a, b in zip(mixed_out, cpu_out, strict=True)
+                )
                 gpu224 = dec.decode_resize_gpu(sample, _plan)
                 checks["dali_mixed_resize224_vs_cpu_mad"] = max(
                     mad(g.permute(1, 2, 0).cpu().numpy(), c) for g, c in zip(gpu224, plan_out, strict=True)
@@ -233,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"DALI mixed, b{args.batch} t{args.gpu_threads} hw_decoder_load={load}",
                 bench_batches(dec.decode_gpu, corpus, args.batch, args.min_seconds, sync),
                 bench_batches(
-                    lambda b, d=dec: d.decode_resize_gpu_batch(b, _plan), corpus, args.batch, args.min_seconds, sync
+                    lambda b, d=dec: d.decode_resize_gpu_batch(b, _plan),
+                    corpus,
+                    args.batch,
+                    args.min_seconds,
+                    sync,
                 ),
                 f"stats {dict(dec.stats)}",
             )
@@ -254,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| decoder | decode img/s | decode + resize 224 img/s | note |\n| --- | ---: | ---: | --- |")
     for r in rows:
         d, z = r.get("decode_img_s"), r.get("decode_resize224_img_s")
-        print(f"| {r['decoder']} | {'-' if d is None else f'{d:,.0f}'} | {'-' if z is None else f'{z:,.0f}'} "
-              f"| {r.get('note', '')} |")
+        print(
+            f"| {r['decoder']} | {'-' if d is None else f'{d:,.0f}'} | {'-' if z is None else f'{z:,.0f}'} "
+            f"| {r.get('note', '')} |"
+        )
     print("\nchecks (max over samples of the mean abs diff, levels):", json.dumps(checks))
     print("memory (MiB):", json.dumps({k: round(v, 1) for k, v in mem.items()}))
     result = {

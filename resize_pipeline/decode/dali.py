@@ -236,6 +236,7 @@ class DaliDecoder(Decoder):
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._pipes: dict[str, Any] = {}
+        self._pid = os.getpid()
         try:
             self._pipe("decode")  # built once here; the fused graphs are built on first use
         except Exception as exc:
@@ -294,6 +295,8 @@ class DaliDecoder(Decoder):
         return pipe
 
     def _pipe(self, kind: str):
+        if self._pid != os.getpid():  # forked: the parent's DALI worker threads did not come along
+            self._pipes, self._pid = {}, os.getpid()
         if kind not in self._pipes:
             self._pipes[kind] = self._build(kind)
         return self._pipes[kind]
@@ -572,6 +575,19 @@ class DaliDecoder(Decoder):
         # stack HWC then permute: NCHW view with channels-last memory
         images = torch.stack([out[i].permute(1, 2, 0) for i in index]).permute(0, 3, 1, 2)
         return GpuBatch(images=images, index=index, errors=errors)
+
+    def __getstate__(self) -> dict:
+        """Pickle without the pipelines (Ray actors, spawn workers); they are rebuilt on arrival."""
+        state = self.__dict__.copy()
+        for key in ("_pipes", "_lock", "_Pipeline", "_fn", "_types"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._Pipeline, self._fn, self._types = _import_dali()
+        self._lock = threading.Lock()
+        self._pipes, self._pid = {}, os.getpid()
 
     def describe(self) -> dict:
         """What goes into the manifest about this decoder."""

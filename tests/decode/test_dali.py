@@ -247,6 +247,18 @@ def test_decode_resize_matches_classical(dec, pil, photos):
     assert [o.shape for o in out] == [(16, 32, 3), (40, 17, 3), (224, 224, 3)]
 
 
+def test_pickle_and_fork_rebuild(photos):
+    import pickle
+
+    dec = DaliDecoder(device="cpu", batch_size=4, num_threads=1)
+    blob = encode(photos["coffee"])
+    ref = dec.decode([blob])[0]
+    clone = pickle.loads(pickle.dumps(dec))
+    assert clone.mode == "cpu" and mad(clone.decode([blob])[0], ref) == 0.0
+    dec._pid = -1  # as if forked: the pipelines must be rebuilt, not reused
+    assert mad(dec.decode([blob])[0], ref) == 0.0 and dec._pid > 0
+
+
 # -- mode selection and missing install -------------------------------------------------------------
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU choice")
 def test_auto_picks_cpu_dali_without_gpu():

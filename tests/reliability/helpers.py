@@ -221,7 +221,15 @@ def hostile_cases() -> list[Case]:
     add(Case("truncated.png", photo_png[: len(photo_png) // 2], False, "decode", "OSError"))
     rng = np.random.default_rng(3)
     garbage = bytes(rng.integers(0, 256, len(photo) - 400, dtype=np.uint8))
-    add(Case("corrupt_scan.jpg", photo[:400] + garbage, False, "decode", "OSError"))
+    add(Case("corrupt_header.jpg", photo[:400] + garbage, False, "decode", "UnidentifiedImageError"))
+    sos = photo.find(b"\xff\xda")
+    body = sos + 2 + int.from_bytes(photo[sos + 2 : sos + 4], "big")  # entropy-coded data starts here
+    scan = len(photo) - body - 2
+    add(Case("corrupt_scan.jpg", photo[:body] + bytes(rng.integers(0, 256, scan, dtype=np.uint8)) + b"\xff\xd9",
+             False, "decode", "OSError"))
+    # zeroed scan data is valid entropy coding (all DC/AC deltas 0): decodes to flat mid-grey; no decoder
+    # can tell, so it is converted
+    add(Case("zeroed_scan.jpg", photo[:body] + bytes(scan) + b"\xff\xd9", True, colour=(128, 128, 128)))
     bad_crc = photo_png[:29] + bytes([photo_png[29] ^ 0xFF]) + photo_png[30:]  # IHDR CRC broken
     add(Case("corrupt_crc.png", bad_crc, False, "decode", ("UnidentifiedImageError", "SyntaxError", "OSError")))
     add(Case("not_an_image.jpg", b"this is a text file, not a JPEG\n" * 20, False, "decode", "UnidentifiedImageError"))
