@@ -100,10 +100,15 @@ def completed_shards(fs, root: str, tasks: Sequence[ShardTask]) -> dict[int, Sha
 
 
 def remove_partials(fs, root: str) -> None:
-    """Temporary files of a killed run (local filesystems only ever have these)."""
-    for p in fs.ls(root, detail=False):
-        if ".partial" in posixpath.basename(p):
-            fs.rm(p)
+    """Temporary files of a killed run (local filesystems only ever have these): shard parts in DST and
+    JSON documents (``_run.json``, ``_manifest.json``, ``_stats/*.json``) written via a temp name."""
+    stats_dir = posixpath.join(root, STATS_DIR)
+    for d in (root, stats_dir):
+        if d == stats_dir and not fs.exists(stats_dir):
+            continue
+        for p in fs.ls(d, detail=False):
+            if ".partial" in posixpath.basename(p):
+                fs.rm(p)
 
 
 def finalize(

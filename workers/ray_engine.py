@@ -8,7 +8,7 @@ straight into DEST (any fsspec URL) and committed atomically, its stats file las
 are restarted when they die (``max_restarts``) and their in-flight shard is run again
 (``max_task_retries``); since a shard's output is deterministic and only visible once complete, a
 killed actor costs no sample. A killed *job* resumes on rerun from the completed shards
-(`resize_pipeline.convert` filters them before calling `run_ray`).
+(`resize_pipeline.conversion.convert` filters them before calling `run_ray`).
 
 Knobs (environment variables, read on the driver, so they also work through the CLI and
 ``ray job submit``; ``--workers N`` sets the actor count):

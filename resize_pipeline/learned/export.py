@@ -196,3 +196,30 @@ def export_torchscript(net: nn.Module, path: str | os.PathLike) -> Path:
     side = Path(str(path) + ".json")
     side.write_text(json.dumps({"input_scale": net.config.input_scale, "contract": CONTRACT}, indent=2))
     return Path(path)
+
+
+def export_program(
+    net: nn.Module,
+    path: str | os.PathLike,
+    input_hw: tuple[int, int] = (448, 448),
+    size_hw: tuple[int, int] = (224, 224),
+) -> Path:
+    """``torch.export`` a (folded) resizer to ``.pt2`` for one (input, output) shape, any batch size.
+
+    Exported programs are shape-specialised: the output size is baked in (calling with another
+    size fails with a guard error); the batch dimension is dynamic so the batch buckets work.
+    """
+    from torch.export import Dim
+
+    if isinstance(net, LearnedResizerNet):
+        net = fold_batchnorm(copy.deepcopy(net).cpu().eval())
+    net = copy.deepcopy(net).cpu().eval()
+    x = torch.rand(2, 3, *input_hw)
+    program = torch.export.export(
+        net, (x, tuple(size_hw)), dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}, "size": (None, None)}
+    )
+    torch.export.save(program, str(path))
+    side = Path(str(path) + ".json")
+    side.write_text(json.dumps({"input_scale": net.config.input_scale, "contract": CONTRACT,
+                                "input_hw": list(input_hw), "size_hw": list(size_hw)}, indent=2))
+    return Path(path)

@@ -120,11 +120,16 @@ class LearnedResizer(Resizer):
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self._amp_dtype is not None:
-                with torch.autocast(self.device.type, dtype=self._amp_dtype):
+            try:
+                if self._amp_dtype is not None:
+                    with torch.autocast(self.device.type, dtype=self._amp_dtype):
+                        y = self.module(x, (h, w))
+                else:
                     y = self.module(x, (h, w))
-            else:
-                y = self.module(x, (h, w))
+            except (AssertionError, RuntimeError) as e:  # e.g. a .pt2 program exported for other shapes
+                raise ValueError(
+                    f"resizer {self.path} failed on input {tuple(x.shape)} -> (h, w)={(h, w)}: {e}"
+                ) from e
             if tuple(y.shape[-2:]) != (h, w) or y.shape[:2] != x.shape[:2]:
                 raise ValueError(
                     f"resizer {self.path} returned shape {tuple(y.shape)} for input {tuple(x.shape)} "

@@ -119,3 +119,22 @@ def test_cuda_matches_cpu(artifact):
         x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, device="cuda")
         y = gpu_r.resize_tensor(x, (32, 32))
         assert y.device.type == "cuda" and y.dtype == torch.uint8 and y.shape == (4, 3, 32, 32)
+
+
+def test_torch_export_program_accepted(tmp_path):
+    from resize_pipeline.learned.export import export_program
+    from resize_pipeline.learned.folding import fold_batchnorm
+
+    net = trained_net()
+    path = export_program(net, tmp_path / "resizer.pt2", input_hw=(40, 60), size_hw=(20, 30))
+    r = LearnedResizer(str(path), device="cpu", batch_size=4)
+    assert r.describe()["config"]["format"] == "torch.export"
+    images = [_image(80, 120, i) for i in range(3)]  # 3 -> padded to bucket 4: dynamic batch
+    ops = [ResizeOp((0.0, 0.0, 120.0, 80.0), (30, 20))] * 3
+    out = r.resize(images, ops)
+    ref = LearnedResizer(str(export_resizer(net, tmp_path / "st")), device="cpu").resize(images, ops)
+    for a, b in zip(out, ref, strict=True):
+        assert a.shape == (20, 30, 3) and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="resizer.pt2"):  # shape-specialised: another size is refused
+        r.resize(images[:1], [ResizeOp((0.0, 0.0, 120.0, 80.0), (16, 16))])
+    assert fold_batchnorm(net) is not None
