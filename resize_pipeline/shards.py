@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from resize_pipeline.engine.overlap import overlapped
 from resize_pipeline.sinks import WRITERS, RollingShardWriter, Sample
 from resize_pipeline.sources.base import SourceItem
 from resize_pipeline.stages import items_to_batch
@@ -106,9 +107,11 @@ def run_shard(
     ]
     errors: list[dict[str, str]] = []
     written = 0
+    batches = (items_to_batch(task.items[s : s + config.batch_size]) for s in range(0, len(task.items), config.batch_size))
+    steps = getattr(stage, "steps", None)
+    results = overlapped(batches, steps) if steps and config.overlap else map(stage, batches)
     try:
-        for start in range(0, len(task.items), config.batch_size):
-            batch = stage(items_to_batch(task.items[start : start + config.batch_size]))
+        for batch in results:
             for i in range(len(batch["key"])):
                 if batch["error"][i]:
                     errors.append({
@@ -139,6 +142,8 @@ def run_shard(
                 on_progress(len(batch["key"]))
         files = [f.to_dict() for w in writers for f in w.close()]
     except BaseException:
+        if hasattr(results, "close"):
+            results.close()  # stop the stage threads
         for w in writers:
             try:
                 w.abort()

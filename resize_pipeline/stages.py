@@ -269,5 +269,12 @@ class ConvertStage:
         resizer = get_resizer(config.resizer, device="cpu", batch_size=1)
         return {"resizer": resizer.describe(), "decoder": config.decoder}
 
+    @property
+    def steps(self) -> list:
+        """The stages in order, for engines that overlap them (`engine.overlap.overlapped`)."""
+        return [self.read, self.decode, self.resize, self.encode]
+
     def __call__(self, batch: Batch) -> Batch:
-        return self.encode(self.resize(self.decode(self.read(batch))))
+        for step in self.steps:
+            batch = step(batch)
+        return batch

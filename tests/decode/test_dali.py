@@ -259,6 +259,20 @@ def test_pickle_and_fork_rebuild(photos):
     assert mad(dec.decode([blob])[0], ref) == 0.0 and dec._pid > 0
 
 
+def test_mixed_graphs_define_without_gpu():
+    """The GPU graphs pass DALI's definition-time checks (argument names, device placement)."""
+    from nvidia.dali import Pipeline
+
+    class DefineOnly(Pipeline):
+        def build(self):  # building needs CUDA; defining the graph does not
+            pass
+
+    d = DaliDecoder(device="cpu", batch_size=4, num_threads=1)
+    d._Pipeline, d.mode, d.device_id = DefineOnly, "mixed", 0
+    for kind in ("decode", "decode_resize", "resize"):
+        assert isinstance(d._build(kind), DefineOnly)
+
+
 # -- mode selection and missing install -------------------------------------------------------------
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU choice")
 def test_auto_picks_cpu_dali_without_gpu():

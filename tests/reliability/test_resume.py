@@ -1,0 +1,192 @@
+"""Resume after a crash (SIGKILL part-way, or any crash-time leftovers): rerunning the same command skips
+completed shards, redoes the rest, and the output is byte-identical to an uninterrupted run. Plus
+``--overwrite`` and the refusal to mix output of different configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .helpers import cli_cmd, cli_env, manifest_without_timing, run_cli, tree_files, write_jpegs
+
+N_GOOD = 90
+PER_SHARD = 3
+ARGS = ("--size", "32", "--samples-per-shard", str(PER_SHARD), "--format", "both", "--batch-size", "2")
+
+
+def _broken(folder: Path) -> None:
+    good = (folder / "000000.jpg").read_bytes()
+    (folder / "000007_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (folder / "000031_empty.jpg").write_bytes(b"")
+    (folder / "000052_text.png").write_text("not a png\n")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("resume") / "src"
+    write_jpegs(src, N_GOOD, seed=1)
+    _broken(src)
+    return src
+
+
+def _check_identical(out: Path, reference: dict[str, bytes]) -> None:
+    got = tree_files(out)
+    assert sorted(got) == sorted(reference), "different set of files (leftover temp files?)"
+    for name, data in reference.items():
+        if name == "_manifest.json":
+            assert manifest_without_timing(got[name]) == manifest_without_timing(data)
+        else:
+            assert got[name] == data, f"{name} differs from the uninterrupted run"
+
+
+@pytest.fixture(scope="module")
+def dest_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dest")
+
+
+@pytest.fixture
+def out(dest_root) -> Path:
+    """The same DEST path for every run here (so that even the manifest's config.dest matches)."""
+    path = dest_root / "out"
+    shutil.rmtree(path, ignore_errors=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+_REFERENCE: dict[int, dict[str, bytes]] = {}
+
+
+def _reference(source: Path, out: Path, workers: int) -> dict[str, bytes]:
+    """An uninterrupted run into `out`, snapshotted (cached per worker count), then removed."""
+    if workers not in _REFERENCE:
+        r = run_cli(str(source), str(out), *ARGS, "--workers", str(workers), "-q")
+        assert r.returncode == 0, r.stderr
+        _REFERENCE[workers] = tree_files(out)
+        shutil.rmtree(out)
+    return _REFERENCE[workers]
+
+
+def _n_stats(out: Path) -> int:
+    d = out / "_stats"
+    return len([p for p in d.glob("*.json")]) if d.is_dir() else 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigkill_then_rerun_is_byte_identical(source, out, workers):
+    ref = _reference(source, out, workers)
+    n_shards = len([n for n in ref if n.startswith("_stats/")])
+    assert n_shards == -(-(N_GOOD + 3) // PER_SHARD)
+    json_errors = ref["_errors.jsonl"].decode().splitlines()
+    assert len(json_errors) == 3  # the broken inputs are part of what must be reproduced
+
+    # start the job in its own process group and SIGKILL all of it (as a crashed machine would) once a
+    # few shards are complete
+    proc = subprocess.Popen(cli_cmd(str(source), str(out), *ARGS, "--workers", str(workers), "-q"),
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while _n_stats(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+    killed_at = _n_stats(out)
+    assert proc.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+    assert 3 <= killed_at < n_shards
+    assert not (out / "_manifest.json").exists()  # the manifest is only written at the very end
+
+    # shards completed before the kill must be skipped, not redone: their files stay untouched
+    done = [p for p in (out / "_stats").glob("*.json")]
+    done += [out / f["name"] for p in done for f in json.loads(p.read_text())["files"]]
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done}
+
+    r = run_cli(str(source), str(out), *ARGS, "--workers", str(workers), "-q")  # the same command again
+    assert r.returncode == 0, r.stderr
+    _check_identical(out, ref)
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done} == stamps
+
+
+def test_crash_leftovers_are_cleaned_and_redone(source, out):
+    """Every state a crash can leave: temp files, a committed shard without stats, stats whose shard file
+    is gone, a torn stats file, a torn temp manifest. Rerun -> identical to an uninterrupted run."""
+    ref = _reference(source, out, 1)
+    for name, data in ref.items():  # a "finished" run ...
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    (out / "_manifest.json").unlink()  # ... that died before its manifest
+    (out / ".shard-00004.tar.partial-4242").write_bytes(b"half a tar")
+    (out / "_stats" / ".shard-00004.json.partial").write_text('{"ind')
+    (out / "._manifest.json.partial").write_text("{")
+    (out / "_stats" / "shard-00001.json").unlink()  # shard committed, killed before its stats
+    (out / "shard-00001.tar").write_bytes(b"garbage")  # (and its bytes are not trusted)
+    (out / "shard-00002.parquet").unlink()  # stats present but a file missing
+    (out / "_stats" / "shard-00003.json").write_text('{"index": 3, "na')  # torn stats
+    (out / "_errors.jsonl").write_text("")  # torn error list
+
+    r = run_cli(str(source), str(out), *ARGS, "--workers", "1", "-q")
+    assert r.returncode == 0, r.stderr
+    _check_identical(out, ref)
+
+    # and a second rerun of a complete job changes nothing (idempotent)
+    r = run_cli(str(source), str(out), *ARGS, "--workers", "1", "-q")
+    assert r.returncode == 0, r.stderr
+    _check_identical(out, ref)
+
+
+def _one_line_refusal(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("resize-pipeline: error: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_different_config_is_refused_then_overwrite(tmp_path):
+    src = tmp_path / "src"
+    write_jpegs(src, 8, seed=2)
+    out = tmp_path / "out"
+    assert run_cli(str(src), str(out), "--size", "32", "--samples-per-shard", "2", "-q").returncode == 0
+    before = tree_files(out)
+    assert len([n for n in before if n.endswith(".tar")]) == 4
+
+    # a different output config: refused, with the differing fields named, DEST untouched
+    r = run_cli(str(src), str(out), "--size", "48", "--samples-per-shard", "3", "-q")
+    _one_line_refusal(r, "different config", "size", "samples_per_shard", "--overwrite")
+    assert tree_files(out) == before
+
+    # a different input listing with the same config: refused too
+    write_jpegs(tmp_path / "more", 1, seed=3)
+    shutil.copy(tmp_path / "more" / "000000.jpg", src / "zzz_new.jpg")
+    r = run_cli(str(src), str(out), "--size", "32", "--samples-per-shard", "2", "-q")
+    _one_line_refusal(r, "different input listing", "8 inputs then, 9 now")
+    assert tree_files(out) == before
+
+    # options that do not change the bytes (workers, batch size, quiet) are not a different config
+    (src / "zzz_new.jpg").unlink()
+    r = run_cli(str(src), str(out), "--size", "32", "--samples-per-shard", "2", "--workers", "2",
+                "--batch-size", "3")
+    assert r.returncode == 0, r.stderr
+    assert "[4 shard(s) reused]" in r.stdout
+
+    # --overwrite replaces the output: nothing of the old run survives, the manifest lists what exists
+    keep = out / "notes.txt"
+    keep.write_text("user file")  # not ours: left alone
+    r = run_cli(str(src), str(out), "--size", "48", "--samples-per-shard", "3", "--overwrite", "-q")
+    assert r.returncode == 0, r.stderr
+    after = tree_files(out)
+    manifest = json.loads(after["_manifest.json"])
+    assert manifest["size"] == [48, 48] and manifest["counts"]["written"] == 8
+    shard_files = {n for n in after if n.endswith((".tar", ".parquet"))}
+    assert shard_files == {s["name"] for s in manifest["shards"]} == {"shard-00000.tar", "shard-00001.tar",
+                                                                     "shard-00002.tar"}
+    assert len([n for n in after if n.startswith("_stats/")]) == 3
+    assert keep.read_text() == "user file"
