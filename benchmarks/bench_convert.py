@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from multiprocessing import get_context
 
 import numpy as np

@@ -11,8 +11,12 @@ quality 75..95), checks that the decoders agree (mean abs diff in levels), then 
 
 - Pillow, N processes (decode at full size; decode + 224 center-crop with JPEG draft + bilinear);
 - DALI CPU-only (``device_id=None``), T threads, batch B;
-- DALI mixed, batch B, 8 threads, for each ``--hw-loads`` value: ``decode_gpu`` (full size, into
-  torch CUDA tensors) and ``decode_resize_gpu_batch`` (224 center-crop on the GPU, (B,3,224,224)).
+- DALI mixed, batch B, 8 threads, for each ``--hw-loads`` value with fancy chroma upsampling, and
+  the last value without it: ``decode_gpu`` (full size, into torch CUDA tensors) and
+  ``decode_resize_gpu_batch`` (224 center-crop on the GPU, (B,3,224,224)).
+
+Each figure is the median of ``--repeats`` windows of ``--min-seconds``. A failing GPU row prints
+its traceback and the run goes on; the exit status is 1 if a check or a row failed.
 
 It prints a markdown table and peak memory (RSS, torch.cuda.max_memory_allocated, device memory in
 use, which includes DALI's own pools) and writes gpu_check.json under $OUT (or --out) if given.
@@ -228,6 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         mad(a, b) for a, b in zip(plan_out, ref224, strict=True)
     )
 
+    # the pre-screen runs in the calling thread: its rate caps one DaliDecoder's throughput
+    from resize_pipeline.decode.dali import probe
+
+    t1 = time.perf_counter()
+    for blob in corpus:
+        probe(blob)
+    probe_rate = len(corpus) / (time.perf_counter() - t1)
+    print(f"  pre-screen (probe), 1 thread: {probe_rate:,.0f} img/s", flush=True)
+
     # Pillow rows fork before any CUDA context exists
     if not args.skip_pillow:
         row(
@@ -321,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\nchecks (max over samples of the mean abs diff, levels):", json.dumps(checks))
     print("memory (MiB):", json.dumps({k: round(v, 1) for k, v in mem.items()}))
+    print(f"pre-screen (probe) in the calling thread: {probe_rate:,.0f} img/s")
     result = {
         "device": device,
         "cpus": os.cpu_count(),
@@ -329,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "checks": checks,
         "memory_mib": mem,
+        "probe_img_s_1_thread": probe_rate,
     }
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

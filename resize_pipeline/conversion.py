@@ -13,7 +13,14 @@ from fsspec.core import url_to_fs
 
 from resize_pipeline.config import ConvertConfig
 from resize_pipeline.errors import OutputError, SourceError
-from resize_pipeline.manifest import ERRORS_FILE, MANIFEST_FILE, completed_shards, finalize, prepare_dest, remove_partials
+from resize_pipeline.manifest import (
+    ERRORS_FILE,
+    MANIFEST_FILE,
+    completed_shards,
+    finalize,
+    prepare_dest,
+    remove_partials,
+)
 from resize_pipeline.shards import plan_shards
 from resize_pipeline.sources import list_source
 

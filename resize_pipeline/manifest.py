@@ -45,6 +45,7 @@ def prepare_dest(fs, root: str, config, items: Sequence[SourceItem]) -> dict[str
         "version": __version__,
     }
     path = posixpath.join(root, RUN_FILE)
+    fs.invalidate_cache(root)
     if fs.exists(path):
         with fs.open(path, "r", encoding="utf-8") as fh:
             old = json.load(fh)
@@ -81,6 +82,7 @@ def clear_dest(fs, root: str) -> None:
 def completed_shards(fs, root: str, tasks: Sequence[ShardTask]) -> dict[int, ShardResult]:
     """Shards whose stats exist and whose files are all present (resume skips them)."""
     stats_dir = posixpath.join(root, STATS_DIR)
+    fs.invalidate_cache(stats_dir)  # object-store listings are cached per process: resume needs fresh ones
     if not fs.exists(stats_dir):
         return {}
     present = {posixpath.basename(p) for p in fs.ls(root, detail=False)}
@@ -89,11 +91,11 @@ def completed_shards(fs, root: str, tasks: Sequence[ShardTask]) -> dict[int, Sha
     for t in tasks:
         if f"{t.name}.json" not in have:
             continue
-        with fs.open(stats_path(root, t.name), "r", encoding="utf-8") as fh:
-            try:
+        try:
+            with fs.open(stats_path(root, t.name), "r", encoding="utf-8") as fh:
                 res = ShardResult.from_dict(json.load(fh))
-            except (ValueError, KeyError):
-                continue
+        except (FileNotFoundError, ValueError, KeyError):  # gone meanwhile, or torn: redo the shard
+            continue
         if res.total == len(t.items) and all(f["name"] in present for f in res.files):
             done[t.index] = res
     return done

@@ -116,10 +116,13 @@ class DecodeStage:
         background: tuple[int, int, int] = (255, 255, 255),
         max_pixels: int = 178_956_970,
         draft: bool = True,
+        threads: int | None = None,
+        batch_size: int = 64,
     ) -> None:
         from resize_pipeline.decode import get_decoder
 
-        self.decoder = get_decoder(decoder, background=background, max_pixels=max_pixels, draft=draft)
+        extra = {"num_threads": threads, "batch_size": batch_size} if decoder in ("auto", "dali") else {}
+        self.decoder = get_decoder(decoder, background=background, max_pixels=max_pixels, draft=draft, **extra)
         self.size, self.mode, self.input_scale = size, mode, input_scale
 
     def size_request(self, w: int, h: int) -> tuple[int, int]:
@@ -237,7 +240,8 @@ class EncodeStage:
 class ConvertStage:
     """read -> decode -> resize -> encode, built once from a `ConvertConfig`."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, threads: int | None = None) -> None:
+        """`threads`: CPU threads this stage may use (the engine divides the cores among workers)."""
         self.read = ReadStage(config.storage_options)
         self.resize = ResizeStage(
             config.resizer,
@@ -255,6 +259,8 @@ class ConvertStage:
             background=config.background,
             max_pixels=config.max_pixels,
             draft=config.draft,
+            threads=threads,
+            batch_size=config.batch_size,
         )
         self.encode = EncodeStage(config.encode, config.quality)
 
@@ -267,7 +273,16 @@ class ConvertStage:
         from resize_pipeline.resize import get_resizer
 
         resizer = get_resizer(config.resizer, device="cpu", batch_size=1)
-        return {"resizer": resizer.describe(), "decoder": config.decoder}
+        decoder = config.decoder
+        if decoder in ("auto", "dali"):
+            try:
+                from resize_pipeline.decode.dali import _import_dali, cuda_device_count
+
+                _import_dali()
+                decoder = "dali-mixed" if cuda_device_count() > 0 else "dali-cpu"
+            except ImportError:
+                decoder = "pillow"
+        return {"resizer": resizer.describe(), "decoder": decoder, "requested_decoder": config.decoder}
 
     @property
     def steps(self) -> list:

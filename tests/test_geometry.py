@@ -31,8 +31,8 @@ def test_side_modes(mode, expected):
 def test_extreme_shapes_give_valid_ops(mode, w, h):
     op = plan_resize(w, h, (64, 64), mode)
     assert op.size[0] >= 1 and op.size[1] >= 1
-    l, t, r, b = op.box
-    assert 0 <= l < r <= w and 0 <= t < b <= h
+    left, t, r, b = op.box
+    assert 0 <= left < r <= w and 0 <= t < b <= h
 
 
 def test_unknown_mode():

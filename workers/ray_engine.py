@@ -159,6 +159,19 @@ def _cleanup_partials(config) -> None:
         log.warning("could not remove partial files in %s: %s", config.dest, exc)
 
 
+def check_storage(config, nodes: int) -> None:
+    """Refuse storage that actors cannot reach; warn about local paths on a multi-node cluster."""
+    from resize_pipeline.errors import ConfigError
+
+    for what, url in (("source", config.source), ("dest", config.dest)):
+        if url.startswith("memory://"):
+            raise ConfigError(f"{what} {url}: memory:// lives in one process and Ray actors run in others; "
+                              "use a folder or an object store (s3://, gs://) with --engine ray")
+        if nodes > 1 and ("://" not in url or url.startswith(("file://", "local://"))):
+            log.warning("%s %s is a local path and the cluster has %d nodes: every node must see it "
+                        "(shared filesystem), or use an object store URL", what, url, nodes)
+
+
 def run_ray(
     config,
     tasks: Sequence[ShardTask],
@@ -167,11 +180,13 @@ def run_ray(
     """Convert `tasks` on Ray, yielding each shard's result as it completes (in completion order)."""
     if not tasks:
         return
+    check_storage(config, 1)
     started = connect(config.address)
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = bars and not config.quiet
     try:
+        check_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
         plan = plan_actors(config, len(tasks))
         log.info("ray: %d shard(s) on %d actor(s) (%.3g CPU, %.3g GPU each)",
                  len(tasks), plan.concurrency, plan.num_cpus, plan.num_gpus)

@@ -3,8 +3,9 @@
 Modes (attribute ``DaliDecoder.mode``):
 
 - ``"mixed"``: ``fn.decoders.image(device="mixed")`` — nvJPEG with the A100/H100/H200 hardware JPEG
-  decoder taking ``hw_decoder_load`` of the work (default 0.65; ~0.9 measured best on an H200 in
-  ``docs/benchmarks*``), the rest on nvJPEG's hybrid CUDA path. Used when a GPU is visible.
+  decoder taking ``hw_decoder_load`` of the work (default 0.65, DALI's; 0.9 was best on an H200 at
+  batch 256 in the founders' measurements), the rest on nvJPEG's hybrid path. Used when a GPU is
+  visible.
 - ``"cpu"``: the same graph with ``device="cpu"`` (libjpeg-turbo, libpng) in a ``device_id=None``
   pipeline. DALI refuses any mixed/GPU operator in that mode, so it is a separately built graph.
 
@@ -18,11 +19,13 @@ Which image goes where (the pre-screen, `probe`): every blob is opened lazily wi
 
 - empty, unidentifiable: the error is returned in place (nothing decodes it);
 - declared size above ``max_pixels``: `ImageTooLarge`, before any decoding (bomb guard);
-- to DALI: JPEG/MPO in RGB (YCbCr) or greyscale that ends with an EOI marker, and 8-bit opaque
+- to DALI: JPEG/MPO in RGB (YCbCr) or greyscale that ends with an EOI marker and whose scan data
+  holds no invalid marker (DALI decodes those to garbage where Pillow raises), and 8-bit opaque
   RGB/grey PNG that ends with IEND and has no eXIf chunk. DALI honours EXIF orientation
   (``adjust_orientation=True``, checked equal to Pillow's ``exif_transpose`` for all 8 orientations);
 - to Pillow (`PillowDecoder`, same colour rule as ``decode/base.py``): CMYK/YCCK JPEG, 16-bit PNG,
-  palette/alpha/tRNS PNG, GIF, TIFF, WebP, BMP and anything else, and truncated-looking files.
+  palette/alpha/tRNS PNG, GIF, TIFF, WebP, BMP and anything else, and truncated or corrupt-looking
+  files (so they end as they would with Pillow alone).
 
 DALI fails a whole batch when one member is corrupt. A failed batch is bisected and re-run; a sample
 that fails on its own is retried through Pillow, and only then returned as an exception. Output is
@@ -151,17 +154,37 @@ def probe(blob: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probe:
                 return Probe("pillow", size, f"JPEG mode {mode}")
             if blob.rstrip(b"\x00\r\n\t ")[-2:] != b"\xff\xd9":
                 return Probe("pillow", size, "JPEG without EOI marker (truncated?)")
+            if _jpeg_scan_corrupt(blob):
+                return Probe("pillow", size, "invalid marker in the JPEG scan data")
             return Probe("dali", size)
         if fmt == "PNG":
             # IHDR bit depth is byte 24; Pillow reports 16-bit RGB PNGs as mode "RGB"
             if mode not in ("RGB", "L") or blob[24:25] != b"\x08" or "transparency" in img.info:
-                return Probe("pillow", (w, h), f"PNG mode {mode}, depth {blob[24:25].hex()}")
+                depth = blob[24] if len(blob) > 24 else "?"
+                return Probe("pillow", (w, h), f"PNG mode {mode}, bit depth {depth}")
             if b"IEND" not in blob[-16:]:
                 return Probe("pillow", (w, h), "PNG without IEND (truncated?)")
             if b"eXIf" in blob:  # Pillow reads EXIF orientation from eXIf chunks after IDAT
                 return Probe("pillow", (w, h), "PNG with eXIf")
             return Probe("dali", (w, h))
         return Probe("pillow", (w, h), f"format {fmt}")
+
+
+def _jpeg_scan_corrupt(blob: bytes) -> bool:
+    """True if the entropy-coded data holds a byte pair no valid JPEG has (0xFF then 0x01..0xBF).
+
+    In scan data 0xFF is followed only by 0x00 (stuffing), 0xFF (fill) or a marker (>= 0xC0, e.g.
+    RSTn, DHT/SOS between progressive scans, EOI). libjpeg-turbo inside DALI decodes such files to
+    garbage with a warning, where Pillow raises; routing them to Pillow keeps Pillow's outcome.
+    Random corruption of a scan trips this with near certainty; a false alarm only costs speed.
+    """
+    sos = blob.find(b"\xff\xda")
+    if sos < 0:
+        return True
+    data = np.frombuffer(blob, np.uint8, offset=sos + 2)
+    ff = np.flatnonzero(data[:-1] == 0xFF)
+    follow = data[ff + 1]
+    return bool(((follow >= 0x01) & (follow <= 0xBF)).any())
 
 
 @dataclass
@@ -348,9 +371,12 @@ class DaliDecoder(Decoder):
                 collect(out, [it[0] for it in chunk])
 
     # -- decode (host output) --------------------------------------------------------------------
-    def _screen(self, blobs: Sequence[bytes]):
+    def _screen(self, blobs: Sequence[bytes], probes: Sequence[Probe] | None = None):
         """Probe every blob: (probes, results-so-far with errors filled, dali positions, pillow positions)."""
-        probes = [probe(b, self.max_pixels) for b in blobs]
+        if probes is None:
+            probes = [probe(b, self.max_pixels) for b in blobs]
+        elif len(probes) != len(blobs):
+            raise ValueError(f"got {len(probes)} probes for {len(blobs)} blobs")
         results: list[Any] = [None] * len(blobs)
         to_dali, to_pillow = [], []
         for i, p in enumerate(probes):
@@ -374,9 +400,9 @@ class DaliDecoder(Decoder):
                 log.debug("DALI also failed: %s", dali_exc)
             return exc
 
-    def _decode(self, blobs: Sequence[bytes], size_request, collect, convert) -> list[Any]:
+    def _decode(self, blobs: Sequence[bytes], size_request, collect, convert, probes=None) -> list[Any]:
         """Shared body of `decode` / `decode_gpu`: DALI runs go to `collect`, Pillow arrays to `convert`."""
-        _, results, to_dali, to_pillow = self._screen(blobs)
+        _, results, to_dali, to_pillow = self._screen(blobs, probes)
 
         def count_and_collect(out, positions):
             self.stats["dali"] += len(positions)
@@ -393,11 +419,17 @@ class DaliDecoder(Decoder):
         return results
 
     def decode(
-        self, blobs: Sequence[bytes], size_request: SizeRequest | None = None
+        self,
+        blobs: Sequence[bytes],
+        size_request: SizeRequest | None = None,
+        *,
+        probes: Sequence[Probe] | None = None,
     ) -> list[np.ndarray | Exception]:
         """Decode each blob to uint8 HWC RGB, or return its exception in place.
 
         `size_request` is only used by the Pillow fallback (JPEG draft); DALI decodes full size.
+        `probes`: `probe(blob, max_pixels)` results computed elsewhere (e.g. by the reader workers,
+        in parallel); by default the pre-screen runs here, in the calling thread.
         """
         with self._lock:
             results: list[Any] = [None] * len(blobs)
@@ -407,10 +439,10 @@ class DaliDecoder(Decoder):
                 for k, pos in enumerate(positions):
                     results[pos] = np.array(host[k], copy=True)
 
-            screened = self._decode(blobs, size_request, collect, lambda img: img)
+            screened = self._decode(blobs, size_request, collect, lambda img: img, probes)
             return [r if r is not None else s for r, s in zip(results, screened, strict=True)]
 
-    def decode_gpu(self, blobs: Sequence[bytes]) -> list[Any]:
+    def decode_gpu(self, blobs: Sequence[bytes], *, probes: Sequence[Probe] | None = None) -> list[Any]:
         """Decode on the GPU at full size: one (3, h, w) uint8 CUDA tensor (channels-last view) each.
 
         Pillow-routed images are decoded on the host and uploaded.
@@ -423,7 +455,7 @@ class DaliDecoder(Decoder):
             def upload(img: np.ndarray):
                 return torch.from_numpy(img).to(device).permute(2, 0, 1)
 
-            screened = self._decode(blobs, None, self._torch_collect(torch, results), upload)
+            screened = self._decode(blobs, None, self._torch_collect(torch, results), upload, probes)
             return [r if r is not None else s for r, s in zip(results, screened, strict=True)]
 
     # -- fused decode + resize ---------------------------------------------------------------
@@ -449,10 +481,10 @@ class DaliDecoder(Decoder):
             "roi_end": np.array([bottom, right], np.float32),
         }
 
-    def _decode_resize(self, blobs: Sequence[bytes], sizes, collect) -> list[Any]:
+    def _decode_resize(self, blobs: Sequence[bytes], sizes, collect, probes=None) -> list[Any]:
         """Shared body of the fused paths; `collect(out, positions)` stores DALI outputs."""
         specs = _per_sample(sizes, len(blobs))
-        probes, results, to_dali, to_pillow = self._screen(blobs)
+        probes, results, to_dali, to_pillow = self._screen(blobs, probes)
         ops: dict[int, ResizeOp] = {}
         for i in to_dali + to_pillow:
             try:
@@ -496,14 +528,21 @@ class DaliDecoder(Decoder):
             self.stats["failed"] += 1
         return results
 
-    def decode_resize(self, blobs: Sequence[bytes], sizes: SizeSpec | Plan | Sequence[SizeSpec]) -> list[Any]:
+    def decode_resize(
+        self,
+        blobs: Sequence[bytes],
+        sizes: SizeSpec | Plan | Sequence[SizeSpec],
+        *,
+        probes: Sequence[Probe] | None = None,
+    ) -> list[Any]:
         """Decode and resize with DALI (either mode); host uint8 HWC arrays or exceptions.
 
         Args:
             blobs: encoded images.
             sizes: one target for all or one per blob: a (w, h) size (stretch), a `ResizeOp`
                 (crop box in oriented source pixels + size), or a plan ``(w, h) -> ResizeOp`` called
-                with each image's declared, orientation-corrected size.
+                with each image's declared, orientation-corrected size. Like every `Resizer`, the
+                output is ``op.size``: a pad op's canvas is left to the resize stage.
         """
         with self._lock:
             results: list[Any] = [None] * len(blobs)
@@ -513,7 +552,7 @@ class DaliDecoder(Decoder):
                 for k, pos in enumerate(positions):
                     results[pos] = np.array(host[k], copy=True)
 
-            screened = self._decode_resize(blobs, sizes, collect)
+            screened = self._decode_resize(blobs, sizes, collect, probes)
             return [r if r is not None else s for r, s in zip(results, screened, strict=True)]
 
     def _require_gpu(self):
@@ -545,7 +584,11 @@ class DaliDecoder(Decoder):
         return collect
 
     def decode_resize_gpu(
-        self, blobs: Sequence[bytes], sizes: SizeSpec | Plan | Sequence[SizeSpec]
+        self,
+        blobs: Sequence[bytes],
+        sizes: SizeSpec | Plan | Sequence[SizeSpec],
+        *,
+        probes: Sequence[Probe] | None = None,
     ) -> list[Any]:
         """Decode (nvJPEG) + crop + resize on the GPU; one (3, h, w) uint8 CUDA tensor per sample.
 
@@ -555,16 +598,22 @@ class DaliDecoder(Decoder):
         torch = self._require_gpu()
         with self._lock, torch.cuda.device(self.device_id):
             results: list[Any] = [None] * len(blobs)
-            screened = self._decode_resize(blobs, sizes, self._torch_collect(torch, results))
+            screened = self._decode_resize(blobs, sizes, self._torch_collect(torch, results), probes)
             return [r if r is not None else s for r, s in zip(results, screened, strict=True)]
 
-    def decode_resize_gpu_batch(self, blobs: Sequence[bytes], size: tuple[int, int] | Plan) -> GpuBatch:
+    def decode_resize_gpu_batch(
+        self,
+        blobs: Sequence[bytes],
+        size: tuple[int, int] | Plan,
+        *,
+        probes: Sequence[Probe] | None = None,
+    ) -> GpuBatch:
         """Like `decode_resize_gpu` with one output size for all: a (n_ok, 3, h, w) batch tensor.
 
         This is what the GPU engine feeds to ``LearnedResizer.resize_tensor(x, size=(w, h))``.
         """
         torch = self._require_gpu()
-        out = self.decode_resize_gpu(blobs, size)
+        out = self.decode_resize_gpu(blobs, size, probes=probes)
         index = [i for i, r in enumerate(out) if not isinstance(r, Exception)]
         errors = {i: r for i, r in enumerate(out) if isinstance(r, Exception)}
         if not index:
@@ -605,7 +654,7 @@ def _per_sample(sizes, n: int) -> list:
     if callable(sizes) or isinstance(sizes, ResizeOp):
         return [sizes] * n
     sizes = list(sizes)
-    if len(sizes) == 2 and all(isinstance(v, int | np.integer) for v in sizes):
+    if len(sizes) == 2 and all(isinstance(v, int | float | np.number) for v in sizes):
         return [tuple(sizes)] * n
     if len(sizes) != n:
         raise ValueError(f"got {len(sizes)} sizes for {n} images")

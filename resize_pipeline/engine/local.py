@@ -26,14 +26,15 @@ _local = threading.local()
 
 def _init_process(config, threads_per_worker: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_worker))
-    try:
-        import torch
+    if config.resizer.startswith("learned"):  # torch costs ~2 s and ~250 MB per worker: only when used
+        try:
+            import torch
 
-        torch.set_num_threads(threads_per_worker)
-    except ImportError:
-        pass
+            torch.set_num_threads(threads_per_worker)
+        except ImportError:
+            pass
     _worker["config"] = config
-    _worker["stage"] = ConvertStage(config)
+    _worker["stage"] = ConvertStage(config, threads=threads_per_worker)
     _worker["fs"], _worker["root"] = url_to_fs(config.dest, **config.storage_options)
 
 
@@ -43,9 +44,20 @@ def _run_in_process(task: ShardTask) -> ShardResult:
 
 def _run_in_thread(task: ShardTask, config) -> ShardResult:
     if not hasattr(_local, "stage"):
-        _local.stage = ConvertStage(config)
+        _local.stage = ConvertStage(config, threads=1)
         _local.fs, _local.root = url_to_fs(config.dest, **config.storage_options)
     return run_shard(task, _local.stage, config, _local.fs, _local.root)
+
+
+def _uses_gpu(config) -> bool:
+    if config.device == "cpu" or (config.decoder == "pillow" and not config.resizer.startswith("learned")):
+        return False
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
 
 
 def _in_memory(url: str) -> bool:
@@ -60,12 +72,16 @@ def run_local(
 ) -> Iterator[ShardResult]:
     """Convert `tasks`, yielding each shard's result as it completes (in completion order)."""
     workers = min(config.num_workers, max(1, len(tasks)))
+    if not config.workers and _uses_gpu(config):
+        # one process owns the GPU (one CUDA context, one DALI pipeline, the CNN batched there);
+        # its stages overlap in threads. Ask for more with --workers.
+        workers = 1
     parallelism = config.parallelism
     if workers > 1 and parallelism == "process" and (_in_memory(config.source) or _in_memory(config.dest)):
         log.info("memory:// lives in one process: using threads instead of processes")
         parallelism = "thread"
     if workers == 1:
-        stage = ConvertStage(config)
+        stage = ConvertStage(config, threads=os.cpu_count() or 1)
         fs, root = url_to_fs(config.dest, **config.storage_options)
         for task in tasks:
             yield run_shard(task, stage, config, fs, root, on_progress)

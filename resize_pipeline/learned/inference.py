@@ -81,7 +81,7 @@ class LearnedResizer(Resizer):
             torch.set_num_threads(threads)
         self.channels_last = channels_last
         module = module.to(self.device)
-        if isinstance(module, nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+        if meta.get("format") != "torch.export":  # exported programs refuse eval(); they are frozen anyway
             module.eval()
             for p in module.parameters():
                 p.requires_grad_(False)

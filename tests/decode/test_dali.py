@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -147,7 +148,11 @@ def test_corrupt_members_in_place(pil, photos):
             assert mad(out[i], ref) == 0.0
     assert isinstance(out[5], np.ndarray)  # rescued by the Pillow retry
     assert dec.stats["batch_errors"] >= 2  # the bisect ran
-    assert dec.stats["pillow_fallback"] == 2
+    assert dec.stats["pillow_fallback"] >= 1
+    # precomputed probes (e.g. from the reader workers) give the same result
+    again = dec.decode(blobs, probes=[probe(b) for b in blobs])
+    for a, b in zip(out, again, strict=True):
+        assert type(a) is type(b) and (isinstance(a, Exception) or mad(a, b) == 0.0)
     # the decoder is still usable afterwards
     again = dec.decode(good)
     assert all(isinstance(o, np.ndarray) for o in again)
@@ -222,8 +227,9 @@ def test_special_formats_match_pillow(dec, pil, photos):
         assert isinstance(got, np.ndarray), (name, got)
         assert got.shape == ref.shape, name
         assert mad(got, ref) <= 0.5, name
-    # EXIF 6 and 8 transpose the 451x300 cat
+    # EXIF 6 and 8 transpose the 451x300 cat; the pre-screen reports the oriented size
     assert out[names.index("exif_rot90cw")].shape == (451, 300, 3)
+    assert probe(cases["exif_rot90cw"][0]).size == (300, 451)
 
 
 # -- fused decode + resize (same graph as the GPU path, on the CPU) ---------------------------------
@@ -245,6 +251,39 @@ def test_decode_resize_matches_classical(dec, pil, photos):
     # per-sample sizes and plain (w, h) targets
     out = dec.decode_resize(blobs[:3], [(32, 16), (17, 40), (224, 224)])
     assert [o.shape for o in out] == [(16, 32, 3), (40, 17, 3), (224, 224, 3)]
+
+
+def _hostile_cases():
+    """The hostile input set of the reliability tests (loaded by path: tests/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "reliability" / "helpers.py"
+    if not path.exists():
+        pytest.skip("tests/reliability/helpers.py not present")
+    spec = importlib.util.spec_from_file_location("_reliability_helpers", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod.hostile_cases()
+
+
+def test_hostile_inputs_end_as_pillow_would():
+    """Every hostile input (broken, bombs, odd modes, EXIF, extreme shapes) in ONE batch: DALI +
+    fallback gives Pillow's outcome for each (same pixels, or the same exception type)."""
+    cases = _hostile_cases()
+    kw = {"max_pixels": 4_000_000, "draft": False}
+    dec = DaliDecoder(device="cpu", batch_size=64, num_threads=2, **kw)
+    ref_dec = PillowDecoder(**kw)
+    got = dec.decode([c.data for c in cases])
+    for case, out in zip(cases, got, strict=True):
+        ref = ref_dec.decode([case.data])[0]
+        if isinstance(ref, Exception):
+            assert type(out) is type(ref), (case.name, out, ref)
+        else:
+            assert isinstance(out, np.ndarray), (case.name, out)
+            assert mad(out, ref) <= 1.0, case.name
+    assert dec.stats["dali"] >= 10  # the plain photos and EXIF JPEGs stayed on DALI
 
 
 def test_pickle_and_fork_rebuild(photos):

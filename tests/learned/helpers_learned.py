@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -11,15 +13,25 @@ gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def trained_net(variant: str = "resizer_n16_r1", steps: int = 5, seed: int = 0, **kw) -> LearnedResizerNet:
+def trained_net(variant: str = "resizer_n16_r1", steps: int = 4, seed: int = 0, **kw) -> LearnedResizerNet:
     """A resizer after a few SGD steps, so BN running stats and the last conv are non-trivial."""
+    key = (variant, steps, seed, tuple(sorted(kw.items())))
+    if key not in _CACHE:
+        _CACHE[key] = _train(variant, steps, seed, **kw)
+    return copy.deepcopy(_CACHE[key])
+
+
+_CACHE: dict = {}
+
+
+def _train(variant: str, steps: int, seed: int, **kw) -> LearnedResizerNet:
     torch.manual_seed(seed)
     net = create_resizer(variant, zero_init_last=False, **kw)
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     net.train()
     for _ in range(steps):
-        x = torch.rand(4, 3, 48, 40)
-        y = net(x, (24, 20))
+        x = torch.rand(4, 3, 32, 24)
+        y = net(x, (16, 12))
         loss = (y - torch.rand_like(y)).square().mean()
         opt.zero_grad()
         loss.backward()

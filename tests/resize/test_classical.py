@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from conftest import psnr
 from PIL import Image
 
-from conftest import psnr
 from resize_pipeline.geometry import plan_resize
 from resize_pipeline.resize import FILTERS, ClassicalResizer, get_resizer
 from resize_pipeline.stages import ResizeStage

@@ -76,8 +76,8 @@ def test_killed_job_resumes_from_completed_shards(ray_cluster, corpus, local_ref
 
 
 def test_workers_sets_actor_count(ray_cluster, corpus):
-    from resize_pipeline.sources import list_source
     from resize_pipeline.shards import plan_shards
+    from resize_pipeline.sources import list_source
     from workers.ray_engine import plan_actors
 
     tasks = plan_shards(list_source(str(corpus)).items, PER_SHARD)
@@ -94,3 +94,14 @@ def test_entrypoint_adds_ray_flags():
     assert build_argv(["a", "b"]) == ["convert", "a", "b", "--engine", "ray", "--address", "auto"]
     assert build_argv(["a", "b", "--address", "ray://h:10001"]) == [
         "convert", "a", "b", "--address", "ray://h:10001", "--engine", "ray"]
+
+
+def test_memory_filesystem_is_refused(corpus):
+    from resize_pipeline.errors import ConfigError
+    from resize_pipeline.shards import plan_shards
+    from resize_pipeline.sources import list_source
+    from workers.ray_engine import run_ray
+
+    tasks = plan_shards(list_source(str(corpus)).items, PER_SHARD)
+    with pytest.raises(ConfigError, match="memory://"):
+        list(run_ray(base_config(corpus, "memory://out", engine="ray"), tasks))
