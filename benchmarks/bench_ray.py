@@ -1,12 +1,16 @@
 """Images/s of the Ray engine with 1 vs 2 CPU actors (scaling ratio), with the local engine as reference.
 
-    python benchmarks/bench_ray.py [--num 600] [--samples-per-shard 50] [--repeats 2] [--cpus 2]
+    python benchmarks/bench_ray.py [--num 1200] [--samples-per-shard 50] [--repeats 2] [--cpus 2]
 
 Corpus: `resize_pipeline.sample_data.make_sample_dataset` (augmented skimage photos, JPEG/PNG/WebP,
 ~120..1400 px). Every run converts the whole corpus to 224x224 (center crop, bilinear, JPEG q95,
-WebDataset) into a fresh folder through `resize_pipeline.convert`, on one local Ray cluster started
-once (``num_cpus=--cpus``), after a warm-up run that starts the worker processes. Figures are wall
-clock of ``convert()`` (listing, actor start, conversion, manifest), best of ``--repeats``.
+WebDataset) into a fresh folder, on one local Ray cluster started once (``num_cpus=--cpus``), after
+a warm-up run. Two figures per run, best of ``--repeats``:
+
+- end-to-end: inputs / wall clock of the engine call (actor start-up included: a fresh process per
+  actor that imports torch and builds the stages, ~2-4 s here);
+- steady: images converted after the first shard result / time from the first to the last result,
+  i.e. the streaming rate once the actors run, which is what a long job sees.
 """
 
 from __future__ import annotations
@@ -20,24 +24,36 @@ import tempfile
 import time
 
 
-def _convert(source: str, dest: str, engine: str, workers: int, args, expect: int | None = None) -> float:
-    from resize_pipeline import convert
+def _run(items, dest: str, engine: str, workers: int, args) -> tuple[float, float]:
+    """(end-to-end img/s, steady img/s) of one engine call over `items`."""
     from resize_pipeline.config import ConvertConfig
+    from resize_pipeline.shards import STATS_DIR, plan_shards
 
     shutil.rmtree(dest, ignore_errors=True)
-    config = ConvertConfig(source=source, dest=dest, size=224, mode="center-crop", resizer="bilinear",
+    os.makedirs(os.path.join(dest, STATS_DIR))
+    config = ConvertConfig(source="unused", dest=dest, size=224, mode="center-crop", resizer="bilinear",
                            encode="jpg", quality=95, samples_per_shard=args.samples_per_shard,
                            engine=engine, workers=workers, quiet=True, batch_size=args.batch_size)
+    tasks = plan_shards(items, args.samples_per_shard)
+    if engine == "ray":
+        from workers.ray_engine import run_ray as runner
+    else:
+        from resize_pipeline.engine.local import run_local as runner
+    seen: list[tuple[float, int]] = []
     t0 = time.perf_counter()
-    summary = convert(config)
-    seconds = time.perf_counter() - t0
-    assert summary.total == (args.num if expect is None else expect), summary
-    return summary.total / seconds
+    total = 0
+    for res in runner(config, tasks):
+        seen.append((time.perf_counter(), res.total))
+        total += res.total
+    wall = time.perf_counter() - t0
+    assert total == len(items), (total, len(items))
+    steady = (total - seen[0][1]) / (seen[-1][0] - seen[0][0]) if len(seen) > 1 else float("nan")
+    return total / wall, steady
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num", type=int, default=600, help="images in the generated corpus")
+    p.add_argument("--num", type=int, default=1200, help="images in the generated corpus")
     p.add_argument("--samples-per-shard", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
@@ -48,47 +64,41 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     from resize_pipeline.sample_data import make_sample_dataset
+    from resize_pipeline.sources import list_source
 
     tmp = tempfile.mkdtemp(prefix="bench_ray_")
     try:
         src = os.path.join(tmp, "in")
         t0 = time.perf_counter()
         make_sample_dataset(src, args.num, seed=0)
-        print(f"corpus: {args.num} images in {time.perf_counter() - t0:.1f} s "
-              f"({sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs) / 2**20:.1f} MiB)")
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-              f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        items = list_source(src).items
+        mib = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs) / 2**20
+        print(f"corpus: {len(items)} images, {mib:.1f} MiB, made in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        rows: list[tuple[str, int, float, float]] = []
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
             logging.getLogger("ray.data").setLevel(logging.WARNING)
-            # warm-up: start Ray's worker processes (and import torch in them) once, outside the timings
-            warm = os.path.join(tmp, "warm_in")
-            make_sample_dataset(warm, 2 * args.cpus, seed=1)
-            warm_args = argparse.Namespace(**{**vars(args), "samples_per_shard": 2})
-            _convert(warm, os.path.join(tmp, "warm_out"), "ray", args.cpus, warm_args, expect=2 * args.cpus)
-            # fixed cost of a run (listing, actor start: a fresh process importing torch, manifest)
-            t0 = time.perf_counter()
-            _convert(warm, os.path.join(tmp, "warm_out"), "ray", args.cpus, warm_args, expect=2 * args.cpus)
-            print(f"fixed cost of a Ray run ({2 * args.cpus} images, {args.cpus} actors): "
-                  f"{time.perf_counter() - t0:.1f} s", flush=True)
-
-            rows: list[tuple[str, int, float]] = []
-            engines = ["ray"] if args.no_local else ["ray", "local"]
-            for engine in engines:
+            _run(items[: 2 * args.cpus], os.path.join(tmp, "warm"), "ray", args.cpus,
+                 argparse.Namespace(**{**vars(args), "samples_per_shard": 2}))  # Ray's worker processes
+            for engine in ["ray"] if args.no_local else ["ray", "local"]:
                 for workers in (1, args.cpus):
-                    best = max(_convert(src, os.path.join(tmp, f"{engine}{workers}"), engine, workers, args)
-                               for _ in range(args.repeats))
-                    rows.append((engine, workers, best))
-                    print(f"{engine:5s} workers={workers}: {best:7.1f} img/s", flush=True)
+                    runs = [_run(items, os.path.join(tmp, f"{engine}{workers}"), engine, workers, args)
+                            for _ in range(args.repeats)]
+                    e2e, steady = max(r[0] for r in runs), max(r[1] for r in runs)
+                    rows.append((engine, workers, e2e, steady))
+                    print(f"{engine:5s} workers={workers}: end-to-end {e2e:7.1f} img/s, steady {steady:7.1f} img/s",
+                          flush=True)
         finally:
             ray.shutdown()
         print()
-        print("| engine | workers | img/s | scaling vs 1 |")
-        print("| --- | ---: | ---: | ---: |")
-        for engine, workers, ips in rows:
-            one = next(r[2] for r in rows if r[0] == engine and r[1] == 1)
-            print(f"| {engine} | {workers} | {ips:.1f} | {ips / one:.2f}x |")
+        print("| engine | workers | end-to-end img/s | steady img/s | steady scaling vs 1 worker |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for engine, workers, e2e, steady in rows:
+            one = next(r[3] for r in rows if r[0] == engine and r[1] == 1)
+            print(f"| {engine} | {workers} | {e2e:.1f} | {steady:.1f} | {steady / one:.2f}x |")
         print(f"\nload average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

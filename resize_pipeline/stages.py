@@ -242,7 +242,15 @@ class ConvertStage:
 
     def __init__(self, config, threads: int | None = None) -> None:
         """`threads`: CPU threads this stage may use (the engine divides the cores among workers)."""
+        from resize_pipeline.stages_fused import FusedDecodeResizeStage, can_fuse
+
         self.read = ReadStage(config.storage_options)
+        self.encode = EncodeStage(config.encode, config.quality)
+        self.fused: FusedDecodeResizeStage | None = None
+        if can_fuse(config):
+            # DALI decodes, crops and resizes on one device and feeds the resizer there
+            self.fused = FusedDecodeResizeStage(config, threads=threads)
+            return
         self.resize = ResizeStage(
             config.resizer,
             size=config.size,
@@ -262,9 +270,10 @@ class ConvertStage:
             threads=threads,
             batch_size=config.batch_size,
         )
-        self.encode = EncodeStage(config.encode, config.quality)
 
     def describe(self) -> dict[str, Any]:
+        if self.fused is not None:
+            return self.fused.describe()
         return {"resizer": self.resize.resizer.describe(), "decoder": self.decode.decoder.name}
 
     @staticmethod
@@ -287,6 +296,8 @@ class ConvertStage:
     @property
     def steps(self) -> list:
         """The stages in order, for engines that overlap them (`engine.overlap.overlapped`)."""
+        if self.fused is not None:
+            return [self.read, self.fused, self.encode]
         return [self.read, self.decode, self.resize, self.encode]
 
     def __call__(self, batch: Batch) -> Batch:

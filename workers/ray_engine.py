@@ -138,8 +138,9 @@ def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan):
             batch_size=1,
             batch_format="numpy",
             zero_copy_batch=True,
-            # one shard in flight per actor: no shard waits behind a long one at the end of the job
-            compute=ray.data.ActorPoolStrategy(size=plan.concurrency, max_tasks_in_flight_per_actor=1),
+            # two shards in flight per actor: the next one is queued while one runs (no dispatch gap),
+            # and at most one shard waits behind a running one at the end of the job
+            compute=ray.data.ActorPoolStrategy(size=plan.concurrency, max_tasks_in_flight_per_actor=2),
             num_cpus=plan.num_cpus,
             num_gpus=plan.num_gpus,
             **extra,

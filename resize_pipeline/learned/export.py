@@ -63,6 +63,7 @@ def export_resizer(
     weights = out / WEIGHTS_FILE
     state = {k: v.detach().float().contiguous().clone() for k, v in folded.state_dict().items()}
     save_file(state, str(weights), metadata={"format": FORMAT})
+    os.chmod(weights, 0o644)  # safetensors creates 0600; package data must be world-readable
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

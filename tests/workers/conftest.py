@@ -2,40 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from pathlib import Path
 
 import pytest
-
-# Small on purpose: every test here runs on a 2-core box in a few seconds per conversion.
-SAMPLES = 21
-PER_SHARD = 6
-SIZE = 64
-
-
-def make_corpus(root: Path, n: int = SAMPLES) -> Path:
-    """Generated photos plus the three kinds of broken input the error path must record."""
-    from resize_pipeline.sample_data import make_sample_dataset
-
-    src = root / "in"
-    paths = make_sample_dataset(str(src), n, seed=3)
-    jpgs = sorted(p for p in paths if p.endswith(".jpg"))
-    (src / "astronaut" / "zz_empty.jpg").write_bytes(b"")
-    data = Path(jpgs[0]).read_bytes()
-    (src / "coffee" / "zz_truncated.jpg").write_bytes(data[: len(data) // 3])
-    (src / "chelsea" / "zz_text.jpg").write_text("this is not a JPEG\n")
-    return src
-
-
-def base_config(source: Path, dest: Path, **kw):
-    from resize_pipeline.config import ConvertConfig
-
-    values = dict(source=str(source), dest=str(dest), size=SIZE, samples_per_shard=PER_SHARD, format="both",
-                  quality=90, quiet=True, batch_size=4)
-    values.update(kw)
-    return ConvertConfig(**values)
+from helpers_ray import base_config, make_corpus
 
 
 @pytest.fixture(scope="session")
@@ -51,59 +21,3 @@ def local_reference(corpus, tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("ray_ref") / "local"
     convert(base_config(corpus, dest, engine="local", workers=1))
     return dest
-
-
-# --- comparing two outputs --------------------------------------------------------------------------
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _errors(dest: Path) -> list[dict]:
-    # PIL's UnidentifiedImageError names the BytesIO it read from ("<_io.BytesIO object at 0x7f...>"):
-    # an object address, different in every process. Everything else must match exactly.
-    return [json.loads(_ADDRESS.sub(" at 0x?", line)) for line in (dest / "_errors.jsonl").read_text().splitlines()]
-
-
-def _wds_samples(path: Path) -> list[tuple]:
-    import webdataset as wds
-
-    ds = wds.WebDataset(str(path), shardshuffle=False, empty_check=False)
-    return [tuple(sorted((k, v) for k, v in s.items() if not k.startswith("__") or k == "__key__")) for s in ds]
-
-
-def _parquet_rows(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
-
-
-def shard_files(dest: Path) -> list[str]:
-    return sorted(p.name for p in dest.iterdir() if p.suffix in (".tar", ".parquet"))
-
-
-def assert_same_output(got: Path, want: Path) -> None:
-    """Same shard names, sample keys and payload bytes (read back with webdataset and pyarrow), same
-    per-shard stats and the same error records."""
-    assert shard_files(got) == shard_files(want)
-    assert shard_files(want), "reference has no shards"
-    for name in shard_files(want):
-        if name.endswith(".tar"):
-            g, w = _wds_samples(got / name), _wds_samples(want / name)
-        else:
-            g, w = _parquet_rows(got / name), _parquet_rows(want / name)
-        assert [dict(s)["__key__"] if isinstance(s, tuple) else s["key"] for s in g] == [
-            dict(s)["__key__"] if isinstance(s, tuple) else s["key"] for s in w
-        ], name
-        assert g == w, f"{name}: sample payloads differ"
-        assert (got / name).read_bytes() == (want / name).read_bytes(), f"{name}: file bytes differ"
-    for stats in sorted((want / "_stats").iterdir()):
-        g, w = json.loads((got / "_stats" / stats.name).read_text()), json.loads(stats.read_text())
-        for d in (g, w):
-            for e in d["errors"]:
-                e["error"] = _ADDRESS.sub(" at 0x?", e["error"])
-        assert g == w, stats.name
-    assert _errors(got) == _errors(want)
-    gm, wm = (json.loads((d / "_manifest.json").read_text()) for d in (got, want))
-    assert gm["counts"] == wm["counts"]
-    assert gm["shards"] == wm["shards"]
-    assert not [p for p in os.listdir(got) if ".partial" in p], "temporary files left behind"

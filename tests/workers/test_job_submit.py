@@ -28,7 +28,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from tests.workers.conftest import PER_SHARD, SIZE, assert_same_output  # noqa: E402
+from helpers_ray import PER_SHARD, SIZE, assert_same_output  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -9,7 +9,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from tests.workers.conftest import PER_SHARD, SAMPLES, assert_same_output, base_config  # noqa: E402
+from helpers_ray import PER_SHARD, SAMPLES, assert_same_output, base_config  # noqa: E402
+
 from workers.actors import CRASH_ONCE_ENV, decode_task, encode_task  # noqa: E402
 
 pytestmark = pytest.mark.ray

@@ -1,0 +1,41 @@
+"""The fused DALI decode+resize stage, run for real in DALI's CPU-only mode (same graph as the GPU's)."""
+
+import numpy as np
+import pytest
+
+from resize_pipeline.config import ConvertConfig
+from resize_pipeline.sources import list_source
+from resize_pipeline.stages import ConvertStage, items_to_batch
+
+pytest.importorskip("nvidia.dali")
+
+
+def _convert(src, dst, **kw):
+    cfg = ConvertConfig(str(src), str(dst), workers=1, quiet=True, encode="npy", **kw)
+    stage = ConvertStage(cfg, threads=1)
+    items = list_source(str(src)).items
+    return stage, stage(items_to_batch(items)), items
+
+
+@pytest.mark.parametrize("mode,size", [("center-crop", (64, 48)), ("pad", (64, 64)), ("shorter-side", (40, 40))])
+def test_fused_matches_pillow_path(broken_folder, tmp_path, mode, size):
+    from resize_pipeline.encode import decode_payload
+
+    fused, a, items = _convert(broken_folder, tmp_path / "a", decoder="auto", size=size, mode=mode)
+    plain, b, _ = _convert(broken_folder, tmp_path / "b", decoder="pillow", size=size, mode=mode, draft=False)
+    assert fused.fused is not None and plain.fused is None
+    assert fused.describe()["decoder"]["mode"] == "cpu"
+    assert list(a["error_stage"]) == list(b["error_stage"])  # the same 3 broken files fail, at decode
+    assert sum(1 for e in a["error"] if e) == 3
+    for i in range(len(items)):
+        if a["error"][i]:
+            continue
+        x, y = decode_payload(a["payload"][i], "npy"), decode_payload(b["payload"][i], "npy")
+        assert x.shape == y.shape
+        assert np.abs(x.astype(int) - y).mean() <= 2.5, items[i].key
+        assert (a["orig_width"][i], a["orig_height"][i]) == (b["orig_width"][i], b["orig_height"][i])
+
+
+def test_area_is_not_fused(image_folder, tmp_path):
+    stage, _, _ = _convert(image_folder, tmp_path / "a", decoder="auto", resizer="area", size=32)
+    assert stage.fused is None
