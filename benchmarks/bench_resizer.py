@@ -79,77 +79,82 @@ def main() -> None:
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
-        torch.manual_seed(0)
-        x = torch.rand(args.batch, 3, inp, inp, device=dev)
-        xl = x.contiguous(memory_format=torch.channels_last)
-        n = naive.to(dev)
-        f = copy.deepcopy(folded).to(dev)
-        fl = copy.deepcopy(folded).to(dev).to(memory_format=torch.channels_last)
-        if dev == "cpu":
-            torch.set_num_threads(1)
-            with torch.no_grad():
-                ref = to_u8(n(x, out))
+        bench_device(dev, args, naive, folded, weights, out, inp)
 
-        def run(m, amp=None):
-            def fn(t):
-                with torch.inference_mode():
-                    if amp is None:
-                        return m(t, out)
-                    with torch.autocast(dev, dtype=amp):
-                        return m(t, out)
 
-            return fn
+def forward_fn(m, out: tuple[int, int], dev: str, amp: torch.dtype | None = None):
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            if amp is None:
+                return m(t, out)
+            with torch.autocast(dev, dtype=amp):
+                return m(t, out)
 
-        rows: list[tuple[str, object, torch.Tensor]] = []
-        if dev == "cpu":
-            rows.append(("naive eager fp32 (BN, NCHW, 1 thread)", run(n), x))
-            torch.set_num_threads(args.threads)
-        rows += [
-            (f"naive eager fp32 (BN, NCHW, {torch.get_num_threads()} threads)", run(n), x),
-            ("BN folded, NCHW", run(f), x),
-            ("BN folded, channels_last", run(fl), xl),
-            ("BN folded, channels_last, bf16 autocast", run(fl, torch.bfloat16), xl),
-        ]
-        if dev == "cuda":
-            rows.append(("BN folded, channels_last, fp16 autocast", run(fl, torch.float16), xl))
-        if not args.no_compile:
-            try:
-                fc = torch.compile(copy.deepcopy(fl), dynamic=False)
-                rows.append(("BN folded, channels_last, torch.compile", run(fc), xl))
-                rows.append(("BN folded, channels_last, compile + bf16", run(fc, torch.bfloat16), xl))
-            except Exception as e:  # noqa: BLE001 - report and go on
-                print(f"torch.compile unavailable: {e}")
-        base = None
-        if dev == "cuda":
-            with torch.no_grad():
-                ref = to_u8(n(x, out))
-        for name, fn, t in rows:
-            try:
-                sec = timeit(fn, t, args.iters)
-                y = to_u8(fn(t))
-            except Exception as e:  # noqa: BLE001
-                print(f"{dev:<6} {name:<44} failed: {type(e).__name__}: {str(e)[:80]}")
-                continue
-            ips = args.batch / sec
-            base = base or ips
-            diff = int((y.cpu().int() - ref.cpu().int()).abs().max())
-            print(f"{dev:<6} {name:<44} {ips:8.1f} {ips / base:8.2f} {diff:9d}")
-        # end to end through the Resizer API (Pillow pre-resize + CNN + uint8), from uint8 HWC
-        import numpy as np
+    return fn
 
-        from resize_pipeline.geometry import ResizeOp
 
-        r = LearnedResizer(weights, device=dev, batch_size=args.batch)
-        imgs = [
-            np.random.default_rng(i).integers(0, 256, (600, 800, 3), dtype=np.uint8)
-            for i in range(args.batch)
-        ]
-        ops = [ResizeOp((100.0, 0.0, 700.0, 600.0), out)] * args.batch
-        sec = timeit(lambda _: r.resize(imgs, ops), x, max(2, args.iters // 2), warmup=1)
-        print(
-            f"{dev:<6} {'LearnedResizer.resize (800x600 u8 -> 224, e2e)':<44} {args.batch / sec:8.1f} "
-            f"{args.batch / sec / base:8.2f} {'-':>9}"
+def bench_device(dev: str, args, naive, folded, weights: str, out: tuple[int, int], inp: int) -> None:
+    import numpy as np
+
+    from resize_pipeline.geometry import ResizeOp
+
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, 3, inp, inp, device=dev)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    n = naive.to(dev)
+    f = copy.deepcopy(folded).to(dev)
+    fl = copy.deepcopy(folded).to(dev).to(memory_format=torch.channels_last)
+    default_threads = torch.get_num_threads()
+    with torch.no_grad():
+        ref = to_u8(n(x, out))
+    # (name, fn, input, cpu threads)
+    rows = [
+        (f"naive eager fp32 (BN, NCHW, {default_threads} thr)", forward_fn(n, out, dev), x, default_threads),
+        ("BN folded, NCHW", forward_fn(f, out, dev), x, args.threads),
+        ("BN folded, channels_last", forward_fn(fl, out, dev), xl, args.threads),
+        (
+            "BN folded, channels_last, bf16 autocast",
+            forward_fn(fl, out, dev, torch.bfloat16),
+            xl,
+            args.threads,
+        ),
+    ]
+    if dev == "cpu":
+        rows.append(("BN folded, channels_last, 1 thread", forward_fn(fl, out, dev), xl, 1))
+    if dev == "cuda":
+        rows.append(
+            ("BN folded, channels_last, fp16 autocast", forward_fn(fl, out, dev, torch.float16), xl, 1)
         )
+    if not args.no_compile:
+        fc = torch.compile(copy.deepcopy(fl), dynamic=False)
+        rows.append(("BN folded, channels_last, torch.compile", forward_fn(fc, out, dev), xl, args.threads))
+        rows.append(
+            ("BN folded, chl, compile + bf16", forward_fn(fc, out, dev, torch.bfloat16), xl, args.threads)
+        )
+    base = None
+    for name, fn, t, threads in rows:
+        torch.set_num_threads(threads)
+        try:
+            sec = timeit(fn, t, args.iters)
+            y = to_u8(fn(t))
+        except Exception as e:  # noqa: BLE001 - report the failure and go on with the other rows
+            print(f"{dev:<6} {name:<44} failed: {type(e).__name__}: {str(e)[:80]}")
+            continue
+        ips = args.batch / sec
+        base = base or ips
+        diff = int((y.cpu().int() - ref.cpu().int()).abs().max())
+        print(f"{dev:<6} {name:<44} {ips:8.1f} {ips / base:8.2f} {diff:9d}", flush=True)
+    torch.set_num_threads(args.threads)
+    # end to end through the Resizer API (Pillow crop + pre-resize, CNN, uint8) from 800x600 uint8 HWC
+    imgs = [
+        np.random.default_rng(i).integers(0, 256, (600, 800, 3), dtype=np.uint8) for i in range(args.batch)
+    ]
+    ops = [ResizeOp((100.0, 0.0, 700.0, 600.0), out)] * args.batch
+    for precision in ("fp32", "bf16"):
+        r = LearnedResizer(weights, device=dev, batch_size=args.batch, precision=precision)
+        sec = timeit(lambda _, r=r: r.resize(imgs, ops), x, max(2, args.iters // 2), warmup=1)
+        name = f"LearnedResizer.resize e2e 800x600 u8, {precision}"
+        print(f"{dev:<6} {name:<44} {args.batch / sec:8.1f} {args.batch / sec / (base or 1):8.2f} {'-':>9}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ width height`` (after encode), ``error error_stage error_type``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -82,6 +82,29 @@ def fail(batch: Batch, i: int, stage: str, exc: BaseException) -> None:
     log.debug("%s failed at %s: %s", batch["url"][i], stage, exc)
 
 
+class _ThreadChunks:
+    """Split a list over a lazily made thread pool (for work that releases the GIL: Pillow's
+    decoders, resamplers and encoders), concatenating the results in order."""
+
+    threads: int = 1
+    _pool = None
+
+    def _chunked(self, fn: Callable[[list], list], items: list) -> list:
+        if self.threads <= 1 or len(items) < 2:
+            return fn(items)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=type(self).__name__)
+        k = min(self.threads, len(items))
+        bounds = [len(items) * j // k for j in range(k + 1)]
+        parts = self._pool.map(fn, [items[a:b] for a, b in zip(bounds, bounds[1:])])
+        return [x for part in parts for x in part]
+
+    def __getstate__(self) -> dict:  # pools don't pickle (Ray ships stages to actors)
+        return {k: v for k, v in self.__dict__.items() if k != "_pool"}
+
+
 class ReadStage:
     """Fetch raw bytes for each row (``data`` column)."""
 
@@ -103,7 +126,7 @@ class ReadStage:
         return batch
 
 
-class DecodeStage:
+class DecodeStage(_ThreadChunks):
     """Decode ``data`` to ``image`` (uint8 HWC RGB); records ``orig_width``/``orig_height``."""
 
     def __init__(
@@ -124,6 +147,8 @@ class DecodeStage:
         extra = {"num_threads": threads, "batch_size": batch_size} if decoder in ("auto", "dali") else {}
         self.decoder = get_decoder(decoder, background=background, max_pixels=max_pixels, draft=draft, **extra)
         self.size, self.mode, self.input_scale = size, mode, input_scale
+        # DALI runs its own thread pool; Pillow decodes are spread over ours
+        self.threads = 1 if extra else max(1, int(threads or 1))
 
     def size_request(self, w: int, h: int) -> tuple[int, int]:
         return draft_request(w, h, plan_resize(w, h, self.size, self.mode), self.input_scale)
@@ -134,7 +159,8 @@ class DecodeStage:
         images = _objects([None] * n)
         ow = np.zeros(n, dtype=np.int32)
         oh = np.zeros(n, dtype=np.int32)
-        decoded = self.decoder.decode([batch["data"][i] for i in rows], self.size_request)
+        decoded = self._chunked(lambda blobs: self.decoder.decode(blobs, self.size_request),
+                                [batch["data"][i] for i in rows])
         for i, got in zip(rows, decoded, strict=True):
             if isinstance(got, Exception):
                 fail(batch, i, "decode", got)
@@ -146,7 +172,7 @@ class DecodeStage:
         return batch
 
 
-class ResizeStage:
+class ResizeStage(_ThreadChunks):
     """Resize ``image`` to the target geometry (crop/pad by mode) with the configured resizer."""
 
     def __init__(
@@ -158,10 +184,13 @@ class ResizeStage:
         pad_color: tuple[int, int, int] = (0, 0, 0),
         device: str = "auto",
         batch_size: int = 64,
+        threads: int = 1,
     ) -> None:
-        from resize_pipeline.resize import get_resizer
+        from resize_pipeline.resize import ClassicalResizer, get_resizer
 
         self.resizer = get_resizer(resizer, device=device, batch_size=batch_size)
+        # Pillow resamplers release the GIL: spread them; a CNN batches (and threads) on its own
+        self.threads = max(1, int(threads)) if isinstance(self.resizer, ClassicalResizer) else 1
         self.size, self.mode, self.pad_color = size, mode, np.asarray(pad_color, dtype=np.uint8)
 
     def finish(self, image: np.ndarray, op: ResizeOp) -> np.ndarray:
@@ -193,7 +222,10 @@ class ResizeStage:
             except Exception as exc:  # noqa: BLE001
                 fail(batch, i, "resize", exc)
         try:
-            outs: list[np.ndarray | Exception] = list(self.resizer.resize([images[i] for i in valid], ops))
+            pairs = [(images[i], op) for i, op in zip(valid, ops, strict=True)]
+            outs: list[np.ndarray | Exception] = self._chunked(
+                lambda part: self.resizer.resize([p[0] for p in part], [p[1] for p in part]), pairs
+            )
         except Exception:  # noqa: BLE001 - isolate the sample that broke the batch
             outs = []
             for i, op in zip(valid, ops, strict=True):
@@ -212,26 +244,40 @@ class ResizeStage:
         return batch
 
 
-class EncodeStage:
-    """Encode ``image`` to ``payload`` bytes; records output ``width``/``height``."""
+class EncodeStage(_ThreadChunks):
+    """Encode ``image`` to ``payload`` bytes; records output ``width``/``height``.
 
-    def __init__(self, encode: str = "jpg", quality: int = 95) -> None:
+    With ``threads > 1`` images are encoded on a thread pool (Pillow's encoders release the GIL),
+    which is what keeps encoding from capping a GPU-fed pipeline.
+    """
+
+    def __init__(self, encode: str = "jpg", quality: int = 95, threads: int = 1) -> None:
         from resize_pipeline.encode import Encoder
 
         self.encoder = Encoder(encode, quality)
+        self.threads = max(1, int(threads or 1))
+
+    def _encode(self, images: list) -> list:
+        out: list = []
+        for img in images:
+            try:
+                out.append(self.encoder.encode(img))
+            except Exception as exc:  # noqa: BLE001 - per-sample policy
+                out.append(exc)
+        return out
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["key"])
         payload = _objects([b""] * n)
         width = np.zeros(n, dtype=np.int32)
         height = np.zeros(n, dtype=np.int32)
-        for i in ok_rows(batch):
-            try:
-                img = batch["image"][i]
-                payload[i] = self.encoder.encode(img)
-                height[i], width[i] = img.shape[:2]
-            except Exception as exc:  # noqa: BLE001
-                fail(batch, i, "encode", exc)
+        rows = ok_rows(batch)
+        for i, out in zip(rows, self._chunked(self._encode, [batch["image"][i] for i in rows]), strict=True):
+            if isinstance(out, Exception):
+                fail(batch, i, "encode", out)
+                continue
+            payload[i] = out
+            height[i], width[i] = batch["image"][i].shape[:2]
         batch["payload"], batch["width"], batch["height"] = payload, width, height
         batch.pop("image", None)
         return batch
@@ -245,7 +291,7 @@ class ConvertStage:
         from resize_pipeline.stages_fused import FusedDecodeResizeStage, can_fuse
 
         self.read = ReadStage(config.storage_options)
-        self.encode = EncodeStage(config.encode, config.quality)
+        self.encode = EncodeStage(config.encode, config.quality, threads=threads or 1)
         self.fused: FusedDecodeResizeStage | None = None
         if can_fuse(config):
             # DALI decodes, crops and resizes on one device and feeds the resizer there
@@ -258,6 +304,7 @@ class ConvertStage:
             pad_color=config.pad_color,
             device=config.device,
             batch_size=config.batch_size,
+            threads=threads or 1,
         )
         self.decode = DecodeStage(
             config.decoder,

@@ -10,20 +10,33 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from resize_pipeline.learned.model import INTERPOLATIONS, list_variants
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="synthetic",
-                   help="'synthetic' (generated task), an ImageFolder dir, or a dir/glob of *.tar / *.parquet shards")
-    g.add_argument("--val-data", default=None, help="held-out set (default: synthetic -> fresh set; else a split)")
+    g.add_argument(
+        "--data",
+        default="synthetic",
+        help="'synthetic' (generated task), an ImageFolder dir, or a dir/glob of *.tar / *.parquet shards",
+    )
+    g.add_argument(
+        "--val-data", default=None, help="held-out set (default: synthetic -> fresh set; else a split)"
+    )
     g.add_argument("--val-fraction", type=float, default=0.2, help="held-out split without --val-data")
     g.add_argument("--num-train", type=int, default=3000, help="synthetic train images (default 3000)")
     g.add_argument("--num-val", type=int, default=2000, help="synthetic held-out images (default 2000)")
     g.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data / split")
     g = p.add_argument_group("model")
     g.add_argument("--size", type=int, default=32, help="classifier input side = resizer output (default 32)")
-    g.add_argument("--input-scale", type=float, default=2.0, help="resizer input = input_scale x size (default 2)")
+    g.add_argument(
+        "--input-scale", type=float, default=2.0, help="resizer input = input_scale x size (default 2)"
+    )
     g.add_argument("--variant", default="resizer_n16_r1", choices=list_variants())
-    g.add_argument("--interpolation", default="bilinear", choices=INTERPOLATIONS, help="skip/bottleneck resize")
-    g.add_argument("--no-zero-init", dest="zero_init_last", action="store_false",
-                   help="random init of the last 7x7 conv (default: zero, i.e. start as plain interpolation)")
+    g.add_argument(
+        "--interpolation", default="bilinear", choices=INTERPOLATIONS, help="skip/bottleneck resize"
+    )
+    g.add_argument(
+        "--no-zero-init",
+        dest="zero_init_last",
+        action="store_false",
+        help="random init of the last 7x7 conv (default: zero, i.e. start as plain interpolation)",
+    )
     g.add_argument("--classifier-width", type=int, default=32)
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=6)
@@ -43,13 +56,30 @@ def train_config_from_args(args: argparse.Namespace, **extra):
     from resize_pipeline.learned.train import TrainConfig
 
     return TrainConfig(
-        data=args.data, val_data=args.val_data, val_fraction=args.val_fraction, num_train=args.num_train,
-        num_val=args.num_val, data_seed=args.data_seed, target_size=args.size, input_scale=args.input_scale,
-        variant=args.variant, interpolation=args.interpolation, zero_init_last=args.zero_init_last,
-        classifier_width=args.classifier_width, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, lr=args.lr, resizer_lr=args.resizer_lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, device=args.device, threads=args.threads, workers=args.workers,
-        progress=args.progress, **extra,
+        data=args.data,
+        val_data=args.val_data,
+        val_fraction=args.val_fraction,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        data_seed=args.data_seed,
+        target_size=args.size,
+        input_scale=args.input_scale,
+        variant=args.variant,
+        interpolation=args.interpolation,
+        zero_init_last=args.zero_init_last,
+        classifier_width=args.classifier_width,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        resizer_lr=args.resizer_lr,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        device=args.device,
+        threads=args.threads,
+        workers=args.workers,
+        progress=args.progress,
+        **extra,
     )
 
 
@@ -73,13 +103,16 @@ def run(args: argparse.Namespace) -> int:
     from resize_pipeline.learned.train import train
 
     try:
-        cfg = train_config_from_args(args, seed=args.seed, out_dir=args.out_dir, export_dir=args.export_dir,
-                                     resume=args.resume)
+        cfg = train_config_from_args(
+            args, seed=args.seed, out_dir=args.out_dir, export_dir=args.export_dir, resume=args.resume
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     res = train(cfg)
-    print(f"held-out accuracy {res.val_accuracy:.4f} after {res.steps} steps ({res.seconds:.0f} s), "
-          f"final train loss {res.epoch_losses[-1]:.4f}")
+    print(
+        f"held-out accuracy {res.val_accuracy:.4f} after {res.steps} steps ({res.seconds:.0f} s), "
+        f"final train loss {res.epoch_losses[-1]:.4f}"
+    )
     if res.export_dir:
         print(f"exported resizer: {res.export_dir}")
     elif cfg.resizer == "learned":

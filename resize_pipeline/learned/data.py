@@ -63,7 +63,9 @@ def _photos() -> list[np.ndarray]:
         try:
             import skimage.data as skdata
         except ImportError as e:  # pragma: no cover - depends on the install
-            raise ImportError("the synthetic task needs scikit-image: pip install 'resize-pipeline[sample]'") from e
+            raise ImportError(
+                "the synthetic task needs scikit-image: pip install 'resize-pipeline[sample]'"
+            ) from e
         _PHOTO_CACHE.extend(np.ascontiguousarray(getattr(skdata, name)()[..., :3]) for name in PHOTOS)
     return _PHOTO_CACHE
 

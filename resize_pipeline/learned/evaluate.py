@@ -49,9 +49,16 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         for seed in cfg.seeds:
             tcfg = replace(cfg.train, resizer=resizer, seed=seed, out_dir=None, export_dir=None, resume=False)
             res = train(tcfg)
-            runs.append({"resizer": resizer, "seed": seed, "val_accuracy": res.val_accuracy,
-                         "final_loss": res.epoch_losses[-1] if res.epoch_losses else None,
-                         "steps": res.steps, "seconds": round(res.seconds, 1)})
+            runs.append(
+                {
+                    "resizer": resizer,
+                    "seed": seed,
+                    "val_accuracy": res.val_accuracy,
+                    "final_loss": res.epoch_losses[-1] if res.epoch_losses else None,
+                    "steps": res.steps,
+                    "seconds": round(res.seconds, 1),
+                }
+            )
             log.info("%s seed=%d: %.4f", resizer, seed, res.val_accuracy)
     summary = {r: summarize([x["val_accuracy"] for x in runs if x["resizer"] == r]) for r in cfg.resizers}
     report = {"config": asdict(cfg), "runs": runs, "summary": summary}

@@ -217,10 +217,21 @@ def export_program(
     net = copy.deepcopy(net).cpu().eval()
     x = torch.rand(2, 3, *input_hw)
     program = torch.export.export(
-        net, (x, tuple(size_hw)), dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}, "size": (None, None)}
+        net,
+        (x, tuple(size_hw)),
+        dynamic_shapes={"x": {0: Dim("batch", min=1, max=4096)}, "size": (None, None)},
     )
     torch.export.save(program, str(path))
     side = Path(str(path) + ".json")
-    side.write_text(json.dumps({"input_scale": net.config.input_scale, "contract": CONTRACT,
-                                "input_hw": list(input_hw), "size_hw": list(size_hw)}, indent=2))
+    side.write_text(
+        json.dumps(
+            {
+                "input_scale": net.config.input_scale,
+                "contract": CONTRACT,
+                "input_hw": list(input_hw),
+                "size_hw": list(size_hw),
+            },
+            indent=2,
+        )
+    )
     return Path(path)

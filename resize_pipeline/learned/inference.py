@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from resize_pipeline.geometry import ResizeOp
 from resize_pipeline.learned.export import load_resizer_module
@@ -99,7 +98,9 @@ class LearnedResizer(Resizer):
                 precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         self.precision = precision
         self._amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-        log.info("learned resizer %s on %s (%s, sha256 %s)", self.path, self.device, precision, self.sha256[:12])
+        log.info(
+            "learned resizer %s on %s (%s, sha256 %s)", self.path, self.device, precision, self.sha256[:12]
+        )
 
     # -- tensor level (GPU pipelines keep data on the device) -----------------------------------------
 

@@ -72,5 +72,8 @@ def difference_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Mean / max absolute difference and PSNR between two uint8 images of the same shape."""
     d = a.astype(np.float64) - b.astype(np.float64)
     mse = float(np.mean(d * d))
-    return {"mae": float(np.mean(np.abs(d))), "max": float(np.max(np.abs(d))),
-            "psnr": float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)}
+    return {
+        "mae": float(np.mean(np.abs(d))),
+        "max": float(np.max(np.abs(d))),
+        "psnr": float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse),
+    }

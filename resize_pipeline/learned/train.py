@@ -173,8 +173,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
     train_set, val_set, num_classes = build_datasets(cfg)
-    log.info("data: %d train / %d val, %d classes, input %d -> %d", len(train_set), len(val_set),
-             num_classes, cfg.input_size, cfg.target_size)
+    log.info(
+        "data: %d train / %d val, %d classes, input %d -> %d",
+        len(train_set),
+        len(val_set),
+        num_classes,
+        cfg.input_size,
+        cfg.target_size,
+    )
 
     seed_everything(cfg.seed)  # model init independent of how much randomness data generation used
     resizer = build_resizer(cfg).to(device)
@@ -184,12 +190,24 @@ def train(cfg: TrainConfig) -> TrainResult:
         groups.append({"params": resizer.parameters(), "lr": cfg.resizer_lr})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    total = (
+        steps_per_epoch * cfg.epochs
+        if cfg.max_steps is None
+        else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                        num_workers=cfg.workers, drop_last=len(train_set) > cfg.batch_size)
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=gen,
+        num_workers=cfg.workers,
+        drop_last=len(train_set) > cfg.batch_size,
+    )
     val_loader = DataLoader(val_set, batch_size=256, num_workers=cfg.workers)
     size = (cfg.target_size, cfg.target_size)
 
@@ -207,7 +225,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         gen.set_state(ck["generator"])
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
-    bar = tqdm(total=total, initial=step, desc=f"train {cfg.resizer} seed={cfg.seed}", disable=not cfg.progress)
+    bar = tqdm(
+        total=total, initial=step, desc=f"train {cfg.resizer} seed={cfg.seed}", disable=not cfg.progress
+    )
     for epoch in range(start_epoch, cfg.epochs):
         if step >= total:
             break
@@ -233,10 +253,18 @@ def train(cfg: TrainConfig) -> TrainResult:
         if ckpt_path:
             os.makedirs(cfg.out_dir, exist_ok=True)
             torch.save(
-                {"resizer": resizer.state_dict(), "classifier": classifier.state_dict(),
-                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch + 1,
-                 "step": step, "losses": result.losses, "epoch_losses": result.epoch_losses,
-                 "generator": gen.get_state(), "config": asdict(cfg)},
+                {
+                    "resizer": resizer.state_dict(),
+                    "classifier": classifier.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "losses": result.losses,
+                    "epoch_losses": result.epoch_losses,
+                    "generator": gen.get_state(),
+                    "config": asdict(cfg),
+                },
                 ckpt_path,
             )
     bar.close()
@@ -244,8 +272,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     result.val_accuracy = evaluate_accuracy(resizer, classifier, val_loader, cfg.target_size, device)
     result.seconds, result.steps = time.perf_counter() - t0, step
     result.resizer, result.classifier = resizer, classifier
-    log.info("%s seed=%d: val accuracy %.4f after %d steps (%.0f s)", cfg.resizer, cfg.seed,
-             result.val_accuracy, step, result.seconds)
+    log.info(
+        "%s seed=%d: val accuracy %.4f after %d steps (%.0f s)",
+        cfg.resizer,
+        cfg.seed,
+        result.val_accuracy,
+        step,
+        result.seconds,
+    )
     export_dir = cfg.export_dir or (os.path.join(cfg.out_dir, "resizer") if cfg.out_dir else None)
     if export_dir and cfg.resizer == "learned":
         from resize_pipeline.learned.export import export_resizer

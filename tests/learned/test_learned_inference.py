@@ -43,7 +43,9 @@ def test_mixed_sizes_exact_uint8(artifact):
     for img, op, o in zip(images, ops, out, strict=True):
         np.testing.assert_array_equal(r.resize([img], [op])[0], o)
     d = r.describe()
-    assert d["name"] == "learned" and len(d["sha256"]) == 64 and d["config"]["architecture"] == "resizer_n16_r1"
+    assert (
+        d["name"] == "learned" and len(d["sha256"]) == 64 and d["config"]["architecture"] == "resizer_n16_r1"
+    )
 
 
 def test_close_to_bilinear_when_untrained(tmp_path):

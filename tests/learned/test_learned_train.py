@@ -24,8 +24,18 @@ def test_synthetic_deterministic_and_balanced():
 
 def test_train_lowers_loss_and_exports(tmp_path):
     cfg = TrainConfig(
-        target_size=16, num_train=96, num_val=32, batch_size=16, epochs=6, lr=3e-3, resizer_lr=1e-3,
-        classifier_width=8, seed=0, device="cpu", out_dir=str(tmp_path), progress=False,
+        target_size=16,
+        num_train=96,
+        num_val=32,
+        batch_size=16,
+        epochs=6,
+        lr=3e-3,
+        resizer_lr=1e-3,
+        classifier_width=8,
+        seed=0,
+        device="cpu",
+        out_dir=str(tmp_path),
+        progress=False,
     )
     res = train(cfg)
     first, last = np.mean(res.losses[:3]), np.mean(res.losses[-3:])
@@ -36,14 +46,31 @@ def test_train_lowers_loss_and_exports(tmp_path):
 
 
 def test_train_is_deterministic():
-    cfg = TrainConfig(target_size=8, num_train=32, num_val=8, batch_size=8, max_steps=3,
-                      classifier_width=4, device="cpu", progress=False)
+    cfg = TrainConfig(
+        target_size=8,
+        num_train=32,
+        num_val=8,
+        batch_size=8,
+        max_steps=3,
+        classifier_width=4,
+        device="cpu",
+        progress=False,
+    )
     assert train(cfg).losses == train(cfg).losses
 
 
 def test_baseline_has_no_resizer_params():
-    cfg = TrainConfig(resizer="bilinear", target_size=8, num_train=16, num_val=8, batch_size=8,
-                      max_steps=1, classifier_width=4, device="cpu", progress=False)
+    cfg = TrainConfig(
+        resizer="bilinear",
+        target_size=8,
+        num_train=16,
+        num_val=8,
+        batch_size=8,
+        max_steps=1,
+        classifier_width=4,
+        device="cpu",
+        progress=False,
+    )
     res = train(cfg)
     assert sum(p.numel() for p in res.resizer.parameters()) == 0
 
@@ -93,7 +120,9 @@ def test_readers_imagefolder_webdataset_parquet(tmp_path):
     assert len(ds) == 4 and ds.labels == [0, 1, 0, 1]
     assert ds[3][0].shape == (3, 16, 16) and int(ds[3][0].float().mean()) == 200
 
-    pq.write_table(pa.table({"image": [_png(i) for i in range(3)], "label": [2, 0, 1]}), tmp_path / "a.parquet")
+    pq.write_table(
+        pa.table({"image": [_png(i) for i in range(3)], "label": [2, 0, 1]}), tmp_path / "a.parquet"
+    )
     ds = data.open_dataset(str(tmp_path / "*.parquet"), 12)
     assert len(ds) == 3 and ds.labels == [2, 0, 1] and ds[0][0].shape == (3, 12, 12)
 

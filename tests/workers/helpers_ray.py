@@ -41,11 +41,12 @@ def _errors(dest: Path) -> list[dict]:
     return [json.loads(line) for line in (dest / "_errors.jsonl").read_text().splitlines()]
 
 
-def _wds_samples(path: Path) -> list[tuple]:
+def _wds_samples(path: Path) -> list[dict]:
+    """Samples as the webdataset library reads them: ``__key__`` plus raw member bytes."""
     import webdataset as wds
 
     ds = wds.WebDataset(str(path), shardshuffle=False, empty_check=False)
-    return [tuple(sorted((k, v) for k, v in s.items() if not k.startswith("__") or k == "__key__")) for s in ds]
+    return [{k: v for k, v in s.items() if k == "__key__" or not k.startswith("__")} for s in ds]
 
 
 def _parquet_rows(path: Path) -> list[dict]:
@@ -64,13 +65,9 @@ def assert_same_output(got: Path, want: Path) -> None:
     assert shard_files(got) == shard_files(want)
     assert shard_files(want), "reference has no shards"
     for name in shard_files(want):
-        if name.endswith(".tar"):
-            g, w = _wds_samples(got / name), _wds_samples(want / name)
-        else:
-            g, w = _parquet_rows(got / name), _parquet_rows(want / name)
-        assert [dict(s)["__key__"] if isinstance(s, tuple) else s["key"] for s in g] == [
-            dict(s)["__key__"] if isinstance(s, tuple) else s["key"] for s in w
-        ], name
+        read, key = (_wds_samples, "__key__") if name.endswith(".tar") else (_parquet_rows, "key")
+        g, w = read(got / name), read(want / name)
+        assert [s[key] for s in g] == [s[key] for s in w], f"{name}: sample keys differ"
         assert g == w, f"{name}: sample payloads differ"
         assert (got / name).read_bytes() == (want / name).read_bytes(), f"{name}: file bytes differ"
     for stats in sorted((want / "_stats").iterdir()):
