@@ -38,13 +38,14 @@ def parse_size(value: str | int | tuple[int, int] | list[int]) -> tuple[int, int
 
 def parse_color(value: str | tuple[int, int, int] | list[int]) -> tuple[int, int, int]:
     """``"255,255,255"``, ``"#ffffff"``, ``"white"``-free: explicit RGB only."""
+    parts: list[str] | list[int]
     if isinstance(value, str):
         v = value.strip()
         if v.startswith("#") and len(v) == 7:
             return tuple(int(v[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
         parts = v.split(",")
     else:
-        parts = list(value)
+        parts = [int(x) for x in value]
     try:
         rgb = tuple(int(p) for p in parts)
     except (TypeError, ValueError):

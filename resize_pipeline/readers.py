@@ -87,7 +87,7 @@ def dali_pipeline(
     fs, _ = url_to_fs(dest)
     paths = [fs._strip_protocol(u) for u in shard_urls(dest, "webdataset")]
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)  # type: ignore[arg-type]
     def pipe():
         img, cls = fn.readers.webdataset(
             paths=paths, ext=[ext, "cls"], random_shuffle=shuffle, name="reader",

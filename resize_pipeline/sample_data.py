@@ -63,6 +63,7 @@ def make_sample_dataset(dest: str, n: int = 300, seed: int = 0) -> list[str]:
         if rng.random() < 0.1:
             img = img.convert("L")
         r = rng.random()
+        kw: dict
         ext, kw = ("jpg", {"quality": int(rng.integers(75, 96))}) if r < 0.8 else ("png", {}) if r < 0.93 else ("webp", {"quality": 90})
         os.makedirs(os.path.join(dest, name), exist_ok=True)
         path = os.path.join(dest, name, f"{i:05d}.{ext}")

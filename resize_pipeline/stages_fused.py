@@ -49,7 +49,7 @@ class FusedDecodeResizeStage:
 
         self.size, self.mode = config.size, config.mode
         learned = config.resizer.startswith("learned")
-        self.resizer = get_resizer(config.resizer, device=config.device, batch_size=config.batch_size) if learned else None
+        self.resizer: Any = get_resizer(config.resizer, device=config.device, batch_size=config.batch_size) if learned else None
         interp = "linear" if learned else DALI_INTERP[config.resizer]
         device = "auto" if config.device in ("auto", "cuda") or config.device.startswith("cuda") else "cpu"
         self.decoder = DaliDecoder(
@@ -119,14 +119,13 @@ class FusedDecodeResizeStage:
             if self.gpu:
                 import torch
 
-                x = torch.stack(items).permute(0, 2, 3, 1).contiguous().cpu().numpy()
-                return list(x)
+                return list(torch.stack(items).permute(0, 2, 3, 1).contiguous().cpu().numpy())
             return [np.ascontiguousarray(a) for a in items]
         import torch
 
         if self.gpu:
-            x = torch.stack(items)  # (B, 3, H, W) uint8 on the GPU
+            t = torch.stack(items)  # (B, 3, H, W) uint8 on the GPU
         else:
-            x = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
-        y = self.resizer.resize_tensor(x, size)  # (B, 3, h, w) uint8
+            t = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
+        y = self.resizer.resize_tensor(t, size)  # (B, 3, h, w) uint8
         return list(y.permute(0, 2, 3, 1).contiguous().cpu().numpy())

@@ -36,7 +36,7 @@ class PillowDecoder(Decoder):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         draft: bool = True,
     ) -> None:
-        self.background = tuple(background)
+        self.background: tuple[int, int, int] = (int(background[0]), int(background[1]), int(background[2]))
         self.max_pixels = int(max_pixels)
         self.draft = draft
 
@@ -66,9 +66,8 @@ class PillowDecoder(Decoder):
                 if rw < w // 2 and rh < h // 2:
                     img.draft("RGB" if img.mode == "RGB" else img.mode, (rw, rh))
             img.load()
-            if orientation != 1:
-                img = ImageOps.exif_transpose(img)
-            return to_rgb_array(img, self.background)
+            out: Image.Image = ImageOps.exif_transpose(img) if orientation != 1 else img
+            return to_rgb_array(out, self.background)
 
     def decode(
         self, blobs: Sequence[bytes], size_request: SizeRequest | None = None

@@ -10,6 +10,7 @@ import logging
 import multiprocessing as mp
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
@@ -24,7 +25,18 @@ _worker: dict = {}
 _local = threading.local()
 
 
-def _init_process(config, threads_per_worker: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    # A SIGKILLed job leaves its pool workers blocked on the task queue forever (they hold its write end
+    # too, so never see EOF): follow the parent. An unfinished shard leaves only a temp file, which the
+    # rerun removes.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _init_process(config, threads_per_worker: int, parent: int | None = None) -> None:
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_worker))
     if config.resizer.startswith("learned"):  # torch costs ~2 s and ~250 MB per worker: only when used
         try:
@@ -91,7 +103,7 @@ def run_local(
     if parallelism == "process":
         threads = max(1, (os.cpu_count() or 1) // workers)
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_process,
-                                   initargs=(config, threads))
+                                   initargs=(config, threads, os.getpid()))
         submit = lambda t: pool.submit(_run_in_process, t)  # noqa: E731
     else:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="convert")
@@ -99,7 +111,7 @@ def run_local(
     with pool:
         # bounded in-flight window: memory stays flat however many shards there are
         queue = list(tasks)[::-1]
-        running = set()
+        running: set = set()
         try:
             while queue or running:
                 while queue and len(running) < 2 * workers:

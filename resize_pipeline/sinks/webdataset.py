@@ -20,7 +20,7 @@ class WebDatasetWriter(FormatWriter):
 
     def __init__(self, fileobj: HashingFile, **options) -> None:
         super().__init__(fileobj)
-        self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)
+        self.tar = tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
 
     def _add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)

@@ -74,10 +74,11 @@ def _parquet_rows(items: list[SourceItem], so: dict[str, Any]) -> list[bytes | E
         out: list[bytes | Exception] = []
         cache: dict[int, list] = {}
         for it in items:
-            g = next((i for i, (a, b) in enumerate(bounds) if a <= it.row < b), None)
-            if g is None:
+            found = next((i for i, (a, b) in enumerate(bounds) if a <= it.row < b), None)
+            if found is None:
                 out.append(IndexError(f"row {it.row} not in {it.url}"))
                 continue
+            g = found
             if g not in cache:
                 cache.clear()  # rows arrive in order: keep one row group in memory
                 cache[g] = pf.read_row_group(g, columns=[col]).column(0).to_pylist()
