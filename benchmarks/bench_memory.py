@@ -38,8 +38,10 @@ def make_dataset(folder: Path, n: int, seed: int = 0) -> None:
         w, h = (int(v) for v in rng.integers(64, 161, 2))
         y, x = np.mgrid[0:h, 0:w]
         base = rng.uniform(30, 220, 3)
-        img = np.stack([base[0] + 40 * np.sin(x / (3 + i % 7)), base[1] + 30 * np.cos(y / 4.0),
-                        base[2] + 0.3 * (x + y)], -1)
+        img = np.stack(
+            [base[0] + 40 * np.sin(x / (3 + i % 7)), base[1] + 30 * np.cos(y / 4.0), base[2] + 0.3 * (x + y)],
+            -1,
+        )
         buf = io.BytesIO()
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=85)
         blobs.append(buf.getvalue())
@@ -100,11 +102,15 @@ def run_one(src: Path, dst: Path, workers: int, cli: bool, extra: list[str]) -> 
     if cli:
         cmd = [sys.executable, "-m", "resize_pipeline.cli", "convert", *args]
     else:  # the library entry point (the CLI's parser also imports torch for the `train` command)
-        cmd = [sys.executable, "-c",
-               "import sys; from resize_pipeline.commands.convert import config_from_args, add_parser; "
-               "import argparse; p = argparse.ArgumentParser(); s = p.add_subparsers(); add_parser(s); "
-               "a = p.parse_args(['convert'] + sys.argv[1:]); from resize_pipeline import convert; "
-               "print(convert(config_from_args(a)).line())", *args]
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys; from resize_pipeline.commands.convert import config_from_args, add_parser; "
+            "import argparse; p = argparse.ArgumentParser(); s = p.add_subparsers(); add_parser(s); "
+            "a = p.parse_args(['convert'] + sys.argv[1:]); from resize_pipeline import convert; "
+            "print(convert(config_from_args(a)).line())",
+            *args,
+        ]
     env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -121,12 +127,20 @@ def run_one(src: Path, dst: Path, workers: int, cli: bool, extra: list[str]) -> 
     manifest = json.loads((dst / "_manifest.json").read_text())
     # steady state: median tree RSS over the second half of the run
     steady = float(np.median(samples[len(samples) // 2 :])) if samples else 0.0
-    return {"images": manifest["counts"]["total"], "written": manifest["counts"]["written"],
-            "seconds": round(seconds, 1), "img_per_s": round(manifest["counts"]["total"] / seconds, 1),
-            "peak_tree_mb": round(peak_tree / 1024, 1), "steady_tree_mb": round(steady / 1024, 1),
-            "max_single_process_mb": round(max(hwm.values(), default=0) / 1024, 1),
-            "sum_of_process_peaks_mb": round(sum(hwm.values()) / 1024, 1), "processes": peak_procs,
-            "shards": len(manifest["shard_stats"])}
+    return {
+        "images": manifest["counts"]["total"],
+        "written": manifest["counts"]["written"],
+        "seconds": round(seconds, 1),
+        "img_per_s": round(manifest["counts"]["total"] / seconds, 1),
+        "peak_tree_mb": round(peak_tree / 1024, 1),
+        "steady_tree_mb": round(steady / 1024, 1),
+        "max_single_process_mb": round(max(hwm.values(), default=0) / 1024, 1),
+        "sum_of_process_peaks_mb": round(sum(hwm.values()) / 1024, 1),
+        "processes": peak_procs,
+        "job_process_peak_mb": round(hwm.get(proc.pid, 0) / 1024, 1),
+        "max_worker_peak_mb": round(max((v for k, v in hwm.items() if k != proc.pid), default=0) / 1024, 1),
+        "shards": len(manifest["shard_stats"]),
+    }
 
 
 def main() -> None:
@@ -147,7 +161,9 @@ def main() -> None:
                 make_dataset(src, n)
             gen = time.perf_counter() - t
             shutil.rmtree(dst, ignore_errors=True)
-            r = run_one(src, dst, args.workers, args.cli, ["--samples-per-shard", str(args.samples_per_shard)])
+            r = run_one(
+                src, dst, args.workers, args.cli, ["--samples-per-shard", str(args.samples_per_shard)]
+            )
             r["generate_s"] = round(gen, 1)
             rows.append(r)
             print(json.dumps(r), flush=True)
@@ -155,14 +171,27 @@ def main() -> None:
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    cols = ["images", "shards", "seconds", "img_per_s", "peak_tree_mb", "steady_tree_mb", "max_single_process_mb",
-            "sum_of_process_peaks_mb", "processes"]
+    cols = [
+        "images",
+        "shards",
+        "seconds",
+        "img_per_s",
+        "peak_tree_mb",
+        "steady_tree_mb",
+        "max_single_process_mb",
+        "sum_of_process_peaks_mb",
+        "job_process_peak_mb",
+        "max_worker_peak_mb",
+        "processes",
+    ]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
     if len(rows) >= 2:
-        print(f"\npeak tree RSS ratio {rows[-1]['images']} vs {rows[0]['images']} images: "
-              f"{rows[-1]['peak_tree_mb'] / rows[0]['peak_tree_mb']:.2f}x")
+        print(
+            f"\npeak tree RSS ratio {rows[-1]['images']} vs {rows[0]['images']} images: "
+            f"{rows[-1]['peak_tree_mb'] / rows[0]['peak_tree_mb']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -78,8 +78,8 @@ class ShardConverter:
 
     Args:
         config: the job's `ConvertConfig`.
-        threads: CPU threads this actor may use (torch intra-op, OpenMP); ``None`` keeps the defaults
-            (Ray sets ``OMP_NUM_THREADS`` to the actor's ``num_cpus``).
+        threads: CPU threads this actor may use (the stages' thread pools, DALI's CPU threads, torch
+            intra-op); the engine passes the actor's ``num_cpus``.
         crash_once: test hook, see `CRASH_ONCE_ENV`.
     """
 
@@ -90,14 +90,16 @@ class ShardConverter:
 
         if threads:
             os.environ["OMP_NUM_THREADS"] = str(threads)
-            try:
-                import torch
+            if config.resizer.startswith("learned"):  # torch only when used (~2 s, ~250 MB per actor)
+                try:
+                    import torch
 
-                torch.set_num_threads(threads)
-            except ImportError:
-                pass
+                    torch.set_num_threads(threads)
+                except ImportError:
+                    pass
         self.config = config
-        self.stage = ConvertStage(config)
+        # the engine's CPU share of this actor: decode/resize/encode thread pools, DALI CPU threads
+        self.stage = ConvertStage(config, threads=threads)
         self.fs, self.root = url_to_fs(config.dest, **config.storage_options)
         self.hook = _CrashOnce(crash_once) if crash_once else None
 

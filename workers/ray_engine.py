@@ -10,6 +10,11 @@ are restarted when they die (``max_restarts``) and their in-flight shard is run 
 killed actor costs no sample. A killed *job* resumes on rerun from the completed shards
 (`resize_pipeline.conversion.convert` filters them before calling `run_ray`).
 
+The process that iterates the dataset is Ray Data's driver: this process when it is part of the
+cluster (a local cluster, ``--address auto``, a job started by ``ray job submit``). Through Ray Client
+(``ray://``) Ray Data cannot drive a dataset, so a small actor on the cluster (`_ClusterDriver`) does,
+and this process polls it for finished shards.
+
 Knobs (environment variables, read on the driver, so they also work through the CLI and
 ``ray job submit``; ``--workers N`` sets the actor count):
 
@@ -71,7 +76,7 @@ def _code_dirs() -> list[str]:
     import resize_pipeline
     import workers
 
-    return [os.path.dirname(os.path.abspath(m.__file__)) for m in (resize_pipeline, workers)]  # type: ignore[arg-type]
+    return [os.path.dirname(os.path.abspath(str(m.__file__))) for m in (resize_pipeline, workers)]
 
 
 def connect(address: str | None) -> bool:
@@ -79,18 +84,29 @@ def connect(address: str | None) -> bool:
 
     ``None`` starts a local cluster (or joins ``RAY_ADDRESS``, as ``ray job submit`` sets it),
     ``"auto"`` joins the cluster of this machine, ``"ray://host:10001"`` connects a Ray Client.
-    Workers of a cluster on this machine see the driver's ``sys.path``; remote ones need the package
-    installed, a ``--working-dir``, or ``RESIZE_PIPELINE_RAY_SHIP_CODE=1``.
+    Workers find the code through `job_runtime_env`: ``PYTHONPATH`` for a cluster on this machine,
+    ``py_modules`` for Ray Client; a submitted job brings its ``--working-dir``.
     """
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {}
-    ship = os.environ.get(ENV_PREFIX + "SHIP_CODE")
-    if ship == "1" or (ship is None and address is not None and address.startswith("ray://")):
-        kwargs["runtime_env"] = {"py_modules": _code_dirs(),
-                                 "excludes": ["__pycache__", "*.pyc"]}
-    ray.init(address=address, **kwargs)
+    ray.init(address=address, runtime_env=job_runtime_env(address))
     return True
+
+
+def job_runtime_env(address: str | None) -> dict[str, Any] | None:
+    """How this job's workers find the code: uploaded (``ray://``), or on this machine's paths."""
+    ship = os.environ.get(ENV_PREFIX + "SHIP_CODE")
+    client = address is not None and address.startswith("ray://")
+    if ship == "1" or (ship is None and client):
+        return {"py_modules": _code_dirs(), "excludes": ["__pycache__", "*.pyc"]}
+    if ship == "0" or client or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        return None  # a submitted job brings its working_dir / the image has the package
+    # A cluster on this machine: Ray workers don't inherit the driver's sys.path, so point them at
+    # the folders this process imported the code from (a checkout run without `pip install`).
+    roots = sorted({os.path.dirname(d) for d in _code_dirs()})
+    if os.environ.get("PYTHONPATH"):
+        roots.append(os.environ["PYTHONPATH"])
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(roots)}}
 
 
 def plan_actors(config, n_tasks: int) -> ActorPlan:
@@ -119,7 +135,7 @@ def plan_actors(config, n_tasks: int) -> ActorPlan:
     return ActorPlan(concurrency, cpus, gpus, max(1, int(round(cpus))))
 
 
-def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan):
+def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan, crash_once: str | None = None):
     """The lazy Ray Dataset: one row (and one block) per shard task, mapped by the actor pool."""
     rows = [encode_task(t) for t in tasks]
     # one block per shard: a map task then carries exactly one shard, so shards balance across actors
@@ -134,7 +150,7 @@ def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan):
         return ds.map_batches(
             ShardConverter,
             fn_constructor_kwargs={"config": config, "threads": plan.threads,
-                                   "crash_once": os.environ.get(CRASH_ONCE_ENV) or None},
+                                   "crash_once": crash_once},
             batch_size=1,
             batch_format="numpy",
             zero_copy_batch=True,
@@ -173,6 +189,81 @@ def check_storage(config, nodes: int) -> None:
                         "(shared filesystem), or use an object store URL", what, url, nodes)
 
 
+def _results_here(config, tasks: Sequence[ShardTask], crash_once: str | None) -> Iterator[str]:
+    """Run the dataset with this process as its driver; yields each shard's result (JSON)."""
+    ctx = ray.data.DataContext.get_current()
+    bars = ctx.enable_progress_bars
+    ctx.enable_progress_bars = bars and not config.quiet
+    try:
+        check_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
+        plan = plan_actors(config, len(tasks))
+        log.info("ray: %d shard(s) on %d actor(s) (%.3g CPU, %.3g GPU each)",
+                 len(tasks), plan.concurrency, plan.num_cpus, plan.num_gpus)
+        for row in build_dataset(config, tasks, plan, crash_once).iter_rows():
+            yield row["result"]
+        _cleanup_partials(config)
+    finally:
+        ctx.enable_progress_bars = bars
+
+
+class _ClusterDriver:
+    """Runs `_results_here` inside the cluster, for Ray Client connections.
+
+    Ray Data cannot execute through Ray Client (its streaming executor needs a core worker in the
+    driver process; ray-project/ray#48682), so with ``ray://`` the Ray Data driver runs in this actor
+    on the cluster and the client polls it for finished shards.
+    """
+
+    def __init__(self, config, tasks: list[ShardTask], crash_once: str | None) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._done: list[str] = []
+        self._finished = False
+        self._error: str | None = None
+        self._thread = threading.Thread(target=self._run, args=(config, tasks, crash_once), daemon=True)
+        self._thread.start()
+
+    def _run(self, config, tasks, crash_once) -> None:
+        import traceback
+
+        try:
+            for text in _results_here(config, tasks, crash_once):
+                with self._lock:
+                    self._done.append(text)
+        except BaseException:  # noqa: BLE001 - reported to the client by poll()
+            self._error = traceback.format_exc()
+        finally:
+            self._finished = True
+
+    def poll(self) -> tuple[list[str], bool, str | None]:
+        with self._lock:
+            done, self._done = self._done, []
+        return done, self._finished and not self._done, self._error
+
+
+def _results_via_cluster(config, tasks: Sequence[ShardTask], crash_once: str | None) -> Iterator[str]:
+    import time
+
+    knobs = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    actor_cls: Any = ray.remote(num_cpus=0, max_restarts=0)(_ClusterDriver)
+    driver = actor_cls.options(runtime_env={"env_vars": knobs} if knobs else None).remote(
+        config, list(tasks), crash_once)
+    try:
+        while True:
+            done, finished, error = ray.get(driver.poll.remote())
+            yield from done
+            if error:
+                from resize_pipeline.errors import OutputError
+
+                raise OutputError(f"the Ray job failed on the cluster:\n{error}")
+            if finished:
+                return
+            time.sleep(0.5)
+    finally:
+        ray.kill(driver)
+
+
 def run_ray(
     config,
     tasks: Sequence[ShardTask],
@@ -182,22 +273,23 @@ def run_ray(
     if not tasks:
         return
     check_storage(config, 1)
+    crash_once = os.environ.get(CRASH_ONCE_ENV) or None
     started = connect(config.address)
-    ctx = ray.data.DataContext.get_current()
-    bars = ctx.enable_progress_bars
-    ctx.enable_progress_bars = bars and not config.quiet
     try:
-        check_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
-        plan = plan_actors(config, len(tasks))
-        log.info("ray: %d shard(s) on %d actor(s) (%.3g CPU, %.3g GPU each)",
-                 len(tasks), plan.concurrency, plan.num_cpus, plan.num_gpus)
-        for row in build_dataset(config, tasks, plan).iter_rows():
-            res = result_from_json(row["result"])
-            if on_progress:
-                on_progress(res.total)
-            yield res
-        _cleanup_partials(config)
+        client = ray.util.client.ray.is_connected()
+        stream = (_results_via_cluster if client else _results_here)(config, tasks, crash_once)
+        try:
+            for text in stream:
+                res = result_from_json(text)
+                if on_progress:
+                    on_progress(res.total)
+                yield res
+        except ray.exceptions.RayError as exc:
+            from resize_pipeline.errors import OutputError
+
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise OutputError(f"the Ray job failed ({type(exc).__name__}: {first}); the shards completed so "
+                              "far are kept: rerun the same command to resume") from exc
     finally:
-        ctx.enable_progress_bars = bars
         if started:
             ray.shutdown()

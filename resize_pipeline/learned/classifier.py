@@ -30,6 +30,9 @@ class BasicBlock(nn.Module):
 class SmallResNet(nn.Module):
     """Stem + three stages (w, 2w, 4w; strides 1, 2, 2) + global pool; input float RGB in [0, 1]."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, num_classes: int, width: int = 32) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))

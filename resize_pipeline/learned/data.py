@@ -211,7 +211,7 @@ def parquet_files(paths: Sequence[str], size: int) -> EncodedImages:
     return EncodedImages(items, labels, size)
 
 
-def open_dataset(spec: str, size: int) -> Dataset:
+def open_dataset(spec: str, size: int) -> EncodedImages:
     """A directory (ImageFolder, or holding *.tar / *.parquet), a file or a glob of shards."""
     if os.path.isdir(spec):
         tars = sorted(glob.glob(os.path.join(spec, "*.tar")))

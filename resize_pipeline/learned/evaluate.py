@@ -11,6 +11,7 @@ import json
 import logging
 import statistics
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from resize_pipeline.learned.train import RESIZERS, TrainConfig, train
 
@@ -44,7 +45,7 @@ def summarize(accuracies: list[float]) -> dict[str, float | list[float]]:
 
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Train/evaluate every (resizer, seed); returns runs and a per-resizer summary."""
-    runs = []
+    runs: list[dict[str, Any]] = []
     for resizer in cfg.resizers:
         for seed in cfg.seeds:
             tcfg = replace(cfg.train, resizer=resizer, seed=seed, out_dir=None, export_dir=None, resume=False)
@@ -60,7 +61,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                 }
             )
             log.info("%s seed=%d: %.4f", resizer, seed, res.val_accuracy)
-    summary = {r: summarize([x["val_accuracy"] for x in runs if x["resizer"] == r]) for r in cfg.resizers}
+    summary = {
+        r: summarize([float(x["val_accuracy"]) for x in runs if x["resizer"] == r]) for r in cfg.resizers
+    }
     report = {"config": asdict(cfg), "runs": runs, "summary": summary}
     if cfg.json_out:
         with open(cfg.json_out, "w") as f:

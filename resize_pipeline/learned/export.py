@@ -64,7 +64,7 @@ def export_resizer(
     state = {k: v.detach().float().contiguous().clone() for k, v in folded.state_dict().items()}
     save_file(state, str(weights), metadata={"format": FORMAT})
     os.chmod(weights, 0o644)  # safetensors creates 0600; package data must be world-readable
-    meta = {
+    meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "architecture": variant_name(cfg),
@@ -104,7 +104,7 @@ def load_artifact(path: str | os.PathLike) -> tuple[FoldedResizerNet, dict[str, 
     if not cfg_path.is_file():
         raise ArtifactError(f"{cfg_path}: resizer config not found")
     try:
-        meta = json.loads(cfg_path.read_text())
+        meta: Any = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{cfg_path}: not valid JSON ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -195,7 +195,12 @@ def export_torchscript(net: nn.Module, path: str | os.PathLike) -> Path:
     scripted = torch.jit.script(copy.deepcopy(net).cpu().eval())
     torch.jit.save(scripted, str(path))
     side = Path(str(path) + ".json")
-    side.write_text(json.dumps({"input_scale": net.config.input_scale, "contract": CONTRACT}, indent=2))
+    side.write_text(
+        json.dumps(
+            {"input_scale": getattr(net, "config", ResizerConfig()).input_scale, "contract": CONTRACT},
+            indent=2,
+        )
+    )
     return Path(path)
 
 
@@ -226,7 +231,7 @@ def export_program(
     side.write_text(
         json.dumps(
             {
-                "input_scale": net.config.input_scale,
+                "input_scale": getattr(net, "config", ResizerConfig()).input_scale,
                 "contract": CONTRACT,
                 "input_hw": list(input_hw),
                 "size_hw": list(size_hw),

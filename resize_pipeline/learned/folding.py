@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resize_pipeline.learned.model import LearnedResizerNet, ResizerConfig, interpolate
+from resize_pipeline.learned.model import LearnedResizerNet, ResBlock, ResizerConfig, interpolate
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,11 +25,12 @@ def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     scale, shift = _bn_scale_shift(bn)
-    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding, bias=True)
+    k = conv.kernel_size[0]
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, k, padding=k // 2, bias=True)
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)
     with torch.no_grad():
         out.weight.copy_(conv.weight.detach() * scale.view(-1, 1, 1, 1))
-        out.bias.copy_(bias * scale + shift)
+        out.bias.copy_(bias * scale + shift)  # type: ignore[union-attr]
     return out
 
 
@@ -65,7 +66,7 @@ class FoldedResizerNet(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         skip = interpolate(x, size, self.interpolation)
-        f = self.act(self.conv_mix(self.act(self.conv_in((x - self.mean) * self.inv_std))))
+        f = self.act(self.conv_mix(self.act(self.conv_in((x - self.mean) * self.inv_std))))  # type: ignore[operator]
         b = interpolate(f, size, self.interpolation) * self.head_scale + self.head_shift
         h = self.tail_conv(self.blocks(b)) + b
         return self.out_conv(h) + skip
@@ -77,16 +78,18 @@ def fold_batchnorm(net: LearnedResizerNet) -> FoldedResizerNet:
     cfg = net.config
     folded = FoldedResizerNet(cfg)
     conv7, _, conv1, _, bn = net.head
+    assert isinstance(bn, nn.BatchNorm2d)
     folded.conv_in.load_state_dict(conv7.state_dict())
     folded.conv_mix.load_state_dict(conv1.state_dict())
     scale, shift = _bn_scale_shift(bn)
     folded.head_scale.copy_(scale.view(1, -1, 1, 1))
     folded.head_shift.copy_(shift.view(1, -1, 1, 1))
     for src, dst in zip(net.blocks, folded.blocks, strict=True):
+        assert isinstance(src, ResBlock) and isinstance(dst, FoldedBlock)
         dst.conv1 = _fold(src.conv1, src.bn1)
         dst.conv2 = _fold(src.conv2, src.bn2)
     folded.tail_conv = _fold(net.tail_conv, net.tail_bn)
     std = torch.tensor(cfg.std, dtype=torch.float32)
     folded.out_conv.weight.copy_(net.out_conv.weight * std.view(-1, 1, 1, 1))
-    folded.out_conv.bias.copy_(net.out_conv.bias * std)
+    folded.out_conv.bias.copy_(net.out_conv.bias * std)  # type: ignore[union-attr, operator]
     return folded.eval()

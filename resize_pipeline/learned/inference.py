@@ -85,7 +85,7 @@ class LearnedResizer(Resizer):
             for p in module.parameters():
                 p.requires_grad_(False)
         if channels_last:
-            module = module.to(memory_format=torch.channels_last)
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.module = torch.compile(module, dynamic=False) if compile else module
         self.name = "learned"
         self.input_scale = float(meta["input_scale"])
@@ -158,7 +158,7 @@ class LearnedResizer(Resizer):
         prepared: list[np.ndarray] = []
         for i, (img, op) in enumerate(zip(images, ops, strict=True)):
             prepared.append(self._prepare(img, op))
-            groups[tuple(op.size)].append(i)
+            groups[(op.size[0], op.size[1])].append(i)
         out: list[np.ndarray | None] = [None] * len(images)
         for size, idx in groups.items():
             for start in range(0, len(idx), self.batch_size):

@@ -118,15 +118,15 @@ class LearnedResizerNet(nn.Module):
         self.out_conv = nn.Conv2d(n, 3, 7, padding=3)
         if cfg.zero_init_last:
             nn.init.zeros_(self.out_conv.weight)
-            nn.init.zeros_(self.out_conv.bias)
+            nn.init.zeros_(self.out_conv.bias)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        x = (x - self.mean) / self.std  # type: ignore[operator]
         skip = interpolate(x, size, self.interpolation)
         b = interpolate(self.head(x), size, self.interpolation)
         h = self.tail_bn(self.tail_conv(self.blocks(b))) + b
         y = self.out_conv(h) + skip
-        return y * self.std + self.mean
+        return y * self.std + self.mean  # type: ignore[operator]
 
 
 # --- registry (timm-style) ---------------------------------------------------------------------------

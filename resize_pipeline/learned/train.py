@@ -12,11 +12,12 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 from resize_pipeline.learned.classifier import SmallResNet
 from resize_pipeline.learned.model import DEFAULT_VARIANT, INTERPOLATIONS, interpolate, variant_config
@@ -110,11 +111,12 @@ class FixedResizer(nn.Module):
         return interpolate(x, size, self.mode)
 
 
-def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset, int]:
+def build_datasets(cfg: TrainConfig) -> tuple[Any, Any, int]:
     """(train, val, num_classes) at the resizer's input size."""
     from resize_pipeline.learned import data
 
     size = cfg.input_size
+    val: Any
     if cfg.data == "synthetic":
         syn = data.SyntheticConfig(size=size)
         train = data.SyntheticGratings(cfg.num_train, cfg.data_seed, syn)
@@ -189,16 +191,6 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.resizer == "learned":
         groups.append({"params": resizer.parameters(), "lr": cfg.resizer_lr})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total = (
-        steps_per_epoch * cfg.epochs
-        if cfg.max_steps is None
-        else min(cfg.max_steps, steps_per_epoch * cfg.epochs)
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
-
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(
         train_set,
@@ -207,6 +199,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         generator=gen,
         num_workers=cfg.workers,
         drop_last=len(train_set) > cfg.batch_size,
+    )
+    total = (
+        len(loader) * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, len(loader) * cfg.epochs)
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
     val_loader = DataLoader(val_set, batch_size=256, num_workers=cfg.workers)
     size = (cfg.target_size, cfg.target_size)
@@ -251,7 +249,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         result.epoch_losses.append(running / max(n, 1))
         log.info("epoch %d: mean loss %.4f", epoch + 1, running / max(n, 1))
         if ckpt_path:
-            os.makedirs(cfg.out_dir, exist_ok=True)
+            os.makedirs(os.path.dirname(ckpt_path) or ".", exist_ok=True)
             torch.save(
                 {
                     "resizer": resizer.state_dict(),

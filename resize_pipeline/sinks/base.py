@@ -1,10 +1,11 @@
 """Shard sinks: the base names files, commits them atomically and rolls parts on a byte cap.
 
 A format implements `FormatWriter` (open on a file object, `write(sample)`, `close()`); the base
-handles the filesystem. On a local filesystem a shard is written under a hidden temporary name and
-renamed when complete; on object stores (s3, gcs, memory) an object only appears when its upload is
-closed, so it is written under its final name directly. Either way a shard is visible under its final
-name only when complete.
+handles the filesystem. On a local filesystem (and memory://, which shows a file from the moment it is
+opened) a shard is written under a hidden temporary name and renamed when complete; on object stores
+(s3, gcs) an object only appears when its upload is closed, so it is written under its final name
+directly, and a failed shard's upload is discarded, never closed. Either way a shard is visible under
+its final name only when complete.
 """
 
 from __future__ import annotations
@@ -126,6 +127,13 @@ def is_local(fs) -> bool:
     return protocol in ("file", "local")
 
 
+def _writes_visibly(fs) -> bool:
+    """Filesystems where a file shows under its name while it is written: a local disk, and memory://
+    (which stores a file when it is opened). Shards go there under a temp name and are renamed."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local", "memory")
+
+
 @dataclass
 class RollingShardWriter:
     """Writes `base` shards of one format into `root`, rolling to a new part past `max_bytes`.
@@ -152,7 +160,7 @@ class RollingShardWriter:
 
     def _open(self) -> None:
         self._final = posixpath.join(self.root, self._name())
-        if is_local(self.fs):
+        if _writes_visibly(self.fs):
             self._tmp = posixpath.join(self.root, f".{self._name()}.partial-{os.getpid()}")
         else:
             self._tmp = self._final
@@ -183,8 +191,21 @@ class RollingShardWriter:
         return self.files
 
     def abort(self) -> None:
+        try:  # let the format writer finish into the file we throw away (else its __del__ writes later)
+            self._writer.close()
+        except Exception:  # noqa: BLE001 - the writer may be what failed
+            pass
+        if self._tmp == self._final:
+            # object store: close() would commit the half-written shard under its final name; discard
+            # the upload (s3fs aborts a multipart upload) and mark the file closed so that neither we nor
+            # its __del__ flush it
+            discard = getattr(self._raw, "discard", None)
+            if callable(discard):
+                discard()
+            self._raw.closed = True
+            return
         try:
             self._raw.close()
         finally:
-            if self._tmp != self._final and self.fs.exists(self._tmp):
+            if self.fs.exists(self._tmp):
                 self.fs.rm(self._tmp)

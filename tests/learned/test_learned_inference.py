@@ -105,7 +105,7 @@ def test_bundled_default_loads_and_get_resizer():
     assert isinstance(r, LearnedResizer)
     out = r.resize([_image(120, 90)], [plan_resize(90, 120, (56, 56), "center-crop")])[0]
     assert out.shape == (56, 56, 3) and out.dtype == np.uint8
-    assert r.describe()["config"]["provenance"]["train_config"]["data"] == "synthetic"
+    assert r.meta["provenance"]["train_config"]["data"] == "synthetic"
 
 
 @gpu

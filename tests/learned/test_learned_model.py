@@ -63,3 +63,11 @@ def test_folded_matches_unfolded(name, interp):
         for size in [(32, 24), (90, 70)]:
             diff = (net(x, size) - folded(x, size)).abs().max().item()
             assert diff < 1e-4, diff
+
+
+def test_training_form_is_scriptable():
+    net = trained_net()
+    scripted = torch.jit.script(net)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x, (16, 16)), net(x, (16, 16)))

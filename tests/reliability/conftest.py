@@ -46,8 +46,12 @@ def s3_endpoint() -> Iterator[str]:
 
 
 def storage_options(endpoint: str, **extra) -> dict:
-    return {"key": "x", "secret": "x", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-            **extra}
+    return {
+        "key": "x",
+        "secret": "x",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -55,8 +59,13 @@ def s3_bucket(s3_endpoint, request) -> Iterator[str]:
     """A fresh, empty bucket per test (name derived from the test); deleted with its objects afterwards."""
     import boto3
 
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="x")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )
     name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
     client.create_bucket(Bucket=name)
     yield name
@@ -129,8 +138,10 @@ def _handler(proxy: FaultProxy):
                     return  # no response at all: the client sees the connection die
                 if fault in (503, "slowdown"):
                     code = "SlowDown" if fault == "slowdown" else "ServiceUnavailable"
-                    xml = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
-                           f"<Message>injected fault</Message></Error>").encode()
+                    xml = (
+                        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                        f"<Message>injected fault</Message></Error>"
+                    ).encode()
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(xml)))
@@ -149,7 +160,9 @@ def _handler(proxy: FaultProxy):
                 if k.lower() not in _HOP and k.lower() != "content-length":
                     self.send_header(k, v)
             length = resp.getheader("Content-Length")
-            self.send_header("Content-Length", length if self.command == "HEAD" and length else str(len(data)))
+            self.send_header(
+                "Content-Length", length if self.command == "HEAD" and length else str(len(data))
+            )
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)

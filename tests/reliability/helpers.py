@@ -36,9 +36,17 @@ def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "resize_pipeline.cli", "convert", *args]
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_cmd(*args), env=cli_env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+def run_cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cli_cmd(*args),
+        env={**cli_env(), **(env or {})},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # ---------------------------------------------------------------- output trees
@@ -168,7 +176,9 @@ def ycck_jpeg(cmyk: tuple[int, int, int, int], size: int = 24) -> bytes:
 
 
 def cmyk_to_rgb(cmyk) -> np.ndarray:
-    return np.asarray(Image.fromarray(np.tile(np.asarray(cmyk, np.uint8), (2, 2, 1)), "CMYK").convert("RGB"))[0, 0]
+    return np.asarray(Image.fromarray(np.tile(np.asarray(cmyk, np.uint8), (2, 2, 1)), "CMYK").convert("RGB"))[
+        0, 0
+    ]
 
 
 def exif_rotated_jpeg(upright: np.ndarray, orientation: int, **kw) -> bytes:
@@ -225,24 +235,56 @@ def hostile_cases() -> list[Case]:
     sos = photo.find(b"\xff\xda")
     body = sos + 2 + int.from_bytes(photo[sos + 2 : sos + 4], "big")  # entropy-coded data starts here
     scan = len(photo) - body - 2
-    add(Case("corrupt_scan.jpg", photo[:body] + bytes(rng.integers(0, 256, scan, dtype=np.uint8)) + b"\xff\xd9",
-             False, "decode", "OSError"))
+    add(
+        Case(
+            "corrupt_scan.jpg",
+            photo[:body] + bytes(rng.integers(0, 256, scan, dtype=np.uint8)) + b"\xff\xd9",
+            False,
+            "decode",
+            "OSError",
+        )
+    )
     # zeroed scan data is valid entropy coding (all DC/AC deltas 0): decodes to flat mid-grey; no decoder
     # can tell, so it is converted
     add(Case("zeroed_scan.jpg", photo[:body] + bytes(scan) + b"\xff\xd9", True, colour=(128, 128, 128)))
     bad_crc = photo_png[:29] + bytes([photo_png[29] ^ 0xFF]) + photo_png[30:]  # IHDR CRC broken
-    add(Case("corrupt_crc.png", bad_crc, False, "decode", ("UnidentifiedImageError", "SyntaxError", "OSError")))
-    add(Case("not_an_image.jpg", b"this is a text file, not a JPEG\n" * 20, False, "decode", "UnidentifiedImageError"))
-    add(Case("page.png", b"<!doctype html><html><body>404 not found</body></html>\n", False, "decode",
-             "UnidentifiedImageError"))
+    add(
+        Case(
+            "corrupt_crc.png", bad_crc, False, "decode", ("UnidentifiedImageError", "SyntaxError", "OSError")
+        )
+    )
+    add(
+        Case(
+            "not_an_image.jpg",
+            b"this is a text file, not a JPEG\n" * 20,
+            False,
+            "decode",
+            "UnidentifiedImageError",
+        )
+    )
+    add(
+        Case(
+            "page.png",
+            b"<!doctype html><html><body>404 not found</body></html>\n",
+            False,
+            "decode",
+            "UnidentifiedImageError",
+        )
+    )
     add(Case("bomb_60000.png", png_raw(60000, 60000, 8, 2, None), False, "decode", "ImageTooLarge"))
     add(Case("bomb_60000.jpg", jpeg_declaring(60000, 60000), False, "decode", "ImageTooLarge"))
     # above the job's --max-pixels (set to 4 Mpx in the test) but below Pillow's own limit
     add(Case("big_declared.png", png_raw(3000, 3000, 8, 2, None), False, "decode", "ImageTooLarge"))
 
     # ---- odd but valid inputs: converted, colour rule checked on flat colours
-    add(Case("cmyk.jpg", jpeg_bytes(np.tile(np.uint8([30, 160, 60, 20]), (24, 24, 1)), "CMYK", quality=100), True,
-             colour=tuple(cmyk_to_rgb((30, 160, 60, 20)))))
+    add(
+        Case(
+            "cmyk.jpg",
+            jpeg_bytes(np.tile(np.uint8([30, 160, 60, 20]), (24, 24, 1)), "CMYK", quality=100),
+            True,
+            colour=tuple(cmyk_to_rgb((30, 160, 60, 20))),
+        )
+    )
     add(Case("ycck.jpg", ycck_jpeg((30, 160, 60, 20)), True, colour=tuple(cmyk_to_rgb((30, 160, 60, 20)))))
     grey16 = np.full((20, 30), 0xB400, ">u2").tobytes()  # 16-bit grey 0xB400 -> 0xB4 = 180
     add(Case("grey16.png", png_raw(30, 20, 16, 0, grey16), True, colour=(180, 180, 180)))
@@ -250,30 +292,93 @@ def hostile_cases() -> list[Case]:
     add(Case("rgba16.png", png_raw(30, 20, 16, 6, rgba16), True, colour=(255, 127, 127)))
     pal = Image.new("P", (30, 20), 1)
     pal.putpalette([0, 0, 0, *BLUE] + [0] * (256 - 2) * 3)
-    add(Case("palette_trns.png", _save(pal, "PNG", transparency=1), True, colour=(255, 255, 255)))  # all transparent
+    add(
+        Case("palette_trns.png", _save(pal, "PNG", transparency=1), True, colour=(255, 255, 255))
+    )  # all transparent
     pal2 = Image.new("P", (30, 20), 1)
     pal2.putpalette([0, 0, 0, *BLUE] + [0] * (256 - 2) * 3)
     add(Case("palette_opaque_pixels.png", _save(pal2, "PNG", transparency=0), True, colour=BLUE))
     frames = [Image.new("RGB", (30, 20), c) for c in (RED, BLUE, GREEN)]
-    add(Case("animated.gif", _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0),
-             True, colour=RED))
-    add(Case("animated.webp", _save(frames[2], "WEBP", save_all=True, append_images=frames[:2], duration=50,
-                                    lossless=True), True, colour=GREEN))
+    add(
+        Case(
+            "animated.gif",
+            _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0),
+            True,
+            colour=RED,
+        )
+    )
+    add(
+        Case(
+            "animated.webp",
+            _save(frames[2], "WEBP", save_all=True, append_images=frames[:2], duration=50, lossless=True),
+            True,
+            colour=GREEN,
+        )
+    )
     add(Case("image.tif", _save(Image.new("RGB", (30, 20), YELLOW), "TIFF"), True, colour=YELLOW))
-    add(Case("multipage.tif", _save(frames[1], "TIFF", save_all=True, append_images=[frames[0]]), True, colour=BLUE))
-    add(Case("grey.jpg", jpeg_bytes(np.full((20, 30), 90, np.uint8), "L", quality=100), True, colour=(90, 90, 90)))
+    add(
+        Case(
+            "multipage.tif",
+            _save(frames[1], "TIFF", save_all=True, append_images=[frames[0]]),
+            True,
+            colour=BLUE,
+        )
+    )
+    add(
+        Case(
+            "grey.jpg",
+            jpeg_bytes(np.full((20, 30), 90, np.uint8), "L", quality=100),
+            True,
+            colour=(90, 90, 90),
+        )
+    )
     # EXIF orientation: stored sideways, must come out upright (pixel content, not just size)
     for o in (6, 8):
-        add(Case(f"exif{o}.jpg", exif_rotated_jpeg(quadrants(64, 40), o), True, quadrants=True, orig=(64, 40)))
+        add(
+            Case(f"exif{o}.jpg", exif_rotated_jpeg(quadrants(64, 40), o), True, quadrants=True, orig=(64, 40))
+        )
         # big enough that JPEG draft (DCT downscale) kicks in together with the rotation
-        add(Case(f"exif{o}_large.jpg", exif_rotated_jpeg(quadrants(960, 600), o), True, quadrants=True,
-                 orig=(960, 600)))
+        add(
+            Case(
+                f"exif{o}_large.jpg",
+                exif_rotated_jpeg(quadrants(960, 600), o),
+                True,
+                quadrants=True,
+                orig=(960, 600),
+            )
+        )
     add(Case("tiny_1x1.png", _save(Image.new("RGB", (1, 1), GREEN), "PNG"), True, colour=GREEN, orig=(1, 1)))
-    add(Case("tall_1x4000.png", _save(Image.new("RGB", (1, 4000), RED), "PNG"), True, colour=RED, orig=(1, 4000)))
-    add(Case("wide_4000x1.png", _save(Image.new("RGB", (4000, 1), BLUE), "PNG"), True, colour=BLUE, orig=(4000, 1)))
+    add(
+        Case(
+            "tall_1x4000.png",
+            _save(Image.new("RGB", (1, 4000), RED), "PNG"),
+            True,
+            colour=RED,
+            orig=(1, 4000),
+        )
+    )
+    add(
+        Case(
+            "wide_4000x1.png",
+            _save(Image.new("RGB", (4000, 1), BLUE), "PNG"),
+            True,
+            colour=BLUE,
+            orig=(4000, 1),
+        )
+    )
     # ---- names: unicode, spaces, dots, glob characters, keys that collide after sanitising
-    for n in ("ünïcødé 写真.jpg", "with space.jpg", "a b.jpg", "a_b.jpg", "a..b.jpg", "glob[1].jpg", "what?.jpg",
-              "star*.jpg", "UPPER.JPG", "x.y.z.jpeg"):
+    for n in (
+        "ünïcødé 写真.jpg",
+        "with space.jpg",
+        "a b.jpg",
+        "a_b.jpg",
+        "a..b.jpg",
+        "glob[1].jpg",
+        "what?.jpg",
+        "star*.jpg",
+        "UPPER.JPG",
+        "x.y.z.jpeg",
+    ):
         add(Case(n, photo, True, orig=(120, 90)))
     return cases
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -38,8 +37,17 @@ def hostile_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     cases = hostile_cases()
     write_cases(root / "src", cases)
-    config = ConvertConfig(source=str(root / "src"), dest=str(root / "out"), size=SIZE, format="both", encode="png",
-                           samples_per_shard=8, workers=1, max_pixels=4_000_000, quiet=True)
+    config = ConvertConfig(
+        source=str(root / "src"),
+        dest=str(root / "out"),
+        size=SIZE,
+        format="both",
+        encode="png",
+        samples_per_shard=8,
+        workers=1,
+        max_pixels=4_000_000,
+        quiet=True,
+    )
     summary = convert(config)
     return cases, summary, root / "out"
 
@@ -97,10 +105,20 @@ def test_converted_images_are_correct(hostile_run):
         assert img.shape == (SIZE, SIZE, 3) and img.dtype == np.uint8
         assert (info["width"], info["height"]) == (SIZE, SIZE)
         if case.colour is not None:
-            assert close(img.reshape(-1, 3).mean(0), case.colour, 6), (name, img.reshape(-1, 3).mean(0), case.colour)
+            assert close(img.reshape(-1, 3).mean(0), case.colour, 6), (
+                name,
+                img.reshape(-1, 3).mean(0),
+                case.colour,
+            )
         if case.quadrants:  # EXIF-rotated: must come out upright
             tl, tr, bl, br = quadrant_colours(img)
-            assert close(tl, RED) and close(tr, GREEN) and close(bl, BLUE) and close(br, YELLOW), (name, tl, tr, bl, br)
+            assert close(tl, RED) and close(tr, GREEN) and close(bl, BLUE) and close(br, YELLOW), (
+                name,
+                tl,
+                tr,
+                bl,
+                br,
+            )
             # reported size is the upright one (width > height), whatever the decoder's draft scale
             assert info["orig_width"] > info["orig_height"]
             if "large" not in name:
@@ -109,7 +127,11 @@ def test_converted_images_are_correct(hostile_run):
             assert (info["orig_width"], info["orig_height"]) == case.orig, name
     assert set(seen) == {c.name for c in cases if c.ok}
     # keys that collide after sanitising ("a b" / "a_b" / "a..b") got distinct, stable keys
-    assert seen["a b.jpg"] == "a_b" and seen["a_b.jpg"].startswith("a_b_") and seen["a..b.jpg"].startswith("a_b_")
+    assert (
+        seen["a b.jpg"] == "a_b"
+        and seen["a_b.jpg"].startswith("a_b_")
+        and seen["a..b.jpg"].startswith("a_b_")
+    )
     assert len({seen["a b.jpg"], seen["a_b.jpg"], seen["a..b.jpg"]}) == 3
 
 
@@ -123,8 +145,11 @@ def test_parquet_agrees_with_webdataset(hostile_run):
     for r in rows:
         img, info = decode_sample(wds[r["key"]])
         assert np.array_equal(decode_payload(r["image"], r["format"]), img)
-        assert (r["orig_width"], r["orig_height"], r["source"]) == (info["orig_width"], info["orig_height"],
-                                                                   info["source"])
+        assert (r["orig_width"], r["orig_height"], r["source"]) == (
+            info["orig_width"],
+            info["orig_height"],
+            info["source"],
+        )
 
 
 EXTREMES = ("tall_1x4000.png", "wide_4000x1.png", "tiny_1x1.png")
@@ -134,12 +159,27 @@ EXTREMES = ("tall_1x4000.png", "wide_4000x1.png", "tiny_1x1.png")
 def test_extreme_aspect_ratios_in_every_mode(tmp_path, mode):
     cases = [c for c in hostile_cases() if c.name in EXTREMES]
     write_cases(tmp_path / "src", cases)
-    s = convert(ConvertConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "out"), size=SIZE, mode=mode,
-                              encode="png", pad_color=(0, 0, 0), workers=1, quiet=True))
+    s = convert(
+        ConvertConfig(
+            source=str(tmp_path / "src"),
+            dest=str(tmp_path / "out"),
+            size=SIZE,
+            mode=mode,
+            encode="png",
+            pad_color=(0, 0, 0),
+            workers=1,
+            quiet=True,
+        )
+    )
     assert s.total == 3 == s.written + s.failed
-    out = {_name_of(decode_sample(v)[1]["source"]): decode_sample(v)[0]
-           for v in read_webdataset([str(p) for p in sorted((tmp_path / "out").glob("*.tar"))]).values()}
-    errors = {_name_of(e["path"]): e for e in map(json.loads, (tmp_path / "out" / "_errors.jsonl").read_text().splitlines())}
+    out = {
+        _name_of(decode_sample(v)[1]["source"]): decode_sample(v)[0]
+        for v in read_webdataset([str(p) for p in sorted((tmp_path / "out").glob("*.tar"))]).values()
+    }
+    errors = {
+        _name_of(e["path"]): e
+        for e in map(json.loads, (tmp_path / "out" / "_errors.jsonl").read_text().splitlines())
+    }
     if mode == "shorter-side":
         # 1x4000 -> 32x128000: refused before allocating it, at the resize stage, with the reason
         assert set(errors) == {"tall_1x4000.png", "wide_4000x1.png"}
@@ -152,7 +192,11 @@ def test_extreme_aspect_ratios_in_every_mode(tmp_path, mode):
         "center-crop": {n: (SIZE, SIZE) for n in EXTREMES},
         "pad": {n: (SIZE, SIZE) for n in EXTREMES},
         "shorter-side": {"tiny_1x1.png": (SIZE, SIZE)},
-        "longer-side": {"tall_1x4000.png": (SIZE, 1), "wide_4000x1.png": (1, SIZE), "tiny_1x1.png": (SIZE, SIZE)},
+        "longer-side": {
+            "tall_1x4000.png": (SIZE, 1),
+            "wide_4000x1.png": (1, SIZE),
+            "tiny_1x1.png": (SIZE, SIZE),
+        },
     }[mode]
     colours = {c.name: c.colour for c in cases}
     for name, img in out.items():
@@ -176,12 +220,25 @@ def test_manifest_with_dotdot_unicode_and_missing_paths(tmp_path):
     Image.new("RGB", (40, 30), BLUE).save(tmp_path / "data" / "lists" / "here.png")
     (tmp_path / "data" / "lists" / "list.csv").write_text(
         "path,label\n../ünï cøde.png,cat\nhere.png,dog\n../missing.jpg,dog\n./../lists/../ünï cøde.png,cat\n",
-        encoding="utf-8")
-    s = convert(ConvertConfig(source=str(tmp_path / "data" / "lists" / "list.csv"), dest=str(tmp_path / "out"),
-                              size=SIZE, encode="png", workers=1, quiet=True))
+        encoding="utf-8",
+    )
+    s = convert(
+        ConvertConfig(
+            source=str(tmp_path / "data" / "lists" / "list.csv"),
+            dest=str(tmp_path / "out"),
+            size=SIZE,
+            encode="png",
+            workers=1,
+            quiet=True,
+        )
+    )
     assert (s.total, s.written, s.failed) == (4, 3, 1)
     [err] = [json.loads(x) for x in (tmp_path / "out" / "_errors.jsonl").read_text().splitlines()]
-    assert err["stage"] == "read" and err["error_type"] == "FileNotFoundError" and err["path"].endswith("missing.jpg")
+    assert (
+        err["stage"] == "read"
+        and err["error_type"] == "FileNotFoundError"
+        and err["path"].endswith("missing.jpg")
+    )
     samples = read_webdataset([str(p) for p in sorted((tmp_path / "out").glob("*.tar"))])
     assert len(samples) == 3 and all("." not in k for k in samples)
     colours = sorted(tuple(decode_sample(v)[0][0, 0].tolist()) for v in samples.values())

@@ -78,8 +78,34 @@ def _n_stats(out: Path) -> int:
     return len([p for p in d.glob("*.json")]) if d.is_dir() else 0
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_sigkill_then_rerun_is_byte_identical(source, out, workers):
+def _descendants(pid: int) -> list[int]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
+    out, stack = [], list(kids.get(pid, []))
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(kids.get(p, []))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(("workers", "kill"), [(1, "parent"), (2, "group"), (2, "parent")])
+def test_sigkill_then_rerun_is_byte_identical(source, out, workers, kill):
+    """``kill``: "group" = the job and its worker processes die together (a crashed machine); "parent" =
+    ``kill -9`` of the job only: its pool workers must not live on (and write) behind the rerun."""
     ref = _reference(source, out, workers)
     n_shards = len([n for n in ref if n.startswith("_stats/")])
     assert n_shards == -(-(N_GOOD + 3) // PER_SHARD)
@@ -88,17 +114,35 @@ def test_sigkill_then_rerun_is_byte_identical(source, out, workers):
 
     # start the job in its own process group and SIGKILL all of it (as a crashed machine would) once a
     # few shards are complete
-    proc = subprocess.Popen(cli_cmd(str(source), str(out), *ARGS, "--workers", str(workers), "-q"),
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        cli_cmd(str(source), str(out), *ARGS, "--workers", str(workers), "-q"),
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while _n_stats(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGSTOP)  # freeze everything first: no progress while we look around
+    workers_pids = _descendants(proc.pid)
+    if kill == "group":
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGCONT)  # the orphaned workers run on: they must notice and exit
     proc.wait()
     proc.stdout.close()
     proc.stderr.close()
-    killed_at = _n_stats(out)
     assert proc.returncode == -signal.SIGKILL, "the job finished before it could be killed"
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers_pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    orphans = [p for p in workers_pids if _alive(p)]
+    for p in orphans:  # don't leak them even when the assertion below fails
+        os.kill(p, signal.SIGKILL)
+    assert not orphans, "worker processes outlived the killed job"
+    killed_at = _n_stats(out)
     assert 3 <= killed_at < n_shards
     assert not (out / "_manifest.json").exists()  # the manifest is only written at the very end
 
@@ -110,6 +154,10 @@ def test_sigkill_then_rerun_is_byte_identical(source, out, workers):
     r = run_cli(str(source), str(out), *ARGS, "--workers", str(workers), "-q")  # the same command again
     assert r.returncode == 0, r.stderr
     _check_identical(out, ref)
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert {f["name"] for f in manifest["shards"]} == {
+        p.name for p in out.iterdir() if p.suffix in (".tar", ".parquet")
+    }
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done} == stamps
 
 
@@ -172,8 +220,9 @@ def test_different_config_is_refused_then_overwrite(tmp_path):
 
     # options that do not change the bytes (workers, batch size, quiet) are not a different config
     (src / "zzz_new.jpg").unlink()
-    r = run_cli(str(src), str(out), "--size", "32", "--samples-per-shard", "2", "--workers", "2",
-                "--batch-size", "3")
+    r = run_cli(
+        str(src), str(out), "--size", "32", "--samples-per-shard", "2", "--workers", "2", "--batch-size", "3"
+    )
     assert r.returncode == 0, r.stderr
     assert "[4 shard(s) reused]" in r.stdout
 
@@ -186,7 +235,10 @@ def test_different_config_is_refused_then_overwrite(tmp_path):
     manifest = json.loads(after["_manifest.json"])
     assert manifest["size"] == [48, 48] and manifest["counts"]["written"] == 8
     shard_files = {n for n in after if n.endswith((".tar", ".parquet"))}
-    assert shard_files == {s["name"] for s in manifest["shards"]} == {"shard-00000.tar", "shard-00001.tar",
-                                                                     "shard-00002.tar"}
+    assert (
+        shard_files
+        == {s["name"] for s in manifest["shards"]}
+        == {"shard-00000.tar", "shard-00001.tar", "shard-00002.tar"}
+    )
     assert len([n for n in after if n.startswith("_stats/")]) == 3
     assert keep.read_text() == "user file"

@@ -16,7 +16,7 @@ from resize_pipeline.config import ConvertConfig
 from resize_pipeline.errors import OutputError
 
 from .conftest import storage_options
-from .helpers import decode_sample, read_webdataset, tree_files, write_jpegs
+from .helpers import decode_sample, read_webdataset, run_cli, tree_files, write_jpegs
 
 pytest.importorskip("s3fs")
 
@@ -50,15 +50,27 @@ def _samples_by_name(urls, so=None) -> dict[str, tuple]:
     out = {}
     for s in read_webdataset(urls, so).values():
         img, info = decode_sample(s)
-        out[info["source"].rsplit("/", 1)[-1]] = (s["__key__"], img.tobytes(), info["orig_width"], info["orig_height"])
+        out[info["source"].rsplit("/", 1)[-1]] = (
+            s["__key__"],
+            img.tobytes(),
+            info["orig_width"],
+            info["orig_height"],
+        )
     return out
 
 
 def test_s3_source_to_local_dest(s3_endpoint, s3_bucket, images, tmp_path):
     fs, so = _s3(s3_endpoint)
     _upload(fs, images, s3_bucket, "in")
-    s = convert(ConvertConfig(source=f"s3://{s3_bucket}/in", dest=str(tmp_path / "from_s3"), storage_options=so,
-                              workers=1, **BASE))
+    s = convert(
+        ConvertConfig(
+            source=f"s3://{s3_bucket}/in",
+            dest=str(tmp_path / "from_s3"),
+            storage_options=so,
+            workers=1,
+            **BASE,
+        )
+    )
     assert (s.total, s.written, s.failed) == (11, 10, 1)
     [err] = [json.loads(x) for x in (tmp_path / "from_s3" / "_errors.jsonl").read_text().splitlines()]
     assert err["path"] == f"s3://{s3_bucket}/in/broken.jpg" and err["stage"] == "decode"
@@ -106,8 +118,9 @@ def test_local_source_to_s3_dest_roundtrip_and_resume(s3_endpoint, s3_bucket, im
     assert again.resumed_shards == again.shards == 3 and again.written == 10
     fs.invalidate_cache()
     rewritten = ("_run.json", "_manifest.json", "_errors.jsonl")  # run-level documents are rewritten each run
-    assert {p: fs.info(p)["LastModified"] for p in fs.find(root) if not p.endswith(rewritten)} \
-        == {p: t for p, t in stamps.items() if not p.endswith(rewritten)}
+    assert {p: fs.info(p)["LastModified"] for p in fs.find(root) if not p.endswith(rewritten)} == {
+        p: t for p, t in stamps.items() if not p.endswith(rewritten)
+    }
 
     # a crash on an object store: a shard uploaded but no stats, another shard's stats without its file
     fs.rm(f"{root}/_stats/shard-00001.json")
@@ -119,14 +132,37 @@ def test_local_source_to_s3_dest_roundtrip_and_resume(s3_endpoint, s3_bucket, im
     for f in manifest["shards"]:
         assert fs.cat_file(f"{root}/{f['name']}") == local_files[f["name"]]
 
-    # a different config into the same prefix is refused
+    # a different config into the same prefix is refused; --overwrite replaces everything of ours
     with pytest.raises(OutputError, match="different config"):
         convert(config.replace(size=(48, 48)))
+    fs.pipe_file(f"{root}/notes.txt", b"not ours")
+    over = convert(config.replace(size=(48, 48), samples_per_shard=6, overwrite=True))
+    assert over.resumed_shards == 0 and over.shards == 2
+    fs.invalidate_cache()
+    manifest = json.loads(fs.cat_file(f"{root}/_manifest.json"))
+    assert {posixpath.basename(p) for p in fs.ls(root, detail=False)} == {
+        f["name"] for f in manifest["shards"]
+    } | {"_manifest.json", "_errors.jsonl", "_run.json", "_stats", "notes.txt"}
+    assert len(fs.ls(f"{root}/_stats")) == 2
+
+
+def test_cli_to_s3_with_endpoint_from_environment(s3_endpoint, s3_bucket, images):
+    """The CLI has no storage-options flag: s3fs/botocore take credentials and endpoint from the usual
+    environment variables (AWS_ENDPOINT_URL here)."""
+    r = run_cli(
+        str(images), f"s3://{s3_bucket}/cli", "--size", "32", "-q", env={"AWS_ENDPOINT_URL": s3_endpoint}
+    )
+    assert r.returncode == 0, r.stderr
+    fs, _ = _s3(s3_endpoint)
+    manifest = json.loads(fs.cat_file(f"{s3_bucket}/cli/_manifest.json"))
+    assert manifest["counts"] == {**manifest["counts"], "total": 11, "written": 10, "failed": 1}
+    assert fs.exists(f"{s3_bucket}/cli/shard-00000.tar")
 
 
 @pytest.mark.parametrize("botocore_retries", [True, False], ids=["default-retries", "no-botocore-retries"])
-def test_transient_s3_failures_are_retried_without_loss(fault_proxy, s3_endpoint, s3_bucket, images, tmp_path,
-                                                        botocore_retries, caplog):
+def test_transient_s3_failures_are_retried_without_loss(
+    fault_proxy, s3_endpoint, s3_bucket, images, tmp_path, botocore_retries, caplog
+):
     fs, _ = _s3(s3_endpoint)
     _upload(fs, images, s3_bucket, "in")
     p = f"/{s3_bucket}/in/"
@@ -137,8 +173,11 @@ def test_transient_s3_failures_are_retried_without_loss(fault_proxy, s3_endpoint
     }
     extra = {} if botocore_retries else {"config_kwargs": {"retries": {"total_max_attempts": 1}}}
     so = storage_options(fault_proxy.url, skip_instance_cache=True, **extra)
-    s = convert(ConvertConfig(source=f"s3://{s3_bucket}/in", dest=str(tmp_path / "out"), storage_options=so,
-                              workers=1, **BASE))
+    s = convert(
+        ConvertConfig(
+            source=f"s3://{s3_bucket}/in", dest=str(tmp_path / "out"), storage_options=so, workers=1, **BASE
+        )
+    )
     assert (s.total, s.written, s.failed) == (11, 10, 1)  # only the genuinely broken file failed
     [err] = [json.loads(x) for x in (tmp_path / "out" / "_errors.jsonl").read_text().splitlines()]
     assert err["path"].endswith("broken.jpg") and err["stage"] == "decode"
@@ -147,24 +186,32 @@ def test_transient_s3_failures_are_retried_without_loss(fault_proxy, s3_endpoint
     assert fault_proxy.gets[p + "000003.jpg"] == 2
     names = _samples_by_name([str(x) for x in sorted((tmp_path / "out").glob("*.tar"))])
     assert {"000001.jpg", "000002.jpg", "000003.jpg"} <= set(names)
-    reader_retried = any("retrying" in r.getMessage() for r in caplog.records
-                         if r.name == "resize_pipeline.sources.reader")
+    reader_retried = any(
+        "retrying" in r.getMessage() for r in caplog.records if r.name == "resize_pipeline.sources.reader"
+    )
     # with botocore's retries off, the ServiceUnavailable 503s reach our reader, which retries them
     assert reader_retried == (not botocore_retries)
 
 
-def test_permanent_s3_failure_is_recorded_and_the_job_finishes(fault_proxy, s3_endpoint, s3_bucket, images,
-                                                               tmp_path):
+def test_permanent_s3_failure_is_recorded_and_the_job_finishes(
+    fault_proxy, s3_endpoint, s3_bucket, images, tmp_path
+):
     fs, _ = _s3(s3_endpoint)
     _upload(fs, images, s3_bucket, "in")
     fault_proxy.always = {f"/{s3_bucket}/in/000004.jpg": 503}
-    so = storage_options(fault_proxy.url, skip_instance_cache=True,
-                         config_kwargs={"retries": {"total_max_attempts": 1}})
-    s = convert(ConvertConfig(source=f"s3://{s3_bucket}/in", dest=str(tmp_path / "out"), storage_options=so,
-                              workers=1, **BASE))
+    so = storage_options(
+        fault_proxy.url, skip_instance_cache=True, config_kwargs={"retries": {"total_max_attempts": 1}}
+    )
+    s = convert(
+        ConvertConfig(
+            source=f"s3://{s3_bucket}/in", dest=str(tmp_path / "out"), storage_options=so, workers=1, **BASE
+        )
+    )
     assert (s.total, s.written, s.failed) == (11, 9, 2)
-    errors = {e["path"].rsplit("/", 1)[-1]: e for e in
-              map(json.loads, (tmp_path / "out" / "_errors.jsonl").read_text().splitlines())}
+    errors = {
+        e["path"].rsplit("/", 1)[-1]: e
+        for e in map(json.loads, (tmp_path / "out" / "_errors.jsonl").read_text().splitlines())
+    }
     assert errors["000004.jpg"]["stage"] == "read" and errors["000004.jpg"]["error"]
     assert errors["broken.jpg"]["stage"] == "decode"
     assert fault_proxy.gets[f"/{s3_bucket}/in/000004.jpg"] == 4  # first try + 3 retries of the reader
@@ -190,3 +237,47 @@ def test_memory_in_and_out(images):
         assert again.resumed_shards == again.shards
     finally:
         fs.rm("/reliability-mem", recursive=True)
+
+
+@pytest.mark.parametrize("store", ["memory", "s3"])
+def test_failed_shard_leaves_no_object_behind(store, images, monkeypatch, request):
+    """A shard that dies half-way (an unexpected error, not a bad input) must not appear under its final
+    name: on object stores closing a file commits it, so the writer has to discard, not close."""
+    from resize_pipeline.stages import EncodeStage
+
+    calls = {"n": 0}
+    real = EncodeStage.__call__
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected: worker died mid-shard")
+        return real(self, batch)
+
+    monkeypatch.setattr(EncodeStage, "__call__", flaky)
+    if store == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        fs, so = _s3(request.getfixturevalue("s3_endpoint"))
+        root = f"{bucket}/out"
+    else:
+        fs, so, root = fsspec.filesystem("memory"), {}, "/reliability-abort/out"
+    config = ConvertConfig(
+        source=str(images),
+        dest=f"{store}://{root}",
+        storage_options=so,
+        workers=1,
+        batch_size=2,
+        **{**BASE, "samples_per_shard": 20},
+    )
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            convert(config)
+        fs.invalidate_cache()
+        left = sorted(posixpath.basename(p) for p in fs.find(root))
+        assert left == ["_run.json"], left  # no shard, no stats, no manifest
+        monkeypatch.setattr(EncodeStage, "__call__", real)
+        s = convert(config)  # and the rerun completes it
+        assert (s.written, s.failed) == (10, 1)
+    finally:
+        if store == "memory":
+            fs.rm("/reliability-abort", recursive=True)

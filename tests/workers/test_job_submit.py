@@ -1,4 +1,5 @@
-"""``ray job submit --working-dir <repo> -- python workers/entrypoint.py ...`` against a real head node.
+"""``ray job submit --working-dir <repo> -- python workers/entrypoint.py ...`` against a real head node,
+and ``--address ray://`` (Ray Client) against the same head.
 
 Needs the dashboard (the Jobs API lives in it), i.e. ``pip install "ray[default]"``: with ``ray[data]``
 alone the head refuses ``--include-dashboard`` ("Cannot include dashboard with missing packages"), and
@@ -79,12 +80,12 @@ class LocalHead:
                         RAY_USAGE_STATS_ENABLED="0")
         self.env.pop("RAY_ADDRESS", None)
         self.token = token.read_text()
-        (gcs, self.dashboard, client, agent, agent_grpc, rt_env, metrics, node_mgr, obj_mgr) = _free_ports(9)
+        (gcs, self.dashboard, self.client_port, agent, agent_grpc, rt_env, metrics, node_mgr, obj_mgr) = _free_ports(9)
         self.address = f"http://127.0.0.1:{self.dashboard}"
         cmd = [
             _ray_cli(), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2", "--num-gpus=0",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}",
-            f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+            f"--ray-client-server-port={self.client_port}", f"--dashboard-agent-listen-port={agent}",
             f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={rt_env}",
             f"--metrics-export-port={metrics}", f"--node-manager-port={node_mgr}",
             f"--object-manager-port={obj_mgr}", f"--temp-dir={self.tmp}/ray", "--disable-usage-stats",
@@ -130,7 +131,7 @@ class LocalHead:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
     if ray.is_initialized():
         ray.shutdown()
@@ -153,4 +154,19 @@ def test_job_submit_with_working_dir(ray_head, corpus, local_reference, tmp_path
     out = subprocess.run(cmd, env=ray_head.env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     assert "succeeded" in out.stdout + out.stderr
+    assert_same_output(dest, local_reference)
+
+
+def test_ray_client_address(ray_head, corpus, local_reference, tmp_path):
+    """Ray Data cannot drive a dataset through Ray Client; run_ray then drives it from an actor on the
+    cluster and ships this checkout's code with the job (py_modules)."""
+    dest = tmp_path / "client"
+    cmd = [
+        sys.executable, "-m", "resize_pipeline.cli", "convert", str(corpus), str(dest), "--engine", "ray",
+        "--address", f"ray://127.0.0.1:{ray_head.client_port}", "--size", str(SIZE),
+        "--samples-per-shard", str(PER_SHARD), "--format", "both", "--quality", "90", "--batch-size", "4", "-q",
+    ]
+    out = subprocess.run(cmd, env=ray_head.env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert "Pushing file package" in out.stderr  # the code went with the job
     assert_same_output(dest, local_reference)

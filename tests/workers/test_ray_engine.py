@@ -106,3 +106,63 @@ def test_memory_filesystem_is_refused(corpus):
     tasks = plan_shards(list_source(str(corpus)).items, PER_SHARD)
     with pytest.raises(ConfigError, match="memory://"):
         list(run_ray(base_config(corpus, "memory://out", engine="ray"), tasks))
+
+
+def test_plan_on_a_gpu_cluster(monkeypatch):
+    """One actor per GPU, the GPU node's CPUs as its threads; overrides through the environment."""
+    from workers import ray_engine
+
+    head = {"Alive": True, "Resources": {"CPU": 4.0}}
+    gpu_node = {"Alive": True, "Resources": {"CPU": 12.0, "GPU": 2.0}}
+    dead = {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}
+    monkeypatch.setattr(ray_engine.ray, "nodes", lambda: [head, gpu_node, dict(gpu_node), dead])
+    cfg = base_config("/in", "/out")
+    plan = ray_engine.plan_actors(cfg, 100)
+    assert (plan.concurrency, plan.num_gpus, plan.num_cpus, plan.threads) == (4, 1.0, 6.0, 6)
+    assert ray_engine.plan_actors(cfg, 3).concurrency == 3
+    monkeypatch.setenv("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "3")
+    monkeypatch.setenv("RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR", "0.5")
+    plan = ray_engine.plan_actors(cfg, 100)
+    assert (plan.concurrency, plan.num_gpus, plan.num_cpus) == (8, 0.5, 3.0)
+    monkeypatch.setenv("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "lots")
+    with pytest.raises(ValueError, match="not a number"):
+        ray_engine.plan_actors(cfg, 100)
+
+
+def test_retry_cap_fails_the_job_instead_of_looping(ray_cluster, corpus, tmp_path, monkeypatch):
+    """With RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES=0 a shard whose actor dies fails the job (a rerun
+    then resumes from the shards that completed)."""
+    from resize_pipeline import convert
+    from resize_pipeline.errors import OutputError
+
+    monkeypatch.setenv(CRASH_ONCE_ENV, str(tmp_path / "crashed"))
+    monkeypatch.setenv("RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES", "0")
+    dest = tmp_path / "ray"
+    with pytest.raises(OutputError, match="rerun the same command to resume") as info:
+        convert(base_config(corpus, dest, engine="ray"))
+    assert isinstance(info.value.__cause__, ray.exceptions.RayActorError)
+    assert not (dest / "_manifest.json").exists()
+    monkeypatch.delenv("RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES")
+    summary = convert(base_config(corpus, dest, engine="ray"))
+    assert summary.written == SAMPLES
+
+
+def test_job_runtime_env(monkeypatch):
+    """Workers import the code the driver imported: PYTHONPATH on this machine, uploaded for Ray
+    Client, nothing added inside a submitted job (its working_dir has it)."""
+    import os
+
+    import resize_pipeline
+    from workers.ray_engine import job_runtime_env
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(resize_pipeline.__file__)))
+    monkeypatch.delenv("RESIZE_PIPELINE_RAY_SHIP_CODE", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    assert job_runtime_env(None) == {"env_vars": {"PYTHONPATH": f"{root}{os.pathsep}/elsewhere"}}
+    shipped = job_runtime_env("ray://head:10001")
+    assert sorted(os.path.basename(d) for d in shipped["py_modules"]) == ["resize_pipeline", "workers"]
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    assert job_runtime_env("auto") is None
+    monkeypatch.setenv("RESIZE_PIPELINE_RAY_SHIP_CODE", "1")
+    assert "py_modules" in job_runtime_env("auto")
