@@ -159,14 +159,13 @@ class DecodeStage(_ThreadChunks):
         images = _objects([None] * n)
         ow = np.zeros(n, dtype=np.int32)
         oh = np.zeros(n, dtype=np.int32)
-        decoded = self._chunked(lambda blobs: self.decoder.decode(blobs, self.size_request),
+        decoded = self._chunked(lambda blobs: self.decoder.decode_sized(blobs, self.size_request),
                                 [batch["data"][i] for i in rows])
         for i, got in zip(rows, decoded, strict=True):
             if isinstance(got, Exception):
                 fail(batch, i, "decode", got)
             else:
-                images[i] = got
-                oh[i], ow[i] = got.shape[:2]
+                images[i], (ow[i], oh[i]) = got
         batch["image"], batch["orig_width"], batch["orig_height"] = images, ow, oh
         batch.pop("data", None)  # free the encoded input as soon as it is decoded
         return batch

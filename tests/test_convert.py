@@ -115,3 +115,27 @@ def test_memory_to_memory(image_folder):
     assert fs.exists("/conv_dst/shard-00000.tar") and fs.exists("/conv_dst/_manifest.json")
     with fs.open("/conv_dst/shard-00000.tar", "rb") as fh, tarfile.open(fileobj=fh) as tf:
         assert len(tf.getnames()) == 30  # jpg + json + cls per sample
+
+
+def test_shard_level_failure_is_retried_then_recorded_and_redone_on_rerun(image_folder, tmp_path, monkeypatch):
+    from resize_pipeline.sinks import base
+
+    real_write = base.RollingShardWriter.write
+    calls = {"n": 0}
+
+    def flaky(self, sample):
+        if self.base == "shard-00001":
+            calls["n"] += 1
+            raise OSError("No space left on device")
+        return real_write(self, sample)
+
+    monkeypatch.setattr(base.RollingShardWriter, "write", flaky)
+    dst = tmp_path / "out"
+    s = run(image_folder, dst, size=32, samples_per_shard=4)
+    assert (s.total, s.written, s.failed) == (10, 6, 4) and calls["n"] == 3  # three attempts
+    errors = [json.loads(line) for line in (dst / "_errors.jsonl").read_text().splitlines()]
+    assert {e["stage"] for e in errors} == {"shard"} and all("No space left" in e["error"] for e in errors)
+    assert not (dst / "shard-00001.tar").exists() and not (dst / "_stats" / "shard-00001.json").exists()
+    monkeypatch.setattr(base.RollingShardWriter, "write", real_write)
+    s = run(image_folder, dst, size=32, samples_per_shard=4)
+    assert (s.total, s.written, s.failed, s.resumed_shards) == (10, 10, 0, 2)

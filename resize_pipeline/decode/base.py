@@ -34,6 +34,13 @@ class Decoder(ABC):
     ) -> list[np.ndarray | Exception]:
         """Decode each blob to uint8 HWC RGB, or return the exception that stopped it."""
 
+    def decode_sized(
+        self, blobs: Sequence[bytes], size_request: SizeRequest | None = None
+    ) -> list[tuple[np.ndarray, tuple[int, int]] | Exception]:
+        """Like `decode`, with each image's original (oriented) ``(w, h)``, which differs from the
+        array's when the decoder downscaled while decoding (JPEG draft)."""
+        return [r if isinstance(r, Exception) else (r, (r.shape[1], r.shape[0])) for r in self.decode(blobs, size_request)]
+
 
 def to_rgb_array(img, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """Apply the colour rule to a loaded PIL image; returns uint8 HWC RGB (contiguous)."""

@@ -41,6 +41,10 @@ class PillowDecoder(Decoder):
         self.draft = draft
 
     def decode_one(self, blob: bytes, size_request: SizeRequest | None = None) -> np.ndarray:
+        return self._decode(blob, size_request)[0]
+
+    def _decode(self, blob: bytes, size_request: SizeRequest | None) -> tuple[np.ndarray, tuple[int, int]]:
+        """The image, and its full oriented size (before any draft downscale)."""
         if not blob:
             raise SampleError("empty file (0 bytes)")
         with warnings.catch_warnings():
@@ -58,8 +62,8 @@ class PillowDecoder(Decoder):
             if w * h > self.max_pixels:
                 raise ImageTooLarge(f"declared size {w}x{h} = {w * h} px exceeds max_pixels={self.max_pixels}")
             orientation = img.getexif().get(0x0112, 1)
+            ow, oh = (h, w) if orientation in _TRANSPOSING else (w, h)
             if self.draft and size_request is not None and img.format == "JPEG":
-                ow, oh = (h, w) if orientation in _TRANSPOSING else (w, h)
                 rw, rh = size_request(ow, oh)
                 if orientation in _TRANSPOSING:
                     rw, rh = rh, rw
@@ -67,15 +71,20 @@ class PillowDecoder(Decoder):
                     img.draft("RGB" if img.mode == "RGB" else img.mode, (rw, rh))
             img.load()
             out: Image.Image = ImageOps.exif_transpose(img) if orientation != 1 else img
-            return to_rgb_array(out, self.background)
+            return to_rgb_array(out, self.background), (ow, oh)
 
     def decode(
         self, blobs: Sequence[bytes], size_request: SizeRequest | None = None
     ) -> list[np.ndarray | Exception]:
-        out: list[np.ndarray | Exception] = []
+        return [r if isinstance(r, Exception) else r[0] for r in self.decode_sized(blobs, size_request)]
+
+    def decode_sized(
+        self, blobs: Sequence[bytes], size_request: SizeRequest | None = None
+    ) -> list[tuple[np.ndarray, tuple[int, int]] | Exception]:
+        out: list[tuple[np.ndarray, tuple[int, int]] | Exception] = []
         for blob in blobs:
             try:
-                out.append(self.decode_one(blob, size_request))
+                out.append(self._decode(blob, size_request))
             except Exception as exc:  # noqa: BLE001 - per-sample policy: record, never raise
                 out.append(exc)
         return out

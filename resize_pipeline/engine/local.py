@@ -12,10 +12,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
 
 from fsspec.core import url_to_fs
 
+from resize_pipeline.errors import error_record
 from resize_pipeline.shards import ShardResult, ShardTask, run_shard
 from resize_pipeline.stages import ConvertStage
 
@@ -61,6 +62,19 @@ def _run_in_thread(task: ShardTask, config) -> ShardResult:
     return run_shard(task, _local.stage, config, _local.fs, _local.root)
 
 
+SHARD_ATTEMPTS = 3
+
+
+def failed_shard(task: ShardTask, exc: BaseException) -> ShardResult:
+    """A shard that kept failing as a whole: every input is recorded as failed with the reason.
+
+    No stats file is written for it, so a rerun tries it again."""
+    log.error("shard %s failed %d times, its %d inputs are recorded as failed: %s: %s",
+              task.name, SHARD_ATTEMPTS, len(task.items), type(exc).__name__, exc)
+    errors = [error_record(key=it.key, source=it.url, stage="shard", exc=exc) for it in task.items]
+    return ShardResult(task.index, task.name, len(task.items), 0, len(task.items), [], errors)
+
+
 def _uses_gpu(config) -> bool:
     if config.device == "cpu" or (config.decoder == "pillow" and not config.resizer.startswith("learned")):
         return False
@@ -96,7 +110,15 @@ def run_local(
         stage = ConvertStage(config, threads=os.cpu_count() or 1)
         fs, root = url_to_fs(config.dest, **config.storage_options)
         for task in tasks:
-            yield run_shard(task, stage, config, fs, root, on_progress)
+            for attempt in range(SHARD_ATTEMPTS):
+                try:
+                    yield run_shard(task, stage, config, fs, root, on_progress)
+                    break
+                except Exception as exc:  # noqa: BLE001 - shard-level failure: retry, then record
+                    if attempt + 1 == SHARD_ATTEMPTS:
+                        yield failed_shard(task, exc)
+                    else:
+                        log.warning("shard %s failed (%s: %s); retrying", task.name, type(exc).__name__, exc)
         return
 
     pool: Executor
@@ -111,14 +133,25 @@ def run_local(
     with pool:
         # bounded in-flight window: memory stays flat however many shards there are
         queue = list(tasks)[::-1]
-        running: set = set()
+        running: dict = {}  # future -> (task, attempt)
         try:
             while queue or running:
                 while queue and len(running) < 2 * workers:
-                    running.add(submit(queue.pop()))
-                done, running = wait(running, return_when=FIRST_COMPLETED)
+                    task = queue.pop()
+                    running[submit(task)] = (task, 1)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    res = fut.result()
+                    task, attempt = running.pop(fut)
+                    try:
+                        res = fut.result()
+                    except BrokenExecutor:
+                        raise  # a worker process died: the pool is gone; a rerun resumes
+                    except Exception as exc:  # noqa: BLE001 - shard-level failure: retry, then record
+                        if attempt < SHARD_ATTEMPTS:
+                            log.warning("shard %s failed (%s: %s); retrying", task.name, type(exc).__name__, exc)
+                            running[submit(task)] = (task, attempt + 1)
+                            continue
+                        res = failed_shard(task, exc)
                     if on_progress:
                         on_progress(res.total)
                     yield res
