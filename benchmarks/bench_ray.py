@@ -8,7 +8,7 @@ WebDataset) into a fresh folder, on one local Ray cluster started once (``num_cp
 a warm-up run. Two figures per run, best of ``--repeats``:
 
 - end-to-end: inputs / wall clock of the engine call (actor start-up included: a fresh process per
-  actor that imports torch and builds the stages, ~2-4 s here);
+  actor that imports the package and builds the stages, ~2-4 s here);
 - steady: images converted after the first shard result / time from the first to the last result,
   i.e. the streaming rate once the actors run, which is what a long job sees.
 """

@@ -70,9 +70,4 @@ def broken_folder(image_folder) -> Path:
     return image_folder
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 os.environ.setdefault("TQDM_DISABLE", "1")

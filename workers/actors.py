@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: Test hook: path of a marker file. The first actor to reach it creates the file and dies
 #: (``os._exit(1)``) in the middle of its first shard; later shards (and the retry) run normally.
 CRASH_ONCE_ENV = "RESIZE_PIPELINE_RAY_TEST_CRASH_ONCE"
+#: Test hook: a shard name whose every attempt fails mid-shard with ``OSError("No space left on device")``.
+FAIL_SHARD_ENV = "RESIZE_PIPELINE_RAY_TEST_FAIL_SHARD"
 
 _ITEM_FIELDS = ("key", "url", "label", "label_name", "meta", "offset", "length", "row")
 
@@ -56,15 +58,19 @@ def result_from_json(text: str) -> ShardResult:
     return res
 
 
-class _CrashOnce:
-    """Kill this process once, after the first batch of a shard, the first time any actor gets here."""
+class _TestHooks:
+    """Failure injection for the tests, called by `run_shard` after each batch (mid-shard)."""
 
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
+    def __init__(self, shard: str, crash_once: str | None, fail_shard: str | None) -> None:
+        self.shard, self.crash_once, self.fail_shard = shard, crash_once, fail_shard
 
     def __call__(self, n: int) -> None:
+        if self.fail_shard == self.shard:
+            raise OSError("No space left on device")
+        if not self.crash_once:
+            return
         try:
-            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(self.crash_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -76,14 +82,19 @@ class _CrashOnce:
 class ShardConverter:
     """Converts whole shards; Ray Data's ``map_batches`` runs it as an actor pool.
 
+    A shard that raises (a write error, say) is retried in the actor, then recorded as failed input by
+    input, exactly as the local engine does (`resize_pipeline.engine.local.failed_shard`: no stats
+    file, so a rerun redoes it). A shard whose actor *dies* is Ray's to retry.
+
     Args:
         config: the job's `ConvertConfig`.
         threads: CPU threads this actor may use (the stages' thread pools, DALI's CPU threads, torch
             intra-op); the engine passes the actor's ``num_cpus``.
-        crash_once: test hook, see `CRASH_ONCE_ENV`.
+        crash_once, fail_shard: test hooks, see `CRASH_ONCE_ENV` and `FAIL_SHARD_ENV`.
     """
 
-    def __init__(self, config, threads: int | None = None, crash_once: str | None = None) -> None:
+    def __init__(self, config, threads: int | None = None, crash_once: str | None = None,
+                 fail_shard: str | None = None) -> None:
         from fsspec.core import url_to_fs
 
         from resize_pipeline.stages import ConvertStage
@@ -101,16 +112,27 @@ class ShardConverter:
         # the engine's CPU share of this actor: decode/resize/encode thread pools, DALI CPU threads
         self.stage = ConvertStage(config, threads=threads)
         self.fs, self.root = url_to_fs(config.dest, **config.storage_options)
-        self.hook = _CrashOnce(crash_once) if crash_once else None
+        self.crash_once, self.fail_shard = crash_once, fail_shard
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def convert(self, task: ShardTask) -> ShardResult:
+        from resize_pipeline.engine.local import SHARD_ATTEMPTS, failed_shard
         from resize_pipeline.shards import run_shard
 
+        hook = _TestHooks(task.name, self.crash_once, self.fail_shard) if (self.crash_once or self.fail_shard) else None
+        for attempt in range(1, SHARD_ATTEMPTS + 1):
+            try:
+                return run_shard(task, self.stage, self.config, self.fs, self.root, hook)
+            except Exception as exc:  # noqa: BLE001 - shard-level failure: retry, then record
+                if attempt == SHARD_ATTEMPTS:
+                    return failed_shard(task, exc)
+                log.warning("shard %s failed (%s: %s); retrying", task.name, type(exc).__name__, exc)
+        raise AssertionError("unreachable")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out: list[str] = []
         for index, name, blob in zip(batch["index"], batch["name"], batch["items"], strict=True):
-            task = decode_task(index, name, blob)
-            result = run_shard(task, self.stage, self.config, self.fs, self.root, self.hook)
-            log.debug("shard %s: %d written, %d failed", task.name, result.written, result.failed)
+            result = self.convert(decode_task(index, name, blob))
+            log.debug("shard %s: %d written, %d failed", result.name, result.written, result.failed)
             out.append(result_to_json(result))
         return {"result": _objects(out)}
 

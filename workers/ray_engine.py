@@ -7,7 +7,8 @@ straight into DEST (any fsspec URL) and committed atomically, its stats file las
 `ShardResult` comes back to the driver. Ray Data does the scheduling, backpressure and retries: actors
 are restarted when they die (``max_restarts``) and their in-flight shard is run again
 (``max_task_retries``); since a shard's output is deterministic and only visible once complete, a
-killed actor costs no sample. A killed *job* resumes on rerun from the completed shards
+killed actor costs no sample. A shard that *raises* (a write error) is retried in the actor, then its
+inputs are recorded as failed, as in the local engine. A killed *job* resumes on rerun from the completed shards
 (`resize_pipeline.conversion.convert` filters them before calling `run_ray`).
 
 The process that iterates the dataset is Ray Data's driver: this process when it is part of the
@@ -42,7 +43,7 @@ from typing import Any
 import ray
 
 from resize_pipeline.shards import ShardResult, ShardTask
-from workers.actors import CRASH_ONCE_ENV, ShardConverter, encode_task, result_from_json
+from workers.actors import CRASH_ONCE_ENV, FAIL_SHARD_ENV, ShardConverter, encode_task, result_from_json
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def plan_actors(config, n_tasks: int) -> ActorPlan:
     return ActorPlan(concurrency, cpus, gpus, max(1, int(round(cpus))))
 
 
-def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan, crash_once: str | None = None):
+def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan, hooks: dict[str, str] | None = None):
     """The lazy Ray Dataset: one row (and one block) per shard task, mapped by the actor pool."""
     rows = [encode_task(t) for t in tasks]
     # one block per shard: a map task then carries exactly one shard, so shards balance across actors
@@ -149,8 +150,7 @@ def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan, crash_onc
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         return ds.map_batches(
             ShardConverter,
-            fn_constructor_kwargs={"config": config, "threads": plan.threads,
-                                   "crash_once": crash_once},
+            fn_constructor_kwargs={"config": config, "threads": plan.threads, **(hooks or {})},
             batch_size=1,
             batch_format="numpy",
             zero_copy_batch=True,
@@ -189,7 +189,7 @@ def check_storage(config, nodes: int) -> None:
                         "(shared filesystem), or use an object store URL", what, url, nodes)
 
 
-def _results_here(config, tasks: Sequence[ShardTask], crash_once: str | None) -> Iterator[str]:
+def _results_here(config, tasks: Sequence[ShardTask], hooks: dict[str, str]) -> Iterator[str]:
     """Run the dataset with this process as its driver; yields each shard's result (JSON)."""
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
@@ -199,7 +199,7 @@ def _results_here(config, tasks: Sequence[ShardTask], crash_once: str | None) ->
         plan = plan_actors(config, len(tasks))
         log.info("ray: %d shard(s) on %d actor(s) (%.3g CPU, %.3g GPU each)",
                  len(tasks), plan.concurrency, plan.num_cpus, plan.num_gpus)
-        for row in build_dataset(config, tasks, plan, crash_once).iter_rows():
+        for row in build_dataset(config, tasks, plan, hooks).iter_rows():
             yield row["result"]
         _cleanup_partials(config)
     finally:
@@ -214,21 +214,21 @@ class _ClusterDriver:
     on the cluster and the client polls it for finished shards.
     """
 
-    def __init__(self, config, tasks: list[ShardTask], crash_once: str | None) -> None:
+    def __init__(self, config, tasks: list[ShardTask], hooks: dict[str, str]) -> None:
         import threading
 
         self._lock = threading.Lock()
         self._done: list[str] = []
         self._finished = False
         self._error: str | None = None
-        self._thread = threading.Thread(target=self._run, args=(config, tasks, crash_once), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(config, tasks, hooks), daemon=True)
         self._thread.start()
 
-    def _run(self, config, tasks, crash_once) -> None:
+    def _run(self, config, tasks, hooks) -> None:
         import traceback
 
         try:
-            for text in _results_here(config, tasks, crash_once):
+            for text in _results_here(config, tasks, hooks):
                 with self._lock:
                     self._done.append(text)
         except BaseException:  # noqa: BLE001 - reported to the client by poll()
@@ -242,13 +242,13 @@ class _ClusterDriver:
         return done, self._finished and not self._done, self._error
 
 
-def _results_via_cluster(config, tasks: Sequence[ShardTask], crash_once: str | None) -> Iterator[str]:
+def _results_via_cluster(config, tasks: Sequence[ShardTask], hooks: dict[str, str]) -> Iterator[str]:
     import time
 
     knobs = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     actor_cls: Any = ray.remote(num_cpus=0, max_restarts=0)(_ClusterDriver)
     driver = actor_cls.options(runtime_env={"env_vars": knobs} if knobs else None).remote(
-        config, list(tasks), crash_once)
+        config, list(tasks), hooks)
     try:
         while True:
             done, finished, error = ray.get(driver.poll.remote())
@@ -273,11 +273,13 @@ def run_ray(
     if not tasks:
         return
     check_storage(config, 1)
-    crash_once = os.environ.get(CRASH_ONCE_ENV) or None
+    # test hooks are read here, on the driver, and handed to the actors
+    hooks = {k: os.environ[env] for k, env in (("crash_once", CRASH_ONCE_ENV), ("fail_shard", FAIL_SHARD_ENV))
+             if os.environ.get(env)}
     started = connect(config.address)
     try:
         client = ray.util.client.ray.is_connected()
-        stream = (_results_via_cluster if client else _results_here)(config, tasks, crash_once)
+        stream = (_results_via_cluster if client else _results_here)(config, tasks, hooks)
         try:
             for text in stream:
                 res = result_from_json(text)

@@ -88,7 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train the learned resizer jointly with a classifier and export it (safetensors + JSON)",
         description="Defaults reproduce the bundled checkpoint: "
-        "resize-pipeline train --seed 0 --export resize_pipeline/weights/default",
+        "resize-pipeline train --seed 0 --threads 1 --export resize_pipeline/weights/default",
     )
     add_train_arguments(p)
     p.add_argument("--seed", type=int, default=0)

@@ -28,7 +28,7 @@ def test_buckets():
 
 
 def test_mixed_sizes_exact_uint8(artifact):
-    r = LearnedResizer(str(artifact), device="cpu", batch_size=4)
+    r = LearnedResizer(str(artifact), device="cpu", batch_size=4, precision="fp32")
     assert isinstance(r, Resizer) and r.name == "learned" and r.input_scale == 2.0
     shapes = [(100, 80), (33, 200), (100, 80), (7, 9), (300, 301), (100, 80), (100, 80), (100, 80)]
     images = [_image(h, w, i) for i, (h, w) in enumerate(shapes)]
@@ -54,7 +54,7 @@ def test_close_to_bilinear_when_untrained(tmp_path):
     from resize_pipeline.learned.model import create_resizer
 
     path = export_resizer(create_resizer().eval(), tmp_path / "zero")  # zero-init last conv = skip only
-    r = LearnedResizer(str(path), device="cpu")
+    r = LearnedResizer(str(path), device="cpu", precision="fp32")
     img = _image(64, 64)
     out = r.resize([img], [ResizeOp((0.0, 0.0, 64.0, 64.0), (16, 16))])[0]
     pre = Image.fromarray(img).resize((32, 32), Image.Resampling.BILINEAR)
@@ -63,7 +63,7 @@ def test_close_to_bilinear_when_untrained(tmp_path):
 
 
 def test_resize_tensor_uint8_and_float(artifact):
-    r = LearnedResizer(str(artifact), device="cpu")
+    r = LearnedResizer(str(artifact), device="cpu", precision="fp32")
     x = torch.from_numpy(np.stack([_image(48, 64, 1), _image(48, 64, 2)])).permute(0, 3, 1, 2)
     a = r.resize_tensor(x, (32, 24))
     b = r.resize_tensor(x.float() / 255, (32, 24))
@@ -75,8 +75,8 @@ def test_resize_tensor_uint8_and_float(artifact):
 
 def test_torchscript_module_accepted(tmp_path, artifact):
     ts = export_torchscript(trained_net(), tmp_path / "resizer.ts")
-    r_ts = LearnedResizer(str(ts), device="cpu")
-    r_st = LearnedResizer(str(artifact), device="cpu")
+    r_ts = LearnedResizer(str(ts), device="cpu", precision="fp32")
+    r_st = LearnedResizer(str(artifact), device="cpu", precision="fp32")
     images = [_image(60, 90), _image(61, 40, 3)]
     ops = [plan_resize(90, 60, (30, 20), "stretch"), plan_resize(40, 61, (30, 20), "center-crop")]
     for a, b in zip(r_ts.resize(images, ops), r_st.resize(images, ops), strict=True):
@@ -108,12 +108,27 @@ def test_bundled_default_loads_and_get_resizer():
     assert r.meta["provenance"]["train_config"]["data"] == "synthetic"
 
 
+def test_cpu_precisions_agree(artifact):
+    from resize_pipeline.learned.inference import cpu_has_native_bf16
+
+    images = [_image(90, 120, i) for i in range(3)]
+    ops = [plan_resize(120, 90, (40, 30), "center-crop")] * 3
+    fp32 = LearnedResizer(str(artifact), device="cpu", precision="fp32").resize(images, ops)
+    auto = LearnedResizer(str(artifact), device="cpu")
+    assert auto.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    bf16 = LearnedResizer(str(artifact), device="cpu", precision="bf16").resize(images, ops)
+    for a, b in zip(fp32, bf16, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 3
+    with pytest.raises(ValueError, match="precision"):
+        LearnedResizer(str(artifact), device="cpu", precision="int8")
+
+
 @gpu
 @needs_cuda
 def test_cuda_matches_cpu(artifact):
     images = [_image(120, 90, i) for i in range(5)]
     ops = [plan_resize(90, 120, (32, 32), "center-crop")] * 5
-    cpu = LearnedResizer(str(artifact), device="cpu").resize(images, ops)
+    cpu = LearnedResizer(str(artifact), device="cpu", precision="fp32").resize(images, ops)
     for precision in ("fp32", "bf16"):
         gpu_r = LearnedResizer(str(artifact), device="cuda", precision=precision)
         for a, b in zip(cpu, gpu_r.resize(images, ops), strict=True):
@@ -129,12 +144,13 @@ def test_torch_export_program_accepted(tmp_path):
 
     net = trained_net()
     path = export_program(net, tmp_path / "resizer.pt2", input_hw=(40, 60), size_hw=(20, 30))
-    r = LearnedResizer(str(path), device="cpu", batch_size=4)
+    r = LearnedResizer(str(path), device="cpu", batch_size=4, precision="fp32")
     assert r.describe()["config"]["format"] == "torch.export"
     images = [_image(80, 120, i) for i in range(3)]  # 3 -> padded to bucket 4: dynamic batch
     ops = [ResizeOp((0.0, 0.0, 120.0, 80.0), (30, 20))] * 3
     out = r.resize(images, ops)
-    ref = LearnedResizer(str(export_resizer(net, tmp_path / "st")), device="cpu").resize(images, ops)
+    ref = LearnedResizer(str(export_resizer(net, tmp_path / "st")), device="cpu", precision="fp32")
+    ref = ref.resize(images, ops)
     for a, b in zip(out, ref, strict=True):
         assert a.shape == (20, 30, 3) and np.abs(a.astype(int) - b.astype(int)).max() <= 1
     with pytest.raises(ValueError, match="resizer.pt2"):  # shape-specialised: another size is refused

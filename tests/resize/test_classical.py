@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import psnr
+from helpers_images import psnr
 from PIL import Image
 
 from resize_pipeline.geometry import plan_resize

@@ -3,8 +3,10 @@ recorded the same way, no sample lost when an actor is killed mid-shard, resume 
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -166,3 +168,65 @@ def test_job_runtime_env(monkeypatch):
     assert job_runtime_env("auto") is None
     monkeypatch.setenv("RESIZE_PIPELINE_RAY_SHIP_CODE", "1")
     assert "py_modules" in job_runtime_env("auto")
+
+
+def _fail_writes_of(monkeypatch, shard: str) -> dict:
+    from resize_pipeline.sinks import base
+
+    real_write = base.RollingShardWriter.write
+    calls = {"n": 0}
+
+    def flaky(self, sample):
+        if self.base == shard:
+            calls["n"] += 1
+            raise OSError("No space left on device")
+        return real_write(self, sample)
+
+    monkeypatch.setattr(base.RollingShardWriter, "write", flaky)
+    return calls
+
+
+def test_shard_converter_retries_then_records_like_the_local_engine(corpus, tmp_path, monkeypatch):
+    """The actor class on its own (no Ray): a shard that raises is tried 3 times, then every input is
+    recorded as failed, with no stats file (a rerun redoes it)."""
+    from resize_pipeline.engine.local import failed_shard
+    from resize_pipeline.shards import plan_shards
+    from resize_pipeline.sources import list_source
+    from workers.actors import ShardConverter, result_from_json
+
+    task = plan_shards(list_source(str(corpus)).items, PER_SHARD)[1]
+    (tmp_path / "out" / "_stats").mkdir(parents=True)
+    calls = _fail_writes_of(monkeypatch, task.name)
+    actor = ShardConverter(base_config(corpus, tmp_path / "out"), threads=1)
+    row = encode_task(task)
+    out = actor({k: np.array([v], dtype=object) for k, v in row.items()})
+    res = result_from_json(out["result"][0])
+    assert calls["n"] == 3
+    assert res.to_dict() == failed_shard(task, OSError("No space left on device")).to_dict()
+    assert not list((tmp_path / "out" / "_stats").iterdir())
+
+
+def test_shard_level_failure_recorded_like_local_and_redone(ray_cluster, corpus, local_reference, tmp_path,
+                                                            monkeypatch):
+    from resize_pipeline import convert
+    from workers.actors import FAIL_SHARD_ENV
+
+    local = tmp_path / "local"
+    calls = _fail_writes_of(monkeypatch, "shard-00001")
+    s_local = convert(base_config(corpus, local, engine="local", workers=1))
+    assert calls["n"] == 3
+    monkeypatch.undo()
+
+    monkeypatch.setenv(FAIL_SHARD_ENV, "shard-00001")
+    dest = tmp_path / "ray"
+    s_ray = convert(base_config(corpus, dest, engine="ray"))
+    assert (s_ray.total, s_ray.written, s_ray.failed) == (s_local.total, s_local.written, s_local.failed)
+    ref_failed_in_shard = json.loads((local_reference / "_stats" / "shard-00001.json").read_text())["failed"]
+    assert s_ray.failed == 3 - ref_failed_in_shard + PER_SHARD  # the broken inputs elsewhere + the whole shard
+    assert (dest / "_errors.jsonl").read_bytes() == (local / "_errors.jsonl").read_bytes()
+    assert not (dest / "shard-00001.tar").exists() and not (dest / "_stats" / "shard-00001.json").exists()
+
+    monkeypatch.delenv(FAIL_SHARD_ENV)
+    summary = convert(base_config(corpus, dest, engine="ray"))
+    assert summary.resumed_shards == summary.shards - 1
+    assert_same_output(dest, local_reference)
