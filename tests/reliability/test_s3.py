@@ -242,7 +242,8 @@ def test_memory_in_and_out(images):
 @pytest.mark.parametrize("store", ["memory", "s3"])
 def test_failed_shard_leaves_no_object_behind(store, images, monkeypatch, request):
     """A shard that dies half-way (an unexpected error, not a bad input) must not appear under its final
-    name: on object stores closing a file commits it, so the writer has to discard, not close."""
+    name: on object stores closing a file commits it, so the writer has to discard, not close. After its
+    retries its inputs are recorded as failed (stage "shard") and a rerun converts it."""
     from resize_pipeline.stages import EncodeStage
 
     calls = {"n": 0}
@@ -250,7 +251,7 @@ def test_failed_shard_leaves_no_object_behind(store, images, monkeypatch, reques
 
     def flaky(self, batch):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] >= 2:  # every attempt dies after its first batch
             raise RuntimeError("injected: worker died mid-shard")
         return real(self, batch)
 
@@ -270,11 +271,14 @@ def test_failed_shard_leaves_no_object_behind(store, images, monkeypatch, reques
         **{**BASE, "samples_per_shard": 20},
     )
     try:
-        with pytest.raises(RuntimeError, match="injected"):
-            convert(config)
+        s = convert(config)
+        assert (s.total, s.written, s.failed) == (11, 0, 11) and calls["n"] == 4  # 1 + 3 attempts
         fs.invalidate_cache()
         left = sorted(posixpath.basename(p) for p in fs.find(root))
-        assert left == ["_run.json"], left  # no shard, no stats, no manifest
+        assert left == ["_errors.jsonl", "_manifest.json", "_run.json"], left  # no shard, no stats
+        with fs.open(f"{root}/_errors.jsonl") as fh:
+            errors = [json.loads(line) for line in fh.read().decode().splitlines()]
+        assert {e["stage"] for e in errors} == {"shard"} and "injected" in errors[0]["error"]
         monkeypatch.setattr(EncodeStage, "__call__", real)
         s = convert(config)  # and the rerun completes it
         assert (s.written, s.failed) == (10, 1)
