@@ -128,3 +128,38 @@ def test_readers_imagefolder_webdataset_parquet(tmp_path):
 
     with pytest.raises(ValueError, match="no such"):
         data.open_dataset(str(tmp_path / "missing*"), 16)
+
+
+def test_resume_continues_from_checkpoint(tmp_path, monkeypatch):
+    import shutil
+
+    from resize_pipeline.learned import train as train_mod
+
+    cfg = dict(
+        target_size=8,
+        num_train=32,
+        num_val=8,
+        batch_size=8,
+        classifier_width=4,
+        device="cpu",
+        progress=False,
+        epochs=2,
+    )
+    saved = []
+    real_save = torch.save
+
+    def save_and_keep_first(obj, path, *a, **kw):  # keep the epoch-1 checkpoint: the "interrupted" state
+        real_save(obj, path, *a, **kw)
+        if not saved:
+            (tmp_path / "b").mkdir()
+            shutil.copy(path, tmp_path / "b" / "last.pt")
+        saved.append(obj["epoch"])
+
+    monkeypatch.setattr(train_mod.torch, "save", save_and_keep_first)
+    full = train(TrainConfig(out_dir=str(tmp_path / "a"), **cfg))
+    monkeypatch.setattr(train_mod.torch, "save", real_save)
+    assert saved == [1, 2]
+    resumed = train(TrainConfig(out_dir=str(tmp_path / "b"), resume=True, **cfg))
+    assert resumed.steps == full.steps == 8
+    assert resumed.losses == full.losses
+    assert resumed.val_accuracy == full.val_accuracy
