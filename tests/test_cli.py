@@ -51,3 +51,18 @@ def test_bad_inputs_do_not_fail_the_job(broken_folder, tmp_path):
 def test_quiet(image_folder, tmp_path):
     r = _cli("convert", str(image_folder), str(tmp_path / "o"), "--size", "16", "-q")
     assert r.returncode == 0 and r.stdout == ""
+
+
+def test_cli_starts_without_torch_or_ray():
+    code = ("import sys; from resize_pipeline.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'ray', 'nvidia.dali', 'webdataset') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+
+
+def test_train_flags_name_the_registered_variants():
+    from resize_pipeline.learned.model import INTERPOLATIONS, list_variants
+
+    helps = {a.dest: a.help for a in main.__globals__["build_parser"]()._subparsers._group_actions[0].choices["train"]._actions}
+    assert all(v in helps["variant"] for v in list_variants())
+    assert all(i in helps["interpolation"] for i in INTERPOLATIONS)

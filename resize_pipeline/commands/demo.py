@@ -40,8 +40,19 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     summary = convert(config)
+    grid = None
+    if resizer.startswith("learned"):
+        from resize_pipeline.learned.preview import make_preview
+
+        grid = os.path.join(args.dest, "preview.png")
+        picks = sorted(os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs)[:: max(1, args.num // 4)][:4]
+        make_preview(picks, grid, size=224)
     print(summary.line())
     print(f"shards:   {summary.dest} (WebDataset .tar and Parquet, {summary.shards} shard(s) each)")
     print(f"manifest: {summary.manifest_path}")
     print(f"errors:   {summary.errors_path}")
+    if grid:
+        print(f"preview:  {grid} (original | bilinear | bicubic | lanczos | learned)")
+        print("note: the bundled learned resizer was trained on a synthetic task (see its MODEL_CARD.md);"
+              " train one on your data with `resize-pipeline train`.")
     return 0

@@ -7,7 +7,9 @@ import argparse
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``train`` and ``evaluate`` (defaults = the bundled checkpoint's recipe)."""
-    from resize_pipeline.learned.model import INTERPOLATIONS, list_variants
+    # names only (no torch import: the CLI starts without it); validated when the model is built
+    variants = [f"resizer_n{n}_r{r}" for n in (16, 32) for r in (1, 2, 3, 4)]
+    interpolations = ("bilinear", "bicubic", "bilinear-aa", "bicubic-aa")
 
     g = p.add_argument_group("data")
     g.add_argument(
@@ -27,9 +29,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--input-scale", type=float, default=2.0, help="resizer input = input_scale x size (default 2)"
     )
-    g.add_argument("--variant", default="resizer_n16_r1", choices=list_variants())
+    g.add_argument("--variant", default="resizer_n16_r1", help=f"registered variant ({', '.join(variants)})")
     g.add_argument(
-        "--interpolation", default="bilinear", choices=INTERPOLATIONS, help="skip/bottleneck resize"
+        "--interpolation", default="bilinear", help=f"skip/bottleneck resize ({', '.join(interpolations)})"
     )
     g.add_argument(
         "--no-zero-init",
