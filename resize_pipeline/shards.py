@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from resize_pipeline.engine.overlap import overlapped
+from resize_pipeline.engine.overlap import overlapped, should_overlap
 from resize_pipeline.sinks import WRITERS, RollingShardWriter, Sample
 from resize_pipeline.sources.base import SourceItem
 from resize_pipeline.stages import items_to_batch
@@ -109,7 +109,7 @@ def run_shard(
     written = 0
     batches = (items_to_batch(task.items[s : s + config.batch_size]) for s in range(0, len(task.items), config.batch_size))
     steps = getattr(stage, "steps", None)
-    results = overlapped(batches, steps) if steps and config.overlap else map(stage, batches)
+    results = overlapped(batches, steps) if steps and should_overlap(config) else map(stage, batches)
     try:
         for batch in results:
             for i in range(len(batch["key"])):

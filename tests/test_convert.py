@@ -99,7 +99,7 @@ def test_processes_and_threads_write_the_same_bytes(image_folder, tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     run(image_folder, a, size=32, samples_per_shard=3, workers=1)
     run(image_folder, b, size=32, samples_per_shard=3, workers=2, parallelism="process")
-    run(image_folder, c, size=32, samples_per_shard=3, workers=2, parallelism="thread")
+    run(image_folder, c, size=32, samples_per_shard=3, workers=2, parallelism="thread", overlap=True)
     for p in sorted(a.glob("*.tar")):
         assert p.read_bytes() == (b / p.name).read_bytes() == (c / p.name).read_bytes()
 

@@ -49,8 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, help="refuse images declaring more pixels (bomb guard)")
     p.add_argument("--no-draft", dest="draft", action="store_false", default=None,
                    help="decode JPEGs at full resolution (default: DCT-domain draft downscale when much larger)")
-    p.add_argument("--no-overlap", dest="overlap", action="store_false", default=None,
-                   help="run read/decode/resize/encode one after another (default: overlapped in threads)")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="run read/decode/resize/encode concurrently in threads (default: auto, on with a GPU "
+                   "or a remote source, off for CPU-only local work)")
     p.add_argument("--path-column", help="manifest column holding paths")
     p.add_argument("--label-column", help="manifest column holding labels")
     p.add_argument("--row-group-size", type=int, help="Parquet rows per row group (default 512)")
