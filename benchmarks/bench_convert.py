@@ -56,7 +56,8 @@ def _baseline_one(args):
         fh.write(buf.getvalue())
 
 
-def baseline(paths: list[str], out_dir: str, workers: int) -> None:
+def baseline(corpus: str, out_dir: str, workers: int) -> None:
+    paths = sorted(os.path.join(corpus, f) for f in os.listdir(corpus))
     os.makedirs(out_dir, exist_ok=True)
     with get_context("spawn").Pool(workers) as pool:
         pool.map(_baseline_one, [(p, out_dir) for p in paths], chunksize=16)
@@ -97,10 +98,11 @@ def main() -> None:
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         codes = [("Pillow multiprocessing loop (baseline)",
                   f"import sys; sys.path.insert(0, {here!r}); sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
-                  f"from bench_convert import baseline; baseline({paths!r}, {os.path.join(tmp, 'base')!r}, {w})")]
+                  f"from bench_convert import baseline; baseline({corpus!r}, {os.path.join(tmp, 'base')!r}, {w})")]
         for k, (label, extra) in enumerate((
             ("convert, processes (default)", "parallelism='process'"),
             ("convert, threads", "parallelism='thread'"),
+            ("convert, processes, --overlap", "parallelism='process', overlap=True"),
             ("convert, processes, --no-draft", "parallelism='process', draft=False"),
         )):
             dst = os.path.join(tmp, f"out_{k}")

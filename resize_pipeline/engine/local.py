@@ -75,6 +75,18 @@ def failed_shard(task: ShardTask, exc: BaseException) -> ShardResult:
     return ShardResult(task.index, task.name, len(task.items), 0, len(task.items), [], errors)
 
 
+def _mp_context():
+    """``fork`` where it is safe (Linux, no torch/DALI/CUDA state in this process): workers start ~5%
+    faster on short jobs (docs/benchmarks.md); ``spawn`` otherwise (fork after CUDA or OpenMP init
+    can hang the children)."""
+    import sys
+
+    heavy = ("torch", "nvidia.dali", "jax", "tensorflow")
+    if sys.platform == "linux" and not any(m in sys.modules for m in heavy):
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
 def _uses_gpu(config) -> bool:
     if config.device == "cpu" or (config.decoder == "pillow" and not config.resizer.startswith("learned")):
         return False
@@ -124,7 +136,7 @@ def run_local(
     pool: Executor
     if parallelism == "process":
         threads = max(1, (os.cpu_count() or 1) // workers)
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_process,
+        pool = ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_process,
                                    initargs=(config, threads, os.getpid()))
         submit = lambda t: pool.submit(_run_in_process, t)  # noqa: E731
     else:
