@@ -16,14 +16,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from multiprocessing import get_context
+from multiprocessing import Pool
 
 import numpy as np
 from PIL import Image
 
 
-def make_corpus(dest: str, n: int, seed: int = 0) -> list[str]:
-    """ImageNet-like JPEGs: random crops of real photos, 500x375 .. 1024x768, q90."""
+def make_corpus(dest: str, n: int, seed: int = 0, min_w: int = 500, max_w: int = 1024) -> list[str]:
+    """ImageNet-like JPEGs: real photos resized to min_w..max_w wide (aspect 0.66..0.8), q90."""
     from resize_pipeline.sample_data import load_photos
 
     rng = np.random.default_rng(seed)
@@ -32,7 +32,7 @@ def make_corpus(dest: str, n: int, seed: int = 0) -> list[str]:
     paths = []
     for i in range(n):
         src = Image.fromarray(photos[i % len(photos)])
-        w = int(rng.integers(500, 1025))
+        w = int(rng.integers(min_w, max_w + 1))
         h = int(w * rng.uniform(0.66, 0.8))
         img = src.resize((w, h), Image.Resampling.BICUBIC)
         p = os.path.join(dest, f"{i:06d}.jpg")
@@ -59,7 +59,7 @@ def _baseline_one(args):
 def baseline(corpus: str, out_dir: str, workers: int) -> None:
     paths = sorted(os.path.join(corpus, f) for f in os.listdir(corpus))
     os.makedirs(out_dir, exist_ok=True)
-    with get_context("spawn").Pool(workers) as pool:
+    with Pool(workers) as pool:  # the default start method (fork on Linux), as a plain script would
         pool.map(_baseline_one, [(p, out_dir) for p in paths], chunksize=16)
 
 
@@ -88,12 +88,14 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=600)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--min-width", type=int, default=500, help="corpus image widths (default 500..1024)")
+    ap.add_argument("--max-width", type=int, default=1024)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench_convert_")
     try:
         corpus = os.path.join(tmp, "corpus")
-        paths = make_corpus(corpus, args.num)
+        paths = make_corpus(corpus, args.num, min_w=args.min_width, max_w=args.max_width)
         n, w = len(paths), args.workers
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         codes = [("Pillow multiprocessing loop (baseline)",
@@ -119,7 +121,8 @@ def main() -> None:
                     best[label] = (dt, max(peak, best.get(label, (0, 0))[1]))
         rows = [(label, *best[label]) for label, _ in codes]
         base = n / rows[0][1]
-        print(f"\n{n} JPEGs (500x375..1024x768) -> 224x224 jpg q95, {w} workers, {os.cpu_count()} cores")
+        print(f"\n{n} JPEGs ({args.min_width}..{args.max_width} px wide) -> 224x224 jpg q95, {w} workers, "
+              f"{os.cpu_count()} cores")
         print(f"{'run':42s} {'img/s':>8s} {'ratio':>6s} {'peak RSS MiB':>13s}")
         for label, dt, peak in rows:
             print(f"{label:42s} {n / dt:8.1f} {n / dt / base:6.2f} {peak:13.0f}")

@@ -106,7 +106,7 @@ class LearnedResizer(Resizer):
         if precision == "auto":
             if self.device.type == "cuda":
                 precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-            else:  # measured: 2x faster e2e, <= 1 grey level from fp32 (docs/benchmarks_resizer.md)
+            else:  # measured: 2x faster e2e, <= 1 grey level from fp32 (docs/benchmarks.md)
                 precision = "bf16" if cpu_has_native_bf16() else "fp32"
         self.precision = precision
         self._amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
