@@ -118,7 +118,7 @@ def main() -> int:
             print(f"device: {torch.cuda.get_device_name()}")
     except ImportError:
         pass
-    print(f"\n| run | img/s | x decoder |\n| --- | ---: | ---: |")
+    print("\n| run | img/s | x decoder |\n| --- | ---: | ---: |")
     for label, rate, _ in rows:
         r = f"{rate:.0f}" if rate else "failed"
         x = f"{rate / base:.2f}" if rate and base else "-"

@@ -98,7 +98,7 @@ class _ThreadChunks:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=type(self).__name__)
         k = min(self.threads, len(items))
         bounds = [len(items) * j // k for j in range(k + 1)]
-        parts = self._pool.map(fn, [items[a:b] for a, b in zip(bounds, bounds[1:])])
+        parts = self._pool.map(fn, [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
         return [x for part in parts for x in part]
 
     def __getstate__(self) -> dict:  # pools don't pickle (Ray ships stages to actors)
