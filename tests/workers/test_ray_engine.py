@@ -230,3 +230,16 @@ def test_shard_level_failure_recorded_like_local_and_redone(ray_cluster, corpus,
     summary = convert(base_config(corpus, dest, engine="ray"))
     assert summary.resumed_shards == summary.shards - 1
     assert_same_output(dest, local_reference)
+
+
+def test_ray_data_reads_our_shards_back(ray_cluster, local_reference):
+    """The documented Ray Data reader (resize_pipeline.readers.ray_dataset) on real output."""
+    from resize_pipeline.readers import ray_dataset
+
+    manifest = json.loads((local_reference / "_manifest.json").read_text())
+    written = manifest["counts"]["written"]
+    rows = ray_dataset(str(local_reference), "parquet").take_all()
+    assert len(rows) == written and {r["width"] for r in rows} == {manifest["size"][0]}
+    samples = ray_dataset(str(local_reference), "webdataset").take_all()
+    assert len(samples) == written
+    assert sorted(s["__key__"] for s in samples) == sorted(r["key"] for r in rows)
