@@ -82,6 +82,20 @@ def fail(batch: Batch, i: int, stage: str, exc: BaseException) -> None:
     log.debug("%s failed at %s: %s", batch["url"][i], stage, exc)
 
 
+def place(image: np.ndarray, op: ResizeOp, pad_color: np.ndarray) -> np.ndarray:
+    """Check a resizer's output against `op` and, in pad mode, letterbox it onto the canvas."""
+    if image.shape[1::-1] != op.size:
+        raise RuntimeError(f"resizer returned {image.shape[1]}x{image.shape[0]}, expected {op.size}")
+    if op.canvas is None:
+        return image
+    cw, ch = op.canvas
+    canvas = np.empty((ch, cw, 3), dtype=np.uint8)
+    canvas[:] = pad_color
+    x, y = op.offset
+    canvas[y : y + op.size[1], x : x + op.size[0]] = image
+    return canvas
+
+
 class _ThreadChunks:
     """Split a list over a lazily made thread pool (for work that releases the GIL: Pillow's
     decoders, resamplers and encoders), concatenating the results in order."""
@@ -193,16 +207,7 @@ class ResizeStage(_ThreadChunks):
         self.size, self.mode, self.pad_color = size, mode, np.asarray(pad_color, dtype=np.uint8)
 
     def finish(self, image: np.ndarray, op: ResizeOp) -> np.ndarray:
-        if image.shape[1::-1] != op.size:
-            raise RuntimeError(f"resizer returned {image.shape[1]}x{image.shape[0]}, expected {op.size}")
-        if op.canvas is None:
-            return image
-        cw, ch = op.canvas
-        canvas = np.empty((ch, cw, 3), dtype=np.uint8)
-        canvas[:] = self.pad_color
-        x, y = op.offset
-        canvas[y : y + op.size[1], x : x + op.size[0]] = image
-        return canvas
+        return place(image, op, self.pad_color)
 
     def __call__(self, batch: Batch) -> Batch:
         rows = ok_rows(batch)

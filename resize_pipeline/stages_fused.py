@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from resize_pipeline.geometry import ResizeOp, plan_resize
-from resize_pipeline.stages import Batch, ResizeStage, _objects, fail, ok_rows
+from resize_pipeline.stages import Batch, _objects, fail, ok_rows, place
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ class FusedDecodeResizeStage:
             device=device, num_threads=threads, batch_size=config.batch_size, interp=interp,
         )
         self.gpu = self.decoder.mode == "mixed"
-        self.finisher = ResizeStage.__new__(ResizeStage)  # reuse its pad/check logic only
-        self.finisher.pad_color = np.asarray(config.pad_color, dtype=np.uint8)
+        self.pad_color = np.asarray(config.pad_color, dtype=np.uint8)
         self.name = f"dali-{self.decoder.mode}+{config.resizer}"
 
     def describe(self) -> dict[str, Any]:
@@ -105,7 +104,7 @@ class FusedDecodeResizeStage:
                 continue
             for i, out in zip(idx, outs, strict=True):
                 try:
-                    images[i] = self.finisher.finish(out, ops[i])
+                    images[i] = place(out, ops[i], self.pad_color)
                 except Exception as exc:  # noqa: BLE001
                     images[i] = None
                     fail(batch, i, "resize", exc)
