@@ -347,8 +347,8 @@ class ConvertStage:
     @property
     def steps(self) -> list:
         """The stages in order, for engines that overlap them (`engine.overlap.overlapped`)."""
-        if self.fused is not None:
-            return [self.read, self.fused, self.encode]
+        if self.fused is not None:  # decode and resize in separate threads: they overlap
+            return [self.read, self.fused.decode, self.fused.resize, self.encode]
         return [self.read, self.decode, self.resize, self.encode]
 
     def __call__(self, batch: Batch) -> Batch:

@@ -69,23 +69,28 @@ class FusedDecodeResizeStage:
         return ResizeOp(op.box, self.resizer.input_size(op.size))
 
     def __call__(self, batch: Batch) -> Batch:
+        return self.resize(self.decode(batch))
+
+    def decode(self, batch: Batch) -> Batch:
+        """``data`` -> ``image`` at the resizer's input size (CUDA tensors in GPU mode) + ``op``.
+
+        A separate step from `resize` so that an engine can overlap them: DALI decodes batch k+1
+        while the CNN resizes batch k; the tensors stay on the GPU in between.
+        """
         from resize_pipeline.decode.dali import probe
 
         n = len(batch["key"])
-        images = _objects([None] * n)
+        images, ops = _objects([None] * n), _objects([None] * n)
         ow, oh = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
         rows = ok_rows(batch)
         blobs = [batch["data"][i] for i in rows]
         probes = [probe(b, self.decoder.max_pixels) for b in blobs]
-        ops: dict[int, ResizeOp] = {}
 
         def plan(w: int, h: int) -> ResizeOp:
             return self._input_op(plan_resize(w, h, self.size, self.mode))
 
         run = self.decoder.decode_resize_gpu if self.gpu else self.decoder.decode_resize
-        decoded = run(blobs, plan, probes=probes)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, p, got in zip(rows, probes, decoded, strict=True):
+        for i, p, got in zip(rows, probes, run(blobs, plan, probes=probes), strict=True):
             if isinstance(got, Exception):
                 fail(batch, i, "decode", got)
                 continue
@@ -93,7 +98,16 @@ class FusedDecodeResizeStage:
             ow[i], oh[i] = w, h
             ops[i] = plan_resize(w, h, self.size, self.mode)
             images[i] = got
-            groups[(ops[i].size, tuple(got.shape))].append(i)
+        batch["image"], batch["op"], batch["orig_width"], batch["orig_height"] = images, ops, ow, oh
+        batch.pop("data", None)
+        return batch
+
+    def resize(self, batch: Batch) -> Batch:
+        """``image`` at input size -> uint8 HWC host arrays at the target geometry (``op`` consumed)."""
+        images, ops = batch["image"], batch.pop("op")
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i in ok_rows(batch):
+            groups[(ops[i].size, tuple(images[i].shape))].append(i)
         for (size, _), idx in groups.items():
             try:
                 outs = self._resize_group([images[i] for i in idx], size)
@@ -108,8 +122,6 @@ class FusedDecodeResizeStage:
                 except Exception as exc:  # noqa: BLE001
                     images[i] = None
                     fail(batch, i, "resize", exc)
-        batch["image"], batch["orig_width"], batch["orig_height"] = images, ow, oh
-        batch.pop("data", None)
         return batch
 
     def _resize_group(self, items: list, size: tuple[int, int]) -> list[np.ndarray]:

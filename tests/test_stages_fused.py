@@ -39,3 +39,17 @@ def test_fused_matches_pillow_path(broken_folder, tmp_path, mode, size):
 def test_area_is_not_fused(image_folder, tmp_path):
     stage, _, _ = _convert(image_folder, tmp_path / "a", decoder="auto", resizer="area", size=32)
     assert stage.fused is None
+
+
+def test_overlapped_fused_steps_write_the_same_bytes(broken_folder, tmp_path):
+    """decode (DALI) and resize run as separate overlapped steps on the GPU path; same output as serial."""
+    from resize_pipeline.conversion import convert
+
+    outs = []
+    for overlap in (True, False):
+        dst = tmp_path / f"o{overlap}"
+        s = convert(ConvertConfig(str(broken_folder), str(dst), decoder="auto", size=40, batch_size=3,
+                                  samples_per_shard=5, workers=1, quiet=True, overlap=overlap))
+        assert (s.written, s.failed) == (10, 3)
+        outs.append({p.name: p.read_bytes() for p in sorted(dst.glob("*.tar"))})
+    assert outs[0] == outs[1] and len(outs[0]) == 3
