@@ -110,6 +110,7 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
 
             results.extend(run_local(config, pending, on_progress=bar.update))
     seconds = time.perf_counter() - t0
+    remove_partials(fs, root)  # temp files of a worker that died mid-shard (its shard was redone)
     components = {}
     try:
         from resize_pipeline.stages import ConvertStage

@@ -139,3 +139,55 @@ def test_shard_level_failure_is_retried_then_recorded_and_redone_on_rerun(image_
     monkeypatch.setattr(base.RollingShardWriter, "write", real_write)
     s = run(image_folder, dst, size=32, samples_per_shard=4)
     assert (s.total, s.written, s.failed, s.resumed_shards) == (10, 10, 0, 2)
+
+
+def _children(pid: int) -> list[int]:
+    import os
+
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return kids
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_worker_process_costs_no_sample(image_folder, tmp_path):
+    """SIGKILL one worker mid-job (as the OOM killer would): the pool is rebuilt, the lost shards are
+    redone, the job completes with every sample, and its output equals an undisturbed run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for i in range(30):  # enough shards that the job is still running when a worker is killed
+        src = image_folder / "coffee" / f"img_{i % 4}.jpg"
+        (image_folder / "coffee" / f"extra_{i:02d}.jpg").write_bytes(src.read_bytes())
+    ref, dst = tmp_path / "ref", tmp_path / "out"
+    run(image_folder, ref, size=32, samples_per_shard=2, workers=2, encode="png")
+    cmd = [sys.executable, "-m", "resize_pipeline.cli", "convert", str(image_folder), str(dst), "--size", "32",
+           "--samples-per-shard", "2", "--workers", "2", "--encode", "png", "--batch-size", "1", "-q"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.time() + 60
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        stats = list((dst / "_stats").glob("*.json")) if (dst / "_stats").exists() else []
+        workers = [k for k in _children(proc.pid) if "resource_tracker" not in open(f"/proc/{k}/cmdline").read()]
+        if stats and workers:
+            killed = workers[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=120)
+    assert killed is not None, "the job finished before a worker could be killed"
+    assert proc.returncode == 0, err
+    assert "worker process died" in err
+    m = json.loads((dst / "_manifest.json").read_text())
+    assert (m["counts"]["written"], m["counts"]["failed"]) == (40, 0)
+    assert {p.name: p.read_bytes() for p in dst.glob("*.tar")} == {p.name: p.read_bytes() for p in ref.glob("*.tar")}
+    assert not [p for p in dst.iterdir() if ".partial" in p.name]

@@ -140,41 +140,62 @@ def run_local(
                         log.warning("shard %s failed (%s: %s); retrying", task.name, type(exc).__name__, exc)
         return
 
-    pool: Executor
-    if parallelism == "process":
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        pool = ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_process,
-                                   initargs=(config, threads, os.getpid()))
-        submit = lambda t: pool.submit(_run_in_process, t)  # noqa: E731
-    else:
+    def make_pool() -> tuple[Executor, Callable]:
+        pool: Executor
+        if parallelism == "process":
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            pool = ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_process,
+                                       initargs=(config, threads, os.getpid()))
+            return pool, lambda t: pool.submit(_run_in_process, t)
         pool = ThreadPoolExecutor(workers, thread_name_prefix="convert")
-        submit = lambda t: pool.submit(_run_in_thread, t, config)  # noqa: E731
-    with pool:
-        # bounded in-flight window: memory stays flat however many shards there are
-        queue = list(tasks)[::-1]
-        running: dict = {}  # future -> (task, attempt)
-        try:
-            while queue or running:
-                while queue and len(running) < 2 * workers:
-                    task = queue.pop()
-                    running[submit(task)] = (task, 1)
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    task, attempt = running.pop(fut)
-                    try:
-                        res = fut.result()
-                    except BrokenExecutor:
-                        raise  # a worker process died: the pool is gone; a rerun resumes
-                    except Exception as exc:  # noqa: BLE001 - shard-level failure: retry, then record
-                        if attempt < SHARD_ATTEMPTS:
-                            log.warning("shard %s failed (%s: %s); retrying", task.name, type(exc).__name__, exc)
-                            running[submit(task)] = (task, attempt + 1)
-                            continue
-                        res = failed_shard(task, exc)
-                    if on_progress:
-                        on_progress(res.total)
-                    yield res
-        except BaseException:
-            for fut in running:
-                fut.cancel()
-            raise
+        return pool, lambda t: pool.submit(_run_in_thread, t, config)
+
+    pool, submit = make_pool()
+    # bounded in-flight window: memory stays flat however many shards there are
+    queue = list(tasks)[::-1]
+    running: dict = {}  # future -> (task, attempt)
+    try:
+        while queue or running:
+            while queue and len(running) < 2 * workers:
+                task = queue.pop()
+                running[submit(task)] = (task, 1)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                if fut not in running:  # belonged to a pool replaced below
+                    continue
+                task, attempt = running.pop(fut)
+                try:
+                    res = fut.result()
+                except BrokenExecutor as exc:
+                    # a worker process died (OOM killer, a decoder crash): every shard in flight is
+                    # lost with it. Start a new pool and run them again; a shard present at
+                    # SHARD_ATTEMPTS such deaths is recorded as failed (it may be what kills them).
+                    lost = [(task, attempt)] + list(running.values())
+                    running.clear()
+                    log.warning("a worker process died (%s); restarting the pool and %d shard(s)", exc, len(lost))
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool, submit = make_pool()
+                    for t, a in lost:
+                        if a < SHARD_ATTEMPTS:
+                            running[submit(t)] = (t, a + 1)
+                        else:
+                            res = failed_shard(t, RuntimeError(f"a worker process died while converting it ({exc})"))
+                            if on_progress:
+                                on_progress(res.total)
+                            yield res
+                    break  # the rest of `done` belongs to the old pool
+                except Exception as exc:  # noqa: BLE001 - shard-level failure: retry, then record
+                    if attempt < SHARD_ATTEMPTS:
+                        log.warning("shard %s failed (%s: %s); retrying", task.name, type(exc).__name__, exc)
+                        running[submit(task)] = (task, attempt + 1)
+                        continue
+                    res = failed_shard(task, exc)
+                if on_progress:
+                    on_progress(res.total)
+                yield res
+    except BaseException:
+        for fut in running:
+            fut.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
