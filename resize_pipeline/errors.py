@@ -34,10 +34,12 @@ class UnsupportedImage(SampleError):
 STAGES = ("list", "read", "decode", "resize", "encode", "write")
 
 
-def error_record(*, key: str, source: str, stage: str, exc: BaseException | str) -> dict[str, str]:
-    """One line of `_errors.jsonl`."""
+def error_record(
+    *, key: str, source: str, stage: str, exc: BaseException | str, error_type: str = "Error"
+) -> dict[str, str]:
+    """One line of `_errors.jsonl` (from an exception, or from its type name and message)."""
     if isinstance(exc, BaseException):
         etype, msg = type(exc).__name__, str(exc) or repr(exc)
     else:
-        etype, msg = "Error", exc
+        etype, msg = error_type, exc
     return {"key": key, "path": source, "stage": stage, "error_type": etype, "error": msg}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resize_pipeline.engine.overlap import overlapped, should_overlap
+from resize_pipeline.errors import error_record
 from resize_pipeline.sinks import WRITERS, RollingShardWriter, Sample
 from resize_pipeline.sources.base import SourceItem
 from resize_pipeline.stages import items_to_batch
@@ -114,13 +115,10 @@ def run_shard(
         for batch in results:
             for i in range(len(batch["key"])):
                 if batch["error"][i]:
-                    errors.append({
-                        "key": str(batch["key"][i]),
-                        "path": str(batch["url"][i]),
-                        "stage": str(batch["error_stage"][i]),
-                        "error_type": str(batch["error_type"][i]),
-                        "error": str(batch["error"][i]),
-                    })
+                    errors.append(error_record(
+                        key=str(batch["key"][i]), source=str(batch["url"][i]), stage=str(batch["error_stage"][i]),
+                        exc=str(batch["error"][i]), error_type=str(batch["error_type"][i]),
+                    ))
                     continue
                 sample = Sample(
                     key=str(batch["key"][i]),

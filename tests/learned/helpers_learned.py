@@ -24,6 +24,16 @@ def trained_net(variant: str = "resizer_n16_r1", steps: int = 4, seed: int = 0, 
 _CACHE: dict = {}
 
 
+def tiny_train_config(**overrides):
+    """A `TrainConfig` that trains a 4-wide classifier on 8 px outputs in a second or two."""
+    from resize_pipeline.learned.train import TrainConfig
+
+    values = dict(target_size=8, num_train=16, num_val=8, batch_size=8, max_steps=1, classifier_width=4,
+                  device="cpu", progress=False)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
 def _train(variant: str, steps: int, seed: int, **kw) -> LearnedResizerNet:
     torch.manual_seed(seed)
     net = create_resizer(variant, zero_init_last=False, **kw)

@@ -2,6 +2,7 @@ import argparse
 
 import numpy as np
 import pytest
+from helpers_learned import tiny_train_config
 from PIL import Image
 
 from resize_pipeline.commands import evaluate as evaluate_cmd
@@ -58,16 +59,7 @@ def test_train_run_tiny(tmp_path, capsys):
 
 def test_evaluate_tiny():
     cfg = EvaluateConfig(
-        train=TrainConfig(
-            target_size=8,
-            num_train=16,
-            num_val=8,
-            batch_size=8,
-            max_steps=1,
-            classifier_width=4,
-            device="cpu",
-            progress=False,
-        ),
+        train=tiny_train_config(),
         seeds=(0, 1),
         resizers=("bilinear", "learned"),
     )

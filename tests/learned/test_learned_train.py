@@ -6,6 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from helpers_learned import tiny_train_config
 from PIL import Image
 
 from resize_pipeline.learned import data
@@ -46,32 +47,12 @@ def test_train_lowers_loss_and_exports(tmp_path):
 
 
 def test_train_is_deterministic():
-    cfg = TrainConfig(
-        target_size=8,
-        num_train=32,
-        num_val=8,
-        batch_size=8,
-        max_steps=3,
-        classifier_width=4,
-        device="cpu",
-        progress=False,
-    )
+    cfg = tiny_train_config(num_train=32, max_steps=3)
     assert train(cfg).losses == train(cfg).losses
 
 
 def test_baseline_has_no_resizer_params():
-    cfg = TrainConfig(
-        resizer="bilinear",
-        target_size=8,
-        num_train=16,
-        num_val=8,
-        batch_size=8,
-        max_steps=1,
-        classifier_width=4,
-        device="cpu",
-        progress=False,
-    )
-    res = train(cfg)
+    res = train(tiny_train_config(resizer="bilinear"))
     assert sum(p.numel() for p in res.resizer.parameters()) == 0
 
 
