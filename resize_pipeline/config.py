@@ -88,7 +88,7 @@ class ConvertConfig:
     workers: int = field(default=0, metadata={"output": False})
     parallelism: str = field(default="process", metadata={"output": False})
     batch_size: int = field(default=64, metadata={"output": False})
-    overlap: bool | None = field(default=None, metadata={"output": False})  # None: auto (see engine.overlap)
+    overlap: bool | None = field(default=None, metadata={"output": False})  # None: auto (see runner.should_overlap)
     engine: str = field(default="local", metadata={"output": False})
     address: str | None = field(default=None, metadata={"output": False})
     device: str = field(default="auto", metadata={"output": False})

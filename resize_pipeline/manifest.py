@@ -1,5 +1,6 @@
-"""Run state in DST: ``_run.json`` (what is being made), ``_stats/`` (done shards), and the final
-``_errors.jsonl`` + ``_manifest.json`` (written last, listing only complete shards).
+"""Run state in DEST: ``_run.json`` (what is being made), ``_stats/`` (done shards), and the final
+``_errors.jsonl`` + ``_manifest.json`` (written last, listing only complete shards). Every write
+goes through `sinks.dest.Dest` (atomic, retried).
 """
 
 from __future__ import annotations
@@ -7,14 +8,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import posixpath
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from resize_pipeline import __version__
 from resize_pipeline.errors import OutputError
-from resize_pipeline.shards import STATS_DIR, ShardResult, ShardTask, stats_path, write_json_atomic
+from resize_pipeline.shards import STATS_DIR, ShardResult, ShardTask, stats_name
+from resize_pipeline.sinks.dest import TEMP_RE, Dest
 from resize_pipeline.sources.base import SourceItem
 
 log = logging.getLogger(__name__)
@@ -31,91 +32,98 @@ def listing_digest(items: Sequence[SourceItem]) -> str:
     return h.hexdigest()[:16]
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-
-
-def prepare_dest(fs, root: str, config, items: Sequence[SourceItem]) -> dict[str, Any]:
-    """Create DST, refuse incompatible earlier output (unless ``overwrite``), record the run."""
-    run = {
-        "fingerprint": config.fingerprint(),
+def run_record(config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
+    """What ``_run.json`` holds: the fingerprint of everything that decides the bytes written (the
+    config's output fields and the driver's resolved decisions), and the listing's digest."""
+    output = dict(config.output_dict(), resolved=resolved.output_dict())
+    return {
+        "fingerprint": hashlib.sha256(json.dumps(output, sort_keys=True).encode()).hexdigest()[:16],
         "listing": listing_digest(items),
         "inputs": len(items),
-        "config": config.output_dict(),
+        "config": output,
         "version": __version__,
     }
-    path = posixpath.join(root, RUN_FILE)
-    fs.invalidate_cache(root)
-    if fs.exists(path):
-        with fs.open(path, "r", encoding="utf-8") as fh:
-            old = json.load(fh)
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{sub}" for sub in _diff(a, b)]
+        elif a != b:
+            out.append(k)
+    return out
+
+
+def prepare_dest(dest: Dest, config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
+    """Create DEST, refuse incompatible earlier output (unless ``overwrite``), record the run."""
+    run = run_record(config, resolved, items)
+    if dest.exists(RUN_FILE):
+        try:
+            old = dest.read_json(RUN_FILE)
+        except ValueError:
+            old = {}
         if config.overwrite:
-            clear_dest(fs, root)
-        elif old.get("fingerprint") != run["fingerprint"]:
-            fields = ", ".join(_diff(old.get("config", {}), run["config"])) or "config"
+            clear_dest(dest)
+        elif not isinstance(old, dict) or old.get("fingerprint") != run["fingerprint"]:
+            fields = ", ".join(_diff(old.get("config", {}) if isinstance(old, dict) else {}, run["config"])) or "config"
             raise OutputError(
-                f"{root} holds output made with a different config (differs in: {fields}); "
+                f"{dest.url} holds output made with a different config (differs in: {fields}); "
                 "use --overwrite to replace it, or another destination"
             )
         elif old.get("listing") != run["listing"]:
             raise OutputError(
-                f"{root} holds output of a different input listing ({old.get('inputs')} inputs then, "
+                f"{dest.url} holds output of a different input listing ({old.get('inputs')} inputs then, "
                 f"{len(items)} now); use --overwrite to replace it, or another destination"
             )
     elif config.overwrite:
-        clear_dest(fs, root)
-    fs.makedirs(posixpath.join(root, STATS_DIR), exist_ok=True)
-    write_json_atomic(fs, path, run)
+        clear_dest(dest)
+    dest.makedirs(STATS_DIR)
+    dest.write_json(run, RUN_FILE)
     return run
 
 
-def clear_dest(fs, root: str) -> None:
+def clear_dest(dest: Dest) -> None:
     """Remove what earlier runs of this tool wrote (shards, stats, manifest), nothing else."""
-    if not fs.exists(root):
+    if not dest.exists():
         return
-    for p in fs.ls(root, detail=False):
-        base = posixpath.basename(p.rstrip("/"))
-        if base in (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, STATS_DIR) or base.endswith((".tar", ".parquet")) or ".partial" in base:
-            fs.rm(p, recursive=True)
+    for base in dest.ls():
+        if base in (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, STATS_DIR) or base.endswith((".tar", ".parquet")) \
+                or TEMP_RE.match(base):
+            dest.remove(base, recursive=True)
 
 
-def completed_shards(fs, root: str, tasks: Sequence[ShardTask]) -> dict[int, ShardResult]:
+def completed_shards(dest: Dest, tasks: Sequence[ShardTask]) -> dict[int, ShardResult]:
     """Shards whose stats exist and whose files are all present (resume skips them)."""
-    stats_dir = posixpath.join(root, STATS_DIR)
-    fs.invalidate_cache(stats_dir)  # object-store listings are cached per process: resume needs fresh ones
-    if not fs.exists(stats_dir):
+    have = set(dest.ls(STATS_DIR))
+    if not have:
         return {}
-    present = {posixpath.basename(p) for p in fs.ls(root, detail=False)}
-    have = {posixpath.basename(p) for p in fs.ls(stats_dir, detail=False)}
+    present = set(dest.ls())
     done: dict[int, ShardResult] = {}
     for t in tasks:
         if f"{t.name}.json" not in have:
             continue
         try:
-            with fs.open(stats_path(root, t.name), "r", encoding="utf-8") as fh:
-                res = ShardResult.from_dict(json.load(fh))
-        except (FileNotFoundError, ValueError, KeyError):  # gone meanwhile, or torn: redo the shard
+            res = ShardResult.from_dict(dest.read_json(*stats_name(t.name)))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):  # gone meanwhile, or torn: redo it
             continue
         if res.total == len(t.items) and all(f["name"] in present for f in res.files):
             done[t.index] = res
     return done
 
 
-def remove_partials(fs, root: str) -> None:
-    """Temporary files of a killed run (local filesystems only ever have these): shard parts in DST and
-    JSON documents (``_run.json``, ``_manifest.json``, ``_stats/*.json``) written via a temp name."""
-    stats_dir = posixpath.join(root, STATS_DIR)
-    for d in (root, stats_dir):
-        if d == stats_dir and not fs.exists(stats_dir):
-            continue
-        for p in fs.ls(d, detail=False):
-            if ".partial" in posixpath.basename(p):
-                fs.rm(p)
+def remove_partials(dest: Dest) -> None:
+    """Temporary files of a killed run (a worker killed in the middle of a commit): ours only,
+    recognised by their exact temp-name pattern."""
+    for sub in ((), (STATS_DIR,)):
+        for base in dest.ls(*sub):
+            if TEMP_RE.match(base):
+                dest.remove(*sub, base)
 
 
 def finalize(
-    fs,
-    root: str,
+    dest: Dest,
     config,
     run: dict[str, Any],
     results: Sequence[ShardResult],
@@ -125,13 +133,12 @@ def finalize(
     skipped: int,
     seconds: float,
     components: dict[str, Any],
+    converted: int | None = None,
 ) -> dict[str, Any]:
     """Write ``_errors.jsonl`` then ``_manifest.json`` (last) from the per-shard results."""
     results = sorted(results, key=lambda r: r.index)
     errors = [e for r in results for e in r.errors]
-    text = "".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in errors)
-    with fs.open(posixpath.join(root, ERRORS_FILE), "w", encoding="utf-8") as fh:
-        fh.write(text)
+    dest.write_text("".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in errors), ERRORS_FILE)
     total = sum(r.total for r in results)
     written = sum(r.written for r in results)
     failed = sum(r.failed for r in results)
@@ -159,8 +166,10 @@ def finalize(
         "fingerprint": run["fingerprint"],
         "config": config.to_dict(),
         "components": components,
-        "run": {"seconds": round(seconds, 3), "images_per_second": round(total / seconds, 2) if seconds else None},
+        "run": {"seconds": round(seconds, 3), "converted": total if converted is None else converted,
+                "images_per_second": round((total if converted is None else converted) / seconds, 2)
+                if seconds else None},
         "errors_file": ERRORS_FILE,
     }
-    write_json_atomic(fs, posixpath.join(root, MANIFEST_FILE), manifest)
+    dest.write_json(manifest, MANIFEST_FILE)
     return manifest

@@ -2,12 +2,15 @@
 
 With a DALI decoder, decoding, the crop box and the resize to the resizer's input size run inside
 DALI; in ``mixed`` mode the result is a CUDA tensor handed to the learned resizer's `resize_tensor`
-on the same GPU, so pixels never visit the host between decode and resize (only the final
-224x224-sized uint8 output is copied back for encoding). In DALI's CPU-only mode the same graph runs
-on the CPU, which is how this path is tested without a GPU.
+on the same GPU, so pixels never visit the host between decode and resize (only the final uint8
+output is copied back for encoding). In DALI's CPU-only mode the same graph runs on the CPU, which
+is how this path is tested without a GPU.
 
 Classical filters map to DALI's own interpolation (nearest, linear, cubic, lanczos) and the resize
 to the output size happens in DALI; ``area`` has no DALI equivalent and keeps the unfused path.
+
+Decode is split into `submit` / `finish` so that the engine can keep DALI one batch ahead
+(`engine.stream.lagged`): DALI decodes batch k+1 while the CNN resizes batch k.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from resize_pipeline.geometry import ResizeOp, plan_resize
-from resize_pipeline.stages import Batch, _objects, fail, ok_rows, place
+from resize_pipeline.batch import Batch, fail, isolate, objects, ok_rows
+from resize_pipeline.geometry import ResizeOp
+from resize_pipeline.stages import place, plan_output
 
 log = logging.getLogger(__name__)
 
@@ -27,80 +31,67 @@ log = logging.getLogger(__name__)
 DALI_INTERP = {"nearest": "nearest", "bilinear": "linear", "bicubic": "cubic", "lanczos": "lanczos"}
 
 
-def can_fuse(config) -> bool:
-    """Whether `FusedDecodeResizeStage` serves this config (a DALI decoder and a fusable resizer)."""
-    if config.decoder not in ("auto", "dali") or config.resizer == "area":
-        return False
-    try:
-        from resize_pipeline.decode.dali import _import_dali
-
-        _import_dali()
-    except ImportError:
-        return False
-    return True
+def can_fuse(decoder: str, resizer: str) -> bool:
+    """Whether `FusedDecodeResizeStage` serves a resolved decoder and a resizer spec."""
+    return decoder.startswith("dali") and (resizer in DALI_INTERP or resizer.startswith("learned"))
 
 
 class FusedDecodeResizeStage:
-    """``data`` -> ``image`` (uint8 HWC at the target geometry) via DALI + the resizer, one device."""
+    """``data`` -> ``image`` (uint8 HWC at the target geometry) via DALI + the resizer, one device.
 
-    def __init__(self, config, threads: int | None = None) -> None:
-        from resize_pipeline.decode.dali import DaliDecoder
-        from resize_pipeline.resize import get_resizer
+    Args:
+        decoder: a built `DaliDecoder` (its ``interp`` matches the resizer: ``DALI_INTERP`` for a
+            classical filter, linear in front of a learned resizer).
+        resizer: a built `LearnedResizer` on the decoder's device, or None for a classical filter.
+        size, mode, pad_color: the target geometry.
+    """
 
-        self.size, self.mode = config.size, config.mode
-        learned = config.resizer.startswith("learned")
-        self.resizer: Any = get_resizer(config.resizer, device=config.device, batch_size=config.batch_size) if learned else None
-        interp = "linear" if learned else DALI_INTERP[config.resizer]
-        device = "auto" if config.device in ("auto", "cuda") or config.device.startswith("cuda") else "cpu"
-        self.decoder = DaliDecoder(
-            config.background, config.max_pixels, config.draft,
-            device=device, num_threads=threads, batch_size=config.batch_size, interp=interp,
-        )
-        self.gpu = self.decoder.mode == "mixed"
-        self.pad_color = np.asarray(config.pad_color, dtype=np.uint8)
-        self.name = f"dali-{self.decoder.mode}+{config.resizer}"
+    def __init__(self, decoder, resizer, *, size: tuple[int, int], mode: str,
+                 pad_color: tuple[int, int, int]) -> None:
+        self.decoder, self.resizer = decoder, resizer
+        self.size, self.mode = size, mode
+        self.gpu = decoder.mode == "mixed"
+        self.pad_color = np.asarray(pad_color, dtype=np.uint8)
 
     def describe(self) -> dict[str, Any]:
-        return {"decoder": self.decoder.describe(), "resizer": self.resizer.describe() if self.resizer else self.name}
+        return {"decoder": self.decoder.describe(),
+                "resizer": self.resizer.describe() if self.resizer else {"name": f"dali-{self.decoder.interp}"}}
 
-    def _input_op(self, op: ResizeOp) -> ResizeOp:
+    def _plan(self, w: int, h: int) -> ResizeOp:
+        op = plan_output(w, h, self.size, self.mode)
         if self.resizer is None:
             return ResizeOp(op.box, op.size)
         return ResizeOp(op.box, self.resizer.input_size(op.size))
 
-    def __call__(self, batch: Batch) -> Batch:
-        return self.resize(self.decode(batch))
-
-    def decode(self, batch: Batch) -> Batch:
-        """``data`` -> ``image`` at the resizer's input size (CUDA tensors in GPU mode) + ``op``.
-
-        A separate step from `resize` so that an engine can overlap them: DALI decodes batch k+1
-        while the CNN resizes batch k; the tensors stay on the GPU in between.
-        """
-        from resize_pipeline.decode.dali import probe
-
-        n = len(batch["key"])
-        images, ops = _objects([None] * n), _objects([None] * n)
-        ow, oh = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
+    def submit(self, batch: Batch):
+        """Start decoding ``data`` (crop + resize to the resizer's input size) in DALI."""
         rows = ok_rows(batch)
-        blobs = [batch["data"][i] for i in rows]
-        probes = [probe(b, self.decoder.max_pixels) for b in blobs]
+        probes = [batch["probe"][i] for i in rows] if "probe" in batch else None
+        pending = self.decoder.submit([batch["data"][i] for i in rows], self._plan, probes=probes, gpu=self.gpu)
+        return batch, rows, pending
 
-        def plan(w: int, h: int) -> ResizeOp:
-            return self._input_op(plan_resize(w, h, self.size, self.mode))
-
-        run = self.decoder.decode_resize_gpu if self.gpu else self.decoder.decode_resize
-        for i, p, got in zip(rows, probes, run(blobs, plan, probes=probes), strict=True):
+    def finish(self, token) -> Batch:
+        """``image`` at the resizer's input size (CUDA tensors in GPU mode), ``op``, original sizes."""
+        batch, rows, pending = token
+        results = self.decoder.finish(pending)
+        n = len(batch["key"])
+        images, ops = objects([None] * n), objects([None] * n)
+        ow, oh = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
+        for i, pr, got in zip(rows, pending.probes, results, strict=True):
             if isinstance(got, Exception):
                 fail(batch, i, "decode", got)
                 continue
-            w, h = p.size if p.size else (0, 0)
+            w, h = pr.size if pr.size else (0, 0)
             ow[i], oh[i] = w, h
-            ops[i] = plan_resize(w, h, self.size, self.mode)
+            ops[i] = plan_output(w, h, self.size, self.mode)
             images[i] = got
         batch["image"], batch["op"], batch["orig_width"], batch["orig_height"] = images, ops, ow, oh
         batch.pop("data", None)
+        batch.pop("probe", None)
         return batch
+
+    def decode(self, batch: Batch) -> Batch:
+        return self.finish(self.submit(batch))
 
     def resize(self, batch: Batch) -> Batch:
         """``image`` at input size -> uint8 HWC host arrays at the target geometry (``op`` consumed)."""
@@ -109,20 +100,19 @@ class FusedDecodeResizeStage:
         for i in ok_rows(batch):
             groups[(ops[i].size, tuple(images[i].shape))].append(i)
         for (size, _), idx in groups.items():
-            try:
-                outs = self._resize_group([images[i] for i in idx], size)
-            except Exception as exc:  # noqa: BLE001 - a failed group fails its rows, not the batch
-                for i in idx:
-                    images[i] = None
-                    fail(batch, i, "resize", exc)
-                continue
+            outs = isolate(lambda part, size=size: self._resize_group([images[i] for i in part], size), idx)
             for i, out in zip(idx, outs, strict=True):
                 try:
+                    if isinstance(out, Exception):
+                        raise out
                     images[i] = place(out, ops[i], self.pad_color)
                 except Exception as exc:  # noqa: BLE001
                     images[i] = None
                     fail(batch, i, "resize", exc)
         return batch
+
+    def __call__(self, batch: Batch) -> Batch:
+        return self.resize(self.decode(batch))
 
     def _resize_group(self, items: list, size: tuple[int, int]) -> list[np.ndarray]:
         """Equal-shape items: HWC host arrays (CPU mode) or (3, h, w) CUDA tensors (GPU mode)."""

@@ -3,18 +3,28 @@
 import numpy as np
 import pytest
 
+from resize_pipeline.batch import items_to_batch
 from resize_pipeline.config import ConvertConfig
+from resize_pipeline.pipeline import build_stages
+from resize_pipeline.preflight import resolve
 from resize_pipeline.sources import list_source
-from resize_pipeline.stages import ConvertStage, items_to_batch
+from resize_pipeline.stages_fused import FusedDecodeResizeStage
 
 pytest.importorskip("nvidia.dali")
 
 
 def _convert(src, dst, **kw):
     cfg = ConvertConfig(str(src), str(dst), workers=1, quiet=True, encode="npy", **kw)
-    stage = ConvertStage(cfg, threads=1)
+    stages = build_stages(cfg, resolve(cfg), "cpu", 1)
     items = list_source(str(src)).items
-    return stage, stage(items_to_batch(items)), items
+    batch = items_to_batch(items)
+    for part in stages.parts:
+        batch = part(batch)
+    return stages, batch, items
+
+
+def _fused(stages) -> bool:
+    return any(isinstance(p, FusedDecodeResizeStage) for p in stages.parts)
 
 
 @pytest.mark.parametrize("mode,size", [("center-crop", (64, 48)), ("pad", (64, 64)), ("shorter-side", (40, 40))])
@@ -23,8 +33,8 @@ def test_fused_matches_pillow_path(broken_folder, tmp_path, mode, size):
 
     fused, a, items = _convert(broken_folder, tmp_path / "a", decoder="auto", size=size, mode=mode)
     plain, b, _ = _convert(broken_folder, tmp_path / "b", decoder="pillow", size=size, mode=mode, draft=False)
-    assert fused.fused is not None and plain.fused is None
-    assert fused.describe()["decoder"]["mode"] == "cpu"
+    assert _fused(fused) and not _fused(plain)
+    assert fused.built["decoder"]["mode"] == "cpu"
     assert list(a["error_stage"]) == list(b["error_stage"])  # the same 3 broken files fail, at decode
     assert sum(1 for e in a["error"] if e) == 3
     for i in range(len(items)):
@@ -37,8 +47,8 @@ def test_fused_matches_pillow_path(broken_folder, tmp_path, mode, size):
 
 
 def test_area_is_not_fused(image_folder, tmp_path):
-    stage, _, _ = _convert(image_folder, tmp_path / "a", decoder="auto", resizer="area", size=32)
-    assert stage.fused is None
+    stages, _, _ = _convert(image_folder, tmp_path / "a", decoder="auto", resizer="area", size=32)
+    assert not _fused(stages)
 
 
 def test_overlapped_fused_steps_write_the_same_bytes(broken_folder, tmp_path):

@@ -2,9 +2,10 @@
 
     from_items(shard-task rows) -> map_batches(ShardConverter, batch_size=1, actor pool) -> iter_rows
 
-Each actor builds the spine's `ConvertStage` once and runs `run_shard` per task: the shard is written
-straight into DEST (any fsspec URL) and committed atomically, its stats file last, and only the small
-`ShardResult` comes back to the driver. Ray Data does the scheduling, backpressure and retries: actors
+Each actor builds one `ShardRunner` and streams the shards it is given (two calls run at once per
+actor, so the next shard flows in behind the current one): each shard is written straight into DEST
+(any fsspec URL) and committed atomically, its stats file last, and only the small `ShardResult`
+comes back to the driver. Ray Data does the scheduling, backpressure and retries: actors
 are restarted when they die (``max_restarts``) and their in-flight shard is run again
 (``max_task_retries``); since a shard's output is deterministic and only visible once complete, a
 killed actor costs no sample. A shard that *raises* (a write error) is retried in the actor, then its
@@ -16,23 +17,27 @@ cluster (a local cluster, ``--address auto``, a job started by ``ray job submit`
 (``ray://``) Ray Data cannot drive a dataset, so a small actor on the cluster (`_ClusterDriver`) does,
 and this process polls it for finished shards.
 
-Knobs (environment variables, read on the driver, so they also work through the CLI and
-``ray job submit``; ``--workers N`` sets the actor count):
+Knobs (config fields and flags; the environment variables, read on the driver, override them, so
+they also work through ``ray job submit``; ``--workers N`` sets the actor count):
 
-- ``RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR``: GPUs per actor (default 1 when the cluster has GPUs, else 0).
-- ``RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR``: CPUs reserved per actor, also its decode/torch thread count
-  (default 1 on CPU-only clusters; on GPU clusters the CPUs per GPU of the smallest GPU node, at most 8).
-- ``RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES``: cap on the retries of a shard whose actor died. Ray Data's
-  default (kept when unset) restarts actors and retries their tasks without limit; set a cap (e.g. 3)
-  when an input could crash the decoder process itself, so that such a shard fails the job instead
-  of looping (rerun resumes the rest).
-- ``RESIZE_PIPELINE_RAY_SHIP_CODE``: ``1`` uploads this checkout's ``resize_pipeline`` and ``workers``
-  with the job (``py_modules``); default on for ``ray://`` client connections, off otherwise (a job
-  submitted with ``--working-dir`` or an image with the package installed already has them).
+- ``ray_gpus_per_actor`` / ``RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR``: GPUs per actor (default 1 when the
+  job uses a GPU, else 0).
+- ``ray_cpus_per_actor`` / ``RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR``: CPUs reserved per actor, also its
+  decode/torch thread count (default 1 on CPU-only clusters; on GPU clusters the CPUs per GPU of the
+  smallest GPU node, at most 8).
+- ``ray_max_task_retries`` / ``RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES``: cap on the retries of a shard
+  whose actor died. Ray Data's default (kept when unset) restarts actors and retries their tasks
+  without limit; set a cap (e.g. 3) when an input could crash the decoder process itself, so that
+  such a shard fails the job instead of looping (rerun resumes the rest).
+- ``ray_ship_code`` / ``RESIZE_PIPELINE_RAY_SHIP_CODE``: ``1`` uploads this checkout's
+  ``resize_pipeline`` and ``workers`` with the job (``py_modules``); default on for ``ray://`` client
+  connections, off otherwise (a job submitted with ``--working-dir`` or an image with the package
+  installed already has them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -42,8 +47,10 @@ from typing import Any
 
 import ray
 
+from resize_pipeline.errors import ConfigError, OutputError
 from resize_pipeline.shards import ShardResult, ShardTask
-from workers.actors import CRASH_ONCE_ENV, FAIL_SHARD_ENV, ShardConverter, encode_task, result_from_json
+from resize_pipeline.urls import is_in_process_url, is_local_url
+from workers.actors import ShardConverter, encode_task, result_from_json
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +67,17 @@ class ActorPlan:
     threads: int
 
 
-def _env_number(name: str, cast: Callable[[str], Any] = float) -> Any | None:
-    raw = os.environ.get(ENV_PREFIX + name)
+def _knob(config, name: str, cast: Callable[[str], Any] = float) -> Any | None:
+    """``ray_<name>`` from the config, overridden by ``RESIZE_PIPELINE_RAY_<NAME>`` when set."""
+    raw = os.environ.get(ENV_PREFIX + name.upper())
     if raw is None or raw.strip() == "":
-        return None
+        return getattr(config, f"ray_{name}", None)
     try:
         value = cast(raw)
     except ValueError:
-        raise ValueError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
     if value < 0:
-        raise ValueError(f"{ENV_PREFIX}{name} must be >= 0, got {raw!r}")
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be >= 0, got {raw!r}")
     return value
 
 
@@ -80,7 +88,7 @@ def _code_dirs() -> list[str]:
     return [os.path.dirname(os.path.abspath(str(m.__file__))) for m in (resize_pipeline, workers)]
 
 
-def connect(address: str | None) -> bool:
+def connect(address: str | None, ship_code: bool | None = None) -> bool:
     """Use the running Ray instance, or ``ray.init(address)``; returns True when this call started it.
 
     ``None`` starts a local cluster (or joins ``RAY_ADDRESS``, as ``ray job submit`` sets it),
@@ -90,13 +98,15 @@ def connect(address: str | None) -> bool:
     """
     if ray.is_initialized():
         return False
-    ray.init(address=address, runtime_env=job_runtime_env(address))
+    ray.init(address=address, runtime_env=job_runtime_env(address, ship_code))
     return True
 
 
-def job_runtime_env(address: str | None) -> dict[str, Any] | None:
+def job_runtime_env(address: str | None, ship_code: bool | None = None) -> dict[str, Any] | None:
     """How this job's workers find the code: uploaded (``ray://``), or on this machine's paths."""
     ship = os.environ.get(ENV_PREFIX + "SHIP_CODE")
+    if ship is None and ship_code is not None:
+        ship = "1" if ship_code else "0"
     client = address is not None and address.startswith("ray://")
     if ship == "1" or (ship is None and client):
         return {"py_modules": _code_dirs(), "excludes": ["__pycache__", "*.pyc"]}
@@ -110,15 +120,15 @@ def job_runtime_env(address: str | None) -> dict[str, Any] | None:
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(roots)}}
 
 
-def plan_actors(config, n_tasks: int) -> ActorPlan:
+def plan_actors(config, resolved, n_tasks: int) -> ActorPlan:
     """Actor count and resources from the cluster (GPUs first) and the overrides."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     total_cpus = sum(n["Resources"].get("CPU", 0.0) for n in nodes)
     total_gpus = sum(n["Resources"].get("GPU", 0.0) for n in nodes)
-    gpus = _env_number("GPUS_PER_ACTOR")
+    gpus = _knob(config, "gpus_per_actor")
     if gpus is None:
-        gpus = 1.0 if total_gpus >= 1 else 0.0
-    cpus = _env_number("CPUS_PER_ACTOR")
+        gpus = 1.0 if resolved.uses_gpu and total_gpus >= 1 else 0.0
+    cpus = _knob(config, "cpus_per_actor")
     if cpus is None:
         if gpus > 0:
             per_gpu = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in nodes
@@ -136,12 +146,23 @@ def plan_actors(config, n_tasks: int) -> ActorPlan:
     return ActorPlan(concurrency, cpus, gpus, max(1, int(round(cpus))))
 
 
-def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan, hooks: dict[str, str] | None = None):
+def _strategy(size: int):
+    """A fixed pool; two calls run at once per actor (each submits its shard to the actor's stream and
+    waits), so the next shard streams in behind the current one. Ray < 2.5x lacks those arguments:
+    one call at a time then (the stream drains between shards)."""
+    try:
+        return ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2,
+                                          max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
+    except TypeError:
+        return ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2)
+
+
+def build_dataset(config, resolved, tasks: Sequence[ShardTask], plan: ActorPlan):
     """The lazy Ray Dataset: one row (and one block) per shard task, mapped by the actor pool."""
     rows = [encode_task(t) for t in tasks]
     # one block per shard: a map task then carries exactly one shard, so shards balance across actors
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    retries = _env_number("MAX_TASK_RETRIES", int)
+    retries = _knob(config, "max_task_retries", int)
     extra: dict[str, Any] = {}
     if retries is not None:
         # not a named map_batches parameter (yet): passed through Ray's remote args
@@ -150,58 +171,52 @@ def build_dataset(config, tasks: Sequence[ShardTask], plan: ActorPlan, hooks: di
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         return ds.map_batches(
             ShardConverter,
-            fn_constructor_kwargs={"config": config, "threads": plan.threads, **(hooks or {})},
+            fn_constructor_kwargs={"config": config, "resolved": resolved, "threads": plan.threads},
             batch_size=1,
             batch_format="numpy",
             zero_copy_batch=True,
-            # two shards in flight per actor: the next one is queued while one runs (no dispatch gap),
-            # and at most one shard waits behind a running one at the end of the job
-            compute=ray.data.ActorPoolStrategy(size=plan.concurrency, max_tasks_in_flight_per_actor=2),
+            compute=_strategy(plan.concurrency),
             num_cpus=plan.num_cpus,
             num_gpus=plan.num_gpus,
             **extra,
         )
 
 
-def _cleanup_partials(config) -> None:
-    """Drop temporary files that killed actors left behind (all writers have finished by now)."""
-    from fsspec.core import url_to_fs
-
-    from resize_pipeline.manifest import remove_partials
-
-    try:
-        fs, root = url_to_fs(config.dest, **config.storage_options)
-        remove_partials(fs, root)
-    except OSError as exc:  # cosmetic: the next run removes them too
-        log.warning("could not remove partial files in %s: %s", config.dest, exc)
+def check_config(config) -> None:
+    """What the Ray engine refuses whatever the cluster: storage actors cannot reach, a GPU index
+    (Ray gives each actor its own GPU), bad knobs."""
+    for what, url in (("source", config.source), ("dest", config.dest)):
+        if is_in_process_url(url):
+            raise ConfigError(f"{what} {url}: memory:// lives in one process and Ray actors run in others; "
+                              "use a folder or an object store (s3://, gs://) with --engine ray")
+    if config.device.startswith("cuda:"):
+        raise ConfigError(f"--device {config.device}: with --engine ray each actor gets its own GPU from Ray; "
+                          "use --device cuda (or auto)")
+    _knob(config, "gpus_per_actor")
+    _knob(config, "cpus_per_actor")
+    _knob(config, "max_task_retries", int)
 
 
 def check_storage(config, nodes: int) -> None:
-    """Refuse storage that actors cannot reach; warn about local paths on a multi-node cluster."""
-    from resize_pipeline.errors import ConfigError
-
+    """Warn about local paths on a multi-node cluster."""
     for what, url in (("source", config.source), ("dest", config.dest)):
-        if url.startswith("memory://"):
-            raise ConfigError(f"{what} {url}: memory:// lives in one process and Ray actors run in others; "
-                              "use a folder or an object store (s3://, gs://) with --engine ray")
-        if nodes > 1 and ("://" not in url or url.startswith(("file://", "local://"))):
+        if nodes > 1 and is_local_url(url):
             log.warning("%s %s is a local path and the cluster has %d nodes: every node must see it "
                         "(shared filesystem), or use an object store URL", what, url, nodes)
 
 
-def _results_here(config, tasks: Sequence[ShardTask], hooks: dict[str, str]) -> Iterator[str]:
+def _results_here(config, resolved, tasks: Sequence[ShardTask]) -> Iterator[str]:
     """Run the dataset with this process as its driver; yields each shard's result (JSON)."""
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = bars and not config.quiet
     try:
         check_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
-        plan = plan_actors(config, len(tasks))
+        plan = plan_actors(config, resolved, len(tasks))
         log.info("ray: %d shard(s) on %d actor(s) (%.3g CPU, %.3g GPU each)",
                  len(tasks), plan.concurrency, plan.num_cpus, plan.num_gpus)
-        for row in build_dataset(config, tasks, plan, hooks).iter_rows():
+        for row in build_dataset(config, resolved, tasks, plan).iter_rows():
             yield row["result"]
-        _cleanup_partials(config)
     finally:
         ctx.enable_progress_bars = bars
 
@@ -214,21 +229,21 @@ class _ClusterDriver:
     on the cluster and the client polls it for finished shards.
     """
 
-    def __init__(self, config, tasks: list[ShardTask], hooks: dict[str, str]) -> None:
+    def __init__(self, config, resolved, tasks: list[ShardTask]) -> None:
         import threading
 
         self._lock = threading.Lock()
         self._done: list[str] = []
         self._finished = False
         self._error: str | None = None
-        self._thread = threading.Thread(target=self._run, args=(config, tasks, hooks), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(config, resolved, tasks), daemon=True)
         self._thread.start()
 
-    def _run(self, config, tasks, hooks) -> None:
+    def _run(self, config, resolved, tasks) -> None:
         import traceback
 
         try:
-            for text in _results_here(config, tasks, hooks):
+            for text in _results_here(config, resolved, tasks):
                 with self._lock:
                     self._done.append(text)
         except BaseException:  # noqa: BLE001 - reported to the client by poll()
@@ -242,20 +257,18 @@ class _ClusterDriver:
         return done, self._finished and not self._done, self._error
 
 
-def _results_via_cluster(config, tasks: Sequence[ShardTask], hooks: dict[str, str]) -> Iterator[str]:
+def _results_via_cluster(config, resolved, tasks: Sequence[ShardTask]) -> Iterator[str]:
     import time
 
     knobs = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     actor_cls: Any = ray.remote(num_cpus=0, max_restarts=0)(_ClusterDriver)
     driver = actor_cls.options(runtime_env={"env_vars": knobs} if knobs else None).remote(
-        config, list(tasks), hooks)
+        config, resolved, list(tasks))
     try:
         while True:
             done, finished, error = ray.get(driver.poll.remote())
             yield from done
             if error:
-                from resize_pipeline.errors import OutputError
-
                 raise OutputError(f"the Ray job failed on the cluster:\n{error}")
             if finished:
                 return
@@ -264,34 +277,40 @@ def _results_via_cluster(config, tasks: Sequence[ShardTask], hooks: dict[str, st
         ray.kill(driver)
 
 
-def run_ray(
-    config,
-    tasks: Sequence[ShardTask],
-    on_progress: Callable[[int], None] | None = None,
-) -> Iterator[ShardResult]:
-    """Convert `tasks` on Ray, yielding each shard's result as it completes (in completion order)."""
-    if not tasks:
-        return
-    check_storage(config, 1)
-    # test hooks are read here, on the driver, and handed to the actors
-    hooks = {k: os.environ[env] for k, env in (("crash_once", CRASH_ONCE_ENV), ("fail_shard", FAIL_SHARD_ENV))
-             if os.environ.get(env)}
-    started = connect(config.address)
+@contextlib.contextmanager
+def session(config) -> Iterator[int]:
+    """Check the config for Ray, connect (``config.address``), and yield the GPUs of the cluster's
+    largest GPU node (0 without GPUs), for the driver's device decision; disconnects on exit when
+    this call connected."""
+    check_config(config)
+    started = connect(config.address, _knob(config, "ship_code", lambda v: v.strip() == "1"))
     try:
-        client = ray.util.client.ray.is_connected()
-        stream = (_results_via_cluster if client else _results_here)(config, tasks, hooks)
-        try:
-            for text in stream:
-                res = result_from_json(text)
-                if on_progress:
-                    on_progress(res.total)
-                yield res
-        except ray.exceptions.RayError as exc:
-            from resize_pipeline.errors import OutputError
-
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise OutputError(f"the Ray job failed ({type(exc).__name__}: {first}); the shards completed so "
-                              "far are kept: rerun the same command to resume") from exc
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        yield int(max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0))
     finally:
         if started:
             ray.shutdown()
+
+
+def run_ray(
+    config,
+    resolved,
+    tasks: Sequence[ShardTask],
+    on_progress: Callable[[int], None] | None = None,
+    on_built: Callable[[dict], None] | None = None,
+) -> Iterator[ShardResult]:
+    """Convert `tasks` on Ray (connected by `session`), yielding each shard's result as it completes."""
+    if not tasks:
+        return
+    client = ray.util.client.ray.is_connected()
+    stream = (_results_via_cluster if client else _results_here)(config, resolved, tasks)
+    try:
+        for text in stream:
+            res = result_from_json(text)
+            if on_progress:
+                on_progress(res.total)
+            yield res
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise OutputError(f"the Ray job failed ({type(exc).__name__}: {first}); the shards completed so "
+                          "far are kept: rerun the same command to resume") from exc

@@ -34,6 +34,10 @@ class Decoder(ABC):
     ) -> list[np.ndarray | Exception]:
         """Decode each blob to uint8 HWC RGB, or return the exception that stopped it."""
 
+    def describe(self) -> dict:
+        """What goes into the manifest about this decoder."""
+        return {"name": self.name}
+
     def decode_sized(
         self, blobs: Sequence[bytes], size_request: SizeRequest | None = None
     ) -> list[tuple[np.ndarray, tuple[int, int]] | Exception]:

@@ -13,7 +13,7 @@ from resize_pipeline.decode.base import Decoder, SizeRequest, to_rgb_array
 from resize_pipeline.errors import ImageTooLarge, SampleError
 
 #: EXIF orientations that swap width and height
-_TRANSPOSING = {5, 6, 7, 8}
+TRANSPOSING = {5, 6, 7, 8}
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2 x MAX_IMAGE_PIXELS)
 
 
@@ -62,10 +62,10 @@ class PillowDecoder(Decoder):
             if w * h > self.max_pixels:
                 raise ImageTooLarge(f"declared size {w}x{h} = {w * h} px exceeds max_pixels={self.max_pixels}")
             orientation = img.getexif().get(0x0112, 1)
-            ow, oh = (h, w) if orientation in _TRANSPOSING else (w, h)
+            ow, oh = (h, w) if orientation in TRANSPOSING else (w, h)
             if self.draft and size_request is not None and img.format == "JPEG":
                 rw, rh = size_request(ow, oh)
-                if orientation in _TRANSPOSING:
+                if orientation in TRANSPOSING:
                     rw, rh = rh, rw
                 if rw < w // 2 and rh < h // 2:
                     img.draft("RGB" if img.mode == "RGB" else img.mode, (rw, rh))

@@ -1,7 +1,11 @@
-"""Local engine: shard tasks over a process or thread pool on one machine.
+"""Local engine: `ShardRunner` workers on one machine, in-process, in threads or in processes.
 
-Each worker builds the `ConvertStage` once and converts whole shards (the img2dataset model: one
-task per shard, so a shard is the unit of retry and resume). ``workers=1`` runs in-process.
+The engine only schedules: each worker builds one `ShardRunner` and streams the shards it is given
+(two in flight per worker, so its stream never drains between shards). ``workers=1`` runs in this
+process. On a GPU job the default is one worker process per visible GPU, each seeing its own GPU
+(``CUDA_VISIBLE_DEVICES``). A worker process that dies (the OOM killer, a decoder crash) is
+replaced and its unfinished shards are run again; a shard present at `SHARD_ATTEMPTS` such deaths
+is recorded as failed (it may be what kills them).
 """
 
 from __future__ import annotations
@@ -9,83 +13,81 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import queue
 import threading
 import time
+import traceback
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import (
-    FIRST_COMPLETED,
-    BrokenExecutor,
-    Executor,
-    ProcessPoolExecutor,
-    ThreadPoolExecutor,
-    wait,
-)
+from typing import Any
 
-from fsspec.core import url_to_fs
-
-from resize_pipeline.errors import error_record
-from resize_pipeline.shards import ShardResult, ShardTask, run_shard
-from resize_pipeline.stages import ConvertStage
+from resize_pipeline.devices import Placement, gpu_count, parse_device, place_workers
+from resize_pipeline.errors import OutputError, ResizePipelineError
+from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard
+from resize_pipeline.urls import is_in_process_url
 
 log = logging.getLogger(__name__)
 
-_worker: dict = {}
-_local = threading.local()
+#: shards queued to a worker at once: one converting, one ready to stream in behind it
+WINDOW = 2
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _exit_with_parent(parent: int) -> None:
-    # A SIGKILLed job leaves its pool workers blocked on the task queue forever (they hold its write end
-    # too, so never see EOF): follow the parent. An unfinished shard leaves only a temp file, which the
-    # rerun removes.
+    # A SIGKILLed job leaves its workers blocked on their queues forever: follow the parent. An
+    # unfinished shard leaves nothing visible (parts are spooled locally), a temp file at worst.
     while os.getppid() == parent:
         time.sleep(0.5)
     os._exit(1)
 
 
-def _init_process(config, threads_per_worker: int, parent: int | None = None) -> None:
+def worker_main(wid: int, config, resolved, placement: Placement, threads: int, inbox, outbox,
+                parent: int | None = None) -> None:
+    """A worker: build a `ShardRunner`, stream the tasks that arrive in `inbox` (None ends), report
+    ``(kind, wid, payload)`` messages to `outbox`: built, result, fatal (job-level error), error
+    (could not start), crash (a bug), exit."""
     if parent is not None:
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_worker))
-    if config.resizer.startswith("learned"):  # torch costs ~2 s and ~250 MB per worker: only when used
-        try:
-            import torch
+        os.environ.update(placement.env)  # before anything imports CUDA
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    from resize_pipeline.runner import ShardRunner, TaskQueue
 
-            torch.set_num_threads(threads_per_worker)
-        except ImportError:
-            pass
-    _worker["config"] = config
-    _worker["stage"] = ConvertStage(config, threads=threads_per_worker)
-    _worker["fs"], _worker["root"] = url_to_fs(config.dest, **config.storage_options)
+    try:
+        runner = ShardRunner(config, resolved, placement, threads)
+    except BaseException as exc:  # noqa: BLE001 - reported to the driver
+        outbox.put(("error", wid, _one_line(exc)))
+        return
+    outbox.put(("built", wid, runner.built))
+    source = TaskQueue()
 
+    def pump() -> None:
+        while True:
+            task = inbox.get()
+            if task is None:
+                source.close()
+                return
+            source.put(task)
 
-def _run_in_process(task: ShardTask) -> ShardResult:
-    return run_shard(task, _worker["stage"], _worker["config"], _worker["fs"], _worker["root"])
-
-
-def _run_in_thread(task: ShardTask, config) -> ShardResult:
-    if not hasattr(_local, "stage"):
-        _local.stage = ConvertStage(config, threads=1)
-        _local.fs, _local.root = url_to_fs(config.dest, **config.storage_options)
-    return run_shard(task, _local.stage, config, _local.fs, _local.root)
-
-
-SHARD_ATTEMPTS = 3
-
-
-def failed_shard(task: ShardTask, exc: BaseException) -> ShardResult:
-    """A shard that kept failing as a whole: every input is recorded as failed with the reason.
-
-    No stats file is written for it, so a rerun tries it again."""
-    log.error("shard %s failed %d times, its %d inputs are recorded as failed: %s: %s",
-              task.name, SHARD_ATTEMPTS, len(task.items), type(exc).__name__, exc)
-    errors = [error_record(key=it.key, source=it.url, stage="shard", exc=exc) for it in task.items]
-    return ShardResult(task.index, task.name, len(task.items), 0, len(task.items), [], errors)
+    threading.Thread(target=pump, daemon=True, name="task-pump").start()
+    try:
+        for result in runner.run(source):
+            outbox.put(("result", wid, result))
+    except ResizePipelineError as exc:
+        outbox.put(("fatal", wid, str(exc)))
+        return
+    except BaseException:  # noqa: BLE001 - a bug: the driver treats it like a dead worker
+        outbox.put(("crash", wid, traceback.format_exc()))
+        return
+    outbox.put(("exit", wid, None))
 
 
 def _mp_context():
-    """``fork`` where it is safe (Linux, no torch/DALI/CUDA state in this process): workers start ~5%
-    faster on short jobs (docs/benchmarks.md); ``spawn`` otherwise (fork after CUDA or OpenMP init
-    can hang the children)."""
+    """``fork`` where it is safe (Linux, no torch/DALI/CUDA state in this process): workers start
+    faster on short jobs; ``spawn`` otherwise (fork after CUDA or OpenMP init can hang the children)."""
     import sys
 
     heavy = ("torch", "nvidia.dali", "jax", "tensorflow")
@@ -94,108 +96,158 @@ def _mp_context():
     return mp.get_context("spawn")
 
 
-def _uses_gpu(config) -> bool:
-    if config.device == "cpu" or (config.decoder == "pillow" and not config.resizer.startswith("learned")):
-        return False
-    try:
-        import torch
+def plan_workers(config, resolved, n_tasks: int) -> tuple[int, str]:
+    """(worker count, ``process`` | ``thread``): one per CPU core, or one per GPU on a GPU job."""
+    workers = config.workers
+    if not workers:
+        if resolved.uses_gpu:
+            _, index = parse_device(resolved.device)
+            workers = 1 if index is not None else max(1, gpu_count())
+        else:
+            workers = config.num_workers
+    workers = max(1, min(workers, n_tasks))
+    parallelism = config.parallelism
+    if workers > 1 and parallelism == "process" and (is_in_process_url(config.source) or
+                                                    is_in_process_url(config.dest)):
+        log.info("memory:// lives in one process: using threads instead of processes")
+        parallelism = "thread"
+    return workers, parallelism
 
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
+class _Slot:
+    """One worker (a thread or a process) and the shards it holds."""
 
-def _in_memory(url: str) -> bool:
-    return url.startswith("memory://")
+    def __init__(self, wid: int, start: Callable[[int, Any], Any], inbox_factory: Callable[[], Any]) -> None:
+        self.wid = wid
+        self.inbox = inbox_factory()
+        self.handle = start(wid, self.inbox)
+        self.tasks: dict[int, ShardTask] = {}
+        self.exited = False
+
+    def alive(self) -> bool:
+        return self.exited or self.handle.is_alive()
 
 
 def run_local(
     config,
+    resolved,
     tasks: Sequence[ShardTask],
-    on_done: Callable[[ShardResult], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_built: Callable[[dict], None] | None = None,
 ) -> Iterator[ShardResult]:
     """Convert `tasks`, yielding each shard's result as it completes (in completion order)."""
-    workers = min(config.num_workers, max(1, len(tasks)))
-    if not config.workers and _uses_gpu(config):
-        # one process owns the GPU (one CUDA context, one DALI pipeline, the CNN batched there);
-        # its stages overlap in threads. Ask for more with --workers.
-        workers = 1
-    parallelism = config.parallelism
-    if workers > 1 and parallelism == "process" and (_in_memory(config.source) or _in_memory(config.dest)):
-        log.info("memory:// lives in one process: using threads instead of processes")
-        parallelism = "thread"
-    if workers == 1:
-        stage = ConvertStage(config, threads=os.cpu_count() or 1)
-        fs, root = url_to_fs(config.dest, **config.storage_options)
-        for task in tasks:
-            for attempt in range(SHARD_ATTEMPTS):
-                try:
-                    yield run_shard(task, stage, config, fs, root, on_progress)
-                    break
-                except Exception as exc:  # noqa: BLE001 - shard-level failure: retry, then record
-                    if attempt + 1 == SHARD_ATTEMPTS:
-                        yield failed_shard(task, exc)
-                    else:
-                        log.warning("shard %s failed (%s: %s); retrying", task.name, type(exc).__name__, exc)
+    if not tasks:
         return
+    workers, parallelism = plan_workers(config, resolved, len(tasks))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    placements = place_workers(resolved.device, workers, isolate=parallelism == "process" and workers > 1)
+    log.info("local engine: %d %s worker(s), %d thread(s) each, on %s", workers,
+             "in-process" if workers == 1 else parallelism, threads, [p.device for p in placements])
+    if workers == 1:
+        from resize_pipeline.runner import ShardRunner, TaskQueue
 
-    def make_pool() -> tuple[Executor, Callable]:
-        pool: Executor
-        if parallelism == "process":
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            pool = ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_process,
-                                       initargs=(config, threads, os.getpid()))
-            return pool, lambda t: pool.submit(_run_in_process, t)
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="convert")
-        return pool, lambda t: pool.submit(_run_in_thread, t, config)
+        runner = ShardRunner(config, resolved, placements[0], os.cpu_count() or 1)
+        if on_built:
+            on_built(runner.built)
+        yield from runner.run(TaskQueue.of(tasks), on_progress)
+        return
+    yield from _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress, on_built)
 
-    pool, submit = make_pool()
-    # bounded in-flight window: memory stays flat however many shards there are
-    queue = list(tasks)[::-1]
-    running: dict = {}  # future -> (task, attempt)
-    try:
-        while queue or running:
-            while queue and len(running) < 2 * workers:
-                task = queue.pop()
-                running[submit(task)] = (task, 1)
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                if fut not in running:  # belonged to a pool replaced below
-                    continue
-                task, attempt = running.pop(fut)
-                try:
-                    res = fut.result()
-                except BrokenExecutor as exc:
-                    # a worker process died (OOM killer, a decoder crash): every shard in flight is
-                    # lost with it. Start a new pool and run them again; a shard present at
-                    # SHARD_ATTEMPTS such deaths is recorded as failed (it may be what kills them).
-                    lost = [(task, attempt)] + list(running.values())
-                    running.clear()
-                    log.warning("a worker process died (%s); restarting the pool and %d shard(s)", exc, len(lost))
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    pool, submit = make_pool()
-                    for t, a in lost:
-                        if a < SHARD_ATTEMPTS:
-                            running[submit(t)] = (t, a + 1)
-                        else:
-                            res = failed_shard(t, RuntimeError(f"a worker process died while converting it ({exc})"))
-                            if on_progress:
-                                on_progress(res.total)
-                            yield res
-                    break  # the rest of `done` belongs to the old pool
-                except Exception as exc:  # noqa: BLE001 - shard-level failure: retry, then record
-                    if attempt < SHARD_ATTEMPTS:
-                        log.warning("shard %s failed (%s: %s); retrying", task.name, type(exc).__name__, exc)
-                        running[submit(task)] = (task, attempt + 1)
-                        continue
-                    res = failed_shard(task, exc)
+
+def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress, on_built):
+    if parallelism == "process":
+        ctx = _mp_context()
+        outbox: Any = ctx.Queue()
+
+        def start(wid: int, inbox) -> Any:
+            p = ctx.Process(target=worker_main, name=f"convert-{wid}", daemon=True,
+                            args=(wid, config, resolved, placements[wid], threads, inbox, outbox, os.getpid()))
+            p.start()
+            return p
+
+        inbox_factory: Callable[[], Any] = ctx.Queue
+    else:
+        outbox = queue.Queue()
+
+        def start(wid: int, inbox) -> Any:
+            t = threading.Thread(target=worker_main, name=f"convert-{wid}", daemon=True,
+                                 args=(wid, config, resolved, placements[wid], threads, inbox, outbox))
+            t.start()
+            return t
+
+        inbox_factory = queue.Queue
+
+    pending: deque[ShardTask] = deque(tasks)
+    attempts: dict[int, int] = {t.index: 1 for t in tasks}
+    slots = [_Slot(w, start, inbox_factory) for w in range(workers)]
+    remaining = len(tasks)
+
+    def assign(slot: _Slot) -> None:
+        while pending and len(slot.tasks) < WINDOW:
+            t = pending.popleft()
+            slot.tasks[t.index] = t
+            slot.inbox.put(t)
+
+    def lost(slot: _Slot, why: str) -> Iterator[ShardResult]:
+        """A worker died: replace it and run its shards again (or record them, past the attempts)."""
+        nonlocal remaining
+        log.warning("a worker process died (worker %d: %s); restarting it and its %d shard(s)",
+                    slot.wid, why, len(slot.tasks))
+        for t in sorted(slot.tasks.values(), key=lambda t: t.index, reverse=True):
+            attempts[t.index] += 1
+            if attempts[t.index] > SHARD_ATTEMPTS:
+                res = failed_shard(t, f"a worker process died while converting it ({why})")
+                remaining -= 1
                 if on_progress:
                     on_progress(res.total)
                 yield res
-    except BaseException:
-        for fut in running:
-            fut.cancel()
-        raise
+            else:
+                pending.appendleft(t)
+        slots[slot.wid] = _Slot(slot.wid, start, inbox_factory)
+
+    for s in slots:
+        assign(s)
+    try:
+        while remaining:
+            try:
+                kind, wid, payload = outbox.get(timeout=0.5)
+            except queue.Empty:
+                for s in list(slots):
+                    if not s.alive():
+                        code = getattr(s.handle, "exitcode", None)
+                        yield from lost(s, f"exit code {code}")
+                        assign(slots[s.wid])
+                continue
+            slot = slots[wid]
+            if kind == "result":
+                slot.tasks.pop(payload.index, None)
+                remaining -= 1
+                if on_progress:
+                    on_progress(payload.total)
+                yield payload
+                assign(slot)
+            elif kind == "built":
+                if on_built:
+                    on_built(payload)
+            elif kind == "error":
+                raise OutputError(f"a worker could not start: {payload}")
+            elif kind == "fatal":
+                raise OutputError(payload)
+            elif kind == "crash":
+                slot.exited = True
+                log.error("worker %d crashed:\n%s", wid, payload)
+                yield from lost(slot, payload.strip().splitlines()[-1])
+                assign(slots[wid])
+            elif kind == "exit":
+                slot.exited = True
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for s in slots:
+            try:
+                s.inbox.put(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.time() + 10
+        for s in slots:
+            s.handle.join(max(0.1, deadline - time.time()))
+            if parallelism == "process" and s.handle.is_alive():
+                s.handle.terminate()

@@ -1,19 +1,11 @@
-"""Shard sinks: the base names files, commits them atomically and rolls parts on a byte cap.
-
-A format implements `FormatWriter` (open on a file object, `write(sample)`, `close()`); the base
-handles the filesystem. On a local filesystem (and memory://, which shows a file from the moment it is
-opened) a shard is written under a hidden temporary name and renamed when complete; on object stores
-(s3, gcs) an object only appears when its upload is closed, so it is written under its final name
-directly, and a failed shard's upload is discarded, never closed. Either way a shard is visible under
-its final name only when complete.
+"""Shard sinks: a format writes samples into a file; the base rolls parts on a byte cap and hands each
+finished part to `Dest.commit` (atomic, retried). See `sinks/dest.py` for how files become visible.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import posixpath
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -122,27 +114,16 @@ class ShardFile:
         return {"name": self.name, "format": self.format, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256}
 
 
-def is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
-def _writes_visibly(fs) -> bool:
-    """Filesystems where a file shows under its name while it is written: a local disk, and memory://
-    (which stores a file when it is opened). Shards go there under a temp name and are renamed."""
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local", "memory")
-
-
 @dataclass
 class RollingShardWriter:
-    """Writes `base` shards of one format into `root`, rolling to a new part past `max_bytes`.
+    """Writes the `base` shard of one format, rolling to a new part past `max_bytes`.
 
-    Names: ``{base}.{ext}``; with a byte cap every part is ``{base}-{part:03d}.{ext}``.
+    Names: ``{base}.{ext}``; with a byte cap every part is ``{base}-{part:03d}.{ext}``. Each part is
+    built in a local spool and committed through `dest` when complete, so nothing partial is ever
+    visible in DEST and a failed upload is retried from the spool.
     """
 
-    fs: Any
-    root: str
+    dest: Any  # sinks.dest.Dest
     base: str
     format: str
     writer_cls: type[FormatWriter]
@@ -159,24 +140,17 @@ class RollingShardWriter:
         return f"{self.base}-{self._part:03d}.{ext}" if self.max_bytes else f"{self.base}.{ext}"
 
     def _open(self) -> None:
-        self._final = posixpath.join(self.root, self._name())
-        if _writes_visibly(self.fs):
-            self._tmp = posixpath.join(self.root, f".{self._name()}.partial-{os.getpid()}")
-        else:
-            self._tmp = self._final
-        self._raw = self.fs.open(self._tmp, "wb")
-        self._file = HashingFile(self._raw)
+        self._spool = self.dest.spool()
+        self._file = HashingFile(self._spool)
         self._writer = self.writer_cls(self._file, **self.options)
         self._count = 0
 
     def _commit(self) -> None:
         self._writer.close()
-        self._raw.close()
-        if self._tmp != self._final:
-            self.fs.mv(self._tmp, self._final)
-        self.files.append(
-            ShardFile(posixpath.basename(self._final), self.format, self._count, self._file.nbytes, self._file.sha.hexdigest())
-        )
+        name = self._name()
+        self.dest.commit(self._spool, name)
+        self._spool.close()
+        self.files.append(ShardFile(name, self.format, self._count, self._file.nbytes, self._file.sha.hexdigest()))
 
     def write(self, sample: Sample) -> None:
         if self.max_bytes and self._count and self._file.nbytes + len(sample.payload) > self.max_bytes:
@@ -191,21 +165,9 @@ class RollingShardWriter:
         return self.files
 
     def abort(self) -> None:
-        try:  # let the format writer finish into the file we throw away (else its __del__ writes later)
+        """Drop the part being built (nothing of it reached DEST)."""
+        try:  # let the format writer finish into the spool we throw away (else its __del__ writes later)
             self._writer.close()
         except Exception:  # noqa: BLE001 - the writer may be what failed
             pass
-        if self._tmp == self._final:
-            # object store: close() would commit the half-written shard under its final name; discard
-            # the upload (s3fs aborts a multipart upload) and mark the file closed so that neither we nor
-            # its __del__ flush it
-            discard = getattr(self._raw, "discard", None)
-            if callable(discard):
-                discard()
-            self._raw.closed = True
-            return
-        try:
-            self._raw.close()
-        finally:
-            if self.fs.exists(self._tmp):
-                self.fs.rm(self._tmp)
+        self._spool.close()

@@ -26,6 +26,7 @@ from fsspec.core import url_to_fs
 from resize_pipeline.errors import SourceError
 from resize_pipeline.sources.base import IMAGE_EXTENSIONS, SourceItem
 from resize_pipeline.sources.keys import unique_keys
+from resize_pipeline.urls import is_local_fs
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +135,7 @@ def _find_files(fs, root: str) -> list[str]:
     """Every file below `root`. Locally via `walk` (one folder's details in memory at a time):
     `fs.find` keeps an info dict per file until it returns, ~0.7 KB per input at the listing's peak.
     Object stores keep `find` (one flat paged listing instead of a request per prefix)."""
-    from resize_pipeline.sinks.base import is_local
-
-    if not is_local(fs):
+    if not is_local_fs(fs):
         return fs.find(root)
     return [posixpath.join(d, n) for d, _, names in fs.walk(root) for n in names]
 

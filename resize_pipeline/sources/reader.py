@@ -16,6 +16,7 @@ from typing import Any
 from fsspec.core import url_to_fs
 
 from resize_pipeline.sources.base import SourceItem
+from resize_pipeline.urls import protocol
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def read_items(
         for i in pending:
             it = items[i]
             kind = "parquet" if it.row >= 0 else "range" if it.offset >= 0 else "file"
-            proto = it.url.split("://", 1)[0] if "://" in it.url else "file"
+            proto = protocol(it.url)
             groups[(kind, proto if kind != "parquet" else it.url)].append(i)
         for (kind, _), idx in groups.items():
             for i, value in zip(idx, _read_group(kind, [items[i] for i in idx], so), strict=True):

@@ -16,7 +16,8 @@ from PIL import Image  # noqa: E402
 
 from resize_pipeline.decode import PillowDecoder, get_decoder  # noqa: E402
 from resize_pipeline.decode import dali as dali_mod  # noqa: E402
-from resize_pipeline.decode.dali import DaliDecoder, make_dali_decoder, probe  # noqa: E402
+from resize_pipeline.decode.dali import DaliDecoder  # noqa: E402
+from resize_pipeline.decode.probe import probe  # noqa: E402
 from resize_pipeline.errors import ImageTooLarge, SampleError  # noqa: E402
 from resize_pipeline.geometry import plan_resize  # noqa: E402
 from resize_pipeline.resize.classical import ClassicalResizer  # noqa: E402
@@ -156,6 +157,30 @@ def test_corrupt_members_in_place(pil, photos):
     # the decoder is still usable afterwards
     again = dec.decode(good)
     assert all(isinstance(o, np.ndarray) for o in again)
+
+
+def test_pipelined_submit_finish_with_a_failing_batch_in_flight(photos):
+    """Batches submitted ahead (DALI decoding k+1 while k is collected) give exactly what one-at-a-time
+    calls give, also when a batch in the middle fails in DALI and must be narrowed down while a later
+    one is still in flight."""
+    dec = DaliDecoder(device="cpu", batch_size=4, num_threads=2, prefetch=2)
+    good = [encode(p) for p in photos.values()]
+    no_dht = bytearray(good[1])
+    at = no_dht.index(b"\xff\xc4")
+    del no_dht[at : at + 4]  # passes the pre-screen; DALI's parser fails the whole batch
+    batches = [good, [good[0], bytes(no_dht), good[1], good[2], good[0]], good[::-1], good]
+    plan = lambda w, h: plan_resize(w, h, (48, 40), "center-crop")  # noqa: E731
+    want = [dec.decode_resize(b, plan) for b in batches]
+    errors_before = dec.stats["batch_errors"]
+    pending = [dec.submit(b, plan) for b in batches]  # 6 DALI runs: several in flight at once
+    got = [dec.finish(p) for p in pending]
+    assert dec.stats["batch_errors"] > errors_before  # the bad batch failed in DALI again
+    for g, w in zip(got, want, strict=True):
+        assert len(g) == len(w)
+        for a, b in zip(g, w, strict=True):
+            assert type(a) is type(b)
+            if isinstance(a, np.ndarray):
+                assert a.shape == (40, 48, 3) and np.array_equal(a, b)
 
 
 def test_decompression_bomb_refused_before_decoding(photos):
@@ -315,23 +340,26 @@ def test_mixed_graphs_define_without_gpu():
 # -- mode selection and missing install -------------------------------------------------------------
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU choice")
 def test_auto_picks_cpu_dali_without_gpu():
-    d = get_decoder("auto", batch_size=4, num_threads=1)
-    assert isinstance(d, DaliDecoder) and d.mode == "cpu"
-    d = get_decoder("dali", max_pixels=1000, batch_size=4, num_threads=1)
-    assert d.mode == "cpu" and d.max_pixels == 1000
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
-        DaliDecoder(device="mixed")
+    from resize_pipeline.config import ConvertConfig
+    from resize_pipeline.preflight import resolve
+
+    for name in ("auto", "dali"):
+        assert resolve(ConvertConfig("/src", "/dst", decoder=name)).decoder == "dali-cpu"
+    d = get_decoder("dali-cpu", max_pixels=1000, batch_size=4, num_threads=1)
+    assert isinstance(d, DaliDecoder) and d.mode == "cpu" and d.max_pixels == 1000
+    with pytest.raises(RuntimeError):
+        DaliDecoder(device="mixed")  # no GPU here: building the mixed graph fails at once, not mid-job
 
 
 def test_missing_dali_install(monkeypatch):
-    def boom():
-        raise ImportError(dali_mod.INSTALL_HINT)
+    from resize_pipeline.config import ConvertConfig
+    from resize_pipeline.errors import ConfigError
+    from resize_pipeline.preflight import resolve
 
-    monkeypatch.setattr(dali_mod, "_import_dali", boom)
-    fallback = make_dali_decoder("auto", max_pixels=123, batch_size=8)
-    assert isinstance(fallback, PillowDecoder) and fallback.max_pixels == 123
-    with pytest.raises(ImportError, match=r"resize-pipeline\[dali\]"):
-        make_dali_decoder("dali")
+    monkeypatch.setattr(dali_mod, "dali_installed", lambda: False)
+    assert resolve(ConvertConfig("/src", "/dst", decoder="auto")).decoder == "pillow"
+    with pytest.raises(ConfigError, match=r"resize-pipeline\[dali\]"):
+        resolve(ConvertConfig("/src", "/dst", decoder="dali"))
 
 
 def test_bad_arguments():
@@ -354,11 +382,6 @@ def test_mixed_decode_agrees_with_cpu(dec, photos):
     cpu = dec.decode(blobs)
     for a, b in zip(mixed.decode(blobs), cpu, strict=True):
         assert mad(a, b) <= 2.0
-    blobs.append(_special(photos)["gif"][0])  # Pillow-routed, uploaded
-    on_gpu = mixed.decode_gpu(blobs)
-    for t, ref in zip(on_gpu, cpu + [PillowDecoder().decode_one(blobs[-1])], strict=True):
-        assert t.is_cuda and t.dtype == torch.uint8 and tuple(t.shape) == (3, ref.shape[0], ref.shape[1])
-        assert mad(t.permute(1, 2, 0).cpu().numpy(), ref) <= 2.0
 
 
 @gpu
@@ -367,7 +390,7 @@ def test_decode_resize_gpu(photos):
     mixed = DaliDecoder(device="mixed", batch_size=8, num_threads=2)
     cases = _special(photos)
     blobs = [encode(p) for p in photos.values()] + [b"", cases["cmyk_jpeg"][0], cases["exif_rot90cw"][0]]
-    out = mixed.decode_resize_gpu(blobs, [(64, 48)] * 3 + [(10, 10), (32, 32), (40, 60)])
+    out = mixed.decode_resize(blobs, [(64, 48)] * 3 + [(10, 10), (32, 32), (40, 60)], gpu=True)
     assert isinstance(out[3], SampleError)
     for o, (w, h) in zip(
         [out[i] for i in (0, 1, 2, 4, 5)], [(64, 48)] * 3 + [(32, 32), (40, 60)], strict=True
@@ -376,8 +399,10 @@ def test_decode_resize_gpu(photos):
     cpu = DaliDecoder(device="cpu", batch_size=8, num_threads=2).decode_resize(blobs[:3], (64, 48))
     for g, c in zip(out[:3], cpu, strict=True):
         assert mad(g.permute(1, 2, 0).cpu().numpy(), c) <= 2.0
-
-    batch = mixed.decode_resize_gpu_batch(blobs, lambda w, h: plan_resize(w, h, (96, 96), "center-crop"))
-    assert batch.index == [0, 1, 2, 4, 5] and list(batch.errors) == [3]
-    assert tuple(batch.images.shape) == (5, 3, 96, 96) and batch.images.is_cuda
-    assert batch.images.float().std() > 10
+    # pipelined: several batches submitted before the first is finished give the same results
+    plan = lambda w, h: plan_resize(w, h, (96, 96), "center-crop")  # noqa: E731
+    pend = [mixed.submit(blobs, plan, gpu=True) for _ in range(3)]
+    for p in pend:
+        got = mixed.finish(p)
+        assert isinstance(got[3], SampleError)
+        assert all(tuple(got[i].shape) == (3, 96, 96) for i in (0, 1, 2, 4, 5))

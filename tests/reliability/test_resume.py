@@ -169,9 +169,9 @@ def test_crash_leftovers_are_cleaned_and_redone(source, out):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(data)
     (out / "_manifest.json").unlink()  # ... that died before its manifest
-    (out / ".shard-00004.tar.partial-4242").write_bytes(b"half a tar")
-    (out / "_stats" / ".shard-00004.json.partial").write_text('{"ind')
-    (out / "._manifest.json.partial").write_text("{")
+    (out / ".shard-00004.tar.partial-4242-0a1b2c3d").write_bytes(b"half a tar")
+    (out / "_stats" / ".shard-00004.json.partial-4242-0a1b2c3d").write_text('{"ind')
+    (out / "._manifest.json.partial-4242-0a1b2c3d").write_text("{")
     (out / "_stats" / "shard-00001.json").unlink()  # shard committed, killed before its stats
     (out / "shard-00001.tar").write_bytes(b"garbage")  # (and its bytes are not trusted)
     (out / "shard-00002.parquet").unlink()  # stats present but a file missing

@@ -4,7 +4,10 @@ recorded the same way, no sample lost when an actor is killed mid-shard, resume 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,18 +16,44 @@ ray = pytest.importorskip("ray")
 
 from helpers_ray import PER_SHARD, SAMPLES, assert_same_output, base_config  # noqa: E402
 
-from workers.actors import CRASH_ONCE_ENV, decode_task, encode_task  # noqa: E402
+from workers.actors import decode_task, encode_task  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
+PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+sys.path.insert(0, str(PLUGINS))
+import faults_plugin  # noqa: E402
+
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    # address="local": always a fresh cluster of our own, never one that another process started here
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+def faults(tmp_path_factory) -> Path:
+    """The faults file the cluster's workers read (see tests/plugins/faults_plugin.py); empty = none."""
+    path = tmp_path_factory.mktemp("faults") / "faults.json"
+    faults_plugin.set_faults(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(faults):
+    import resize_pipeline
+
+    root = str(Path(resize_pipeline.__file__).resolve().parents[1])
+    # address="local": always a fresh cluster of our own, never one that another process started here.
+    # Its workers load the fault injection from outside the package.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": "faults_plugin.install",
+                          "env_vars": {"PYTHONPATH": os.pathsep.join([str(PLUGINS), root]),
+                                       faults_plugin.FAULTS_ENV: str(faults)}})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def inject(faults):
+    """Set the faults for the next job; cleared after the test."""
+    yield lambda **kw: faults_plugin.set_faults(str(faults), **kw)
+    faults_plugin.set_faults(str(faults))
 
 
 def test_task_rows_round_trip():
@@ -49,11 +78,11 @@ def test_ray_output_equals_local(ray_cluster, corpus, local_reference, tmp_path)
     assert ray.is_initialized(), "run_ray must not shut down a Ray instance it did not start"
 
 
-def test_killed_actor_costs_no_sample(ray_cluster, corpus, local_reference, tmp_path, monkeypatch):
+def test_killed_actor_costs_no_sample(ray_cluster, inject, corpus, local_reference, tmp_path):
     from resize_pipeline import convert
 
     marker = tmp_path / "crashed"
-    monkeypatch.setenv(CRASH_ONCE_ENV, str(marker))
+    inject(crash_once=str(marker))
     dest = tmp_path / "ray"
     summary = convert(base_config(corpus, dest, engine="ray"))
     assert marker.exists(), "the test hook did not kill an actor"
@@ -99,15 +128,14 @@ def test_entrypoint_adds_ray_flags():
         "convert", "a", "b", "--address", "ray://h:10001", "--engine", "ray"]
 
 
-def test_memory_filesystem_is_refused(corpus):
+def test_memory_filesystem_and_gpu_index_are_refused(corpus):
+    from resize_pipeline import convert
     from resize_pipeline.errors import ConfigError
-    from resize_pipeline.shards import plan_shards
-    from resize_pipeline.sources import list_source
-    from workers.ray_engine import run_ray
 
-    tasks = plan_shards(list_source(str(corpus)).items, PER_SHARD)
     with pytest.raises(ConfigError, match="memory://"):
-        list(run_ray(base_config(corpus, "memory://out", engine="ray"), tasks))
+        convert(base_config(corpus, "memory://out", engine="ray"))
+    with pytest.raises(ConfigError, match="each actor gets its own GPU"):
+        convert(base_config(corpus, "/tmp/never-written", engine="ray", device="cuda:1"))
 
 
 def test_plan_on_a_gpu_cluster(monkeypatch):
@@ -117,34 +145,39 @@ def test_plan_on_a_gpu_cluster(monkeypatch):
     head = {"Alive": True, "Resources": {"CPU": 4.0}}
     gpu_node = {"Alive": True, "Resources": {"CPU": 12.0, "GPU": 2.0}}
     dead = {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}
+    from resize_pipeline.errors import ConfigError
+    from resize_pipeline.preflight import Resolved
+
     monkeypatch.setattr(ray_engine.ray, "nodes", lambda: [head, gpu_node, dict(gpu_node), dead])
     cfg = base_config("/in", "/out")
-    plan = ray_engine.plan_actors(cfg, 100)
+    gpu = Resolved("cuda", "dali-mixed", True)
+    plan = ray_engine.plan_actors(cfg, gpu, 100)
     assert (plan.concurrency, plan.num_gpus, plan.num_cpus, plan.threads) == (4, 1.0, 6.0, 6)
-    assert ray_engine.plan_actors(cfg, 3).concurrency == 3
-    monkeypatch.setenv("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "3")
-    monkeypatch.setenv("RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR", "0.5")
-    plan = ray_engine.plan_actors(cfg, 100)
+    assert ray_engine.plan_actors(cfg, gpu, 3).concurrency == 3
+    # a job that uses no GPU asks for none, even on a GPU cluster
+    cpu_plan = ray_engine.plan_actors(cfg, Resolved("cpu", "pillow", False), 100)
+    assert (cpu_plan.num_gpus, cpu_plan.num_cpus) == (0.0, 1.0)
+    plan = ray_engine.plan_actors(cfg.replace(ray_cpus_per_actor=3.0, ray_gpus_per_actor=0.5), gpu, 100)
     assert (plan.concurrency, plan.num_gpus, plan.num_cpus) == (8, 0.5, 3.0)
+    monkeypatch.setenv("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "2")  # the environment overrides the config
+    assert ray_engine.plan_actors(cfg.replace(ray_cpus_per_actor=3.0), gpu, 100).num_cpus == 2.0
     monkeypatch.setenv("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "lots")
-    with pytest.raises(ValueError, match="not a number"):
-        ray_engine.plan_actors(cfg, 100)
+    with pytest.raises(ConfigError, match="RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR"):
+        ray_engine.plan_actors(cfg, gpu, 100)
 
 
-def test_retry_cap_fails_the_job_instead_of_looping(ray_cluster, corpus, tmp_path, monkeypatch):
-    """With RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES=0 a shard whose actor dies fails the job (a rerun
-    then resumes from the shards that completed)."""
+def test_retry_cap_fails_the_job_instead_of_looping(ray_cluster, inject, corpus, tmp_path):
+    """With ray_max_task_retries=0 a shard whose actor dies fails the job (a rerun then resumes from
+    the shards that completed)."""
     from resize_pipeline import convert
     from resize_pipeline.errors import OutputError
 
-    monkeypatch.setenv(CRASH_ONCE_ENV, str(tmp_path / "crashed"))
-    monkeypatch.setenv("RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES", "0")
+    inject(crash_once=str(tmp_path / "crashed"))
     dest = tmp_path / "ray"
     with pytest.raises(OutputError, match="rerun the same command to resume") as info:
-        convert(base_config(corpus, dest, engine="ray"))
+        convert(base_config(corpus, dest, engine="ray", ray_max_task_retries=0))
     assert isinstance(info.value.__cause__, ray.exceptions.RayActorError)
     assert not (dest / "_manifest.json").exists()
-    monkeypatch.delenv("RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES")
     summary = convert(base_config(corpus, dest, engine="ray"))
     assert summary.written == SAMPLES
 
@@ -179,7 +212,7 @@ def _fail_writes_of(monkeypatch, shard: str) -> dict:
     def flaky(self, sample):
         if self.base == shard:
             calls["n"] += 1
-            raise OSError("No space left on device")
+            raise OSError(f"injected write failure in {shard}")
         return real_write(self, sample)
 
     monkeypatch.setattr(base.RollingShardWriter, "write", flaky)
@@ -189,27 +222,27 @@ def _fail_writes_of(monkeypatch, shard: str) -> dict:
 def test_shard_converter_retries_then_records_like_the_local_engine(corpus, tmp_path, monkeypatch):
     """The actor class on its own (no Ray): a shard that raises is tried 3 times, then every input is
     recorded as failed, with no stats file (a rerun redoes it)."""
-    from resize_pipeline.engine.local import failed_shard
-    from resize_pipeline.shards import plan_shards
+    from resize_pipeline.preflight import resolve
+    from resize_pipeline.shards import failed_shard, plan_shards
     from resize_pipeline.sources import list_source
     from workers.actors import ShardConverter, result_from_json
 
     task = plan_shards(list_source(str(corpus)).items, PER_SHARD)[1]
     (tmp_path / "out" / "_stats").mkdir(parents=True)
     calls = _fail_writes_of(monkeypatch, task.name)
-    actor = ShardConverter(base_config(corpus, tmp_path / "out"), threads=1)
+    config = base_config(corpus, tmp_path / "out")
+    actor = ShardConverter(config, resolve(config), threads=1)
     row = encode_task(task)
     out = actor({k: np.array([v], dtype=object) for k, v in row.items()})
     res = result_from_json(out["result"][0])
     assert calls["n"] == 3
-    assert res.to_dict() == failed_shard(task, OSError("No space left on device")).to_dict()
+    assert res.to_dict() == failed_shard(task, OSError(f"injected write failure in {task.name}")).to_dict()
     assert not list((tmp_path / "out" / "_stats").iterdir())
 
 
-def test_shard_level_failure_recorded_like_local_and_redone(ray_cluster, corpus, local_reference, tmp_path,
+def test_shard_level_failure_recorded_like_local_and_redone(ray_cluster, inject, corpus, local_reference, tmp_path,
                                                             monkeypatch):
     from resize_pipeline import convert
-    from workers.actors import FAIL_SHARD_ENV
 
     local = tmp_path / "local"
     calls = _fail_writes_of(monkeypatch, "shard-00001")
@@ -217,7 +250,7 @@ def test_shard_level_failure_recorded_like_local_and_redone(ray_cluster, corpus,
     assert calls["n"] == 3
     monkeypatch.undo()
 
-    monkeypatch.setenv(FAIL_SHARD_ENV, "shard-00001")
+    inject(fail_shard="shard-00001")
     dest = tmp_path / "ray"
     s_ray = convert(base_config(corpus, dest, engine="ray"))
     assert (s_ray.total, s_ray.written, s_ray.failed) == (s_local.total, s_local.written, s_local.failed)
@@ -226,7 +259,7 @@ def test_shard_level_failure_recorded_like_local_and_redone(ray_cluster, corpus,
     assert (dest / "_errors.jsonl").read_bytes() == (local / "_errors.jsonl").read_bytes()
     assert not (dest / "shard-00001.tar").exists() and not (dest / "_stats" / "shard-00001.json").exists()
 
-    monkeypatch.delenv(FAIL_SHARD_ENV)
+    inject()
     summary = convert(base_config(corpus, dest, engine="ray"))
     assert summary.resumed_shards == summary.shards - 1
     assert_same_output(dest, local_reference)

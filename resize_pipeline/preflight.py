@@ -1,0 +1,142 @@
+"""Checked in the driver before DEST is touched: the device, the decoder and the resizer, resolved once.
+
+`resolve(config)` turns the user's choices (``--device auto``, ``--decoder auto``, ``--resizer
+learned:PATH``, ``--precision auto``) into one `Resolved` decision that every worker builds exactly
+(a worker never decides on its own, so all of them write the same bytes). Anything that cannot work
+raises `ConfigError` with a one-line message: a missing GPU, DALI not installed, a checkpoint that
+is missing, unreadable or fails its sha256. What changes the output bytes (decoder mode, precision,
+the checkpoint's sha256, CPU or GPU for the CNN) goes into the run fingerprint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from resize_pipeline.devices import gpu_count, parse_device
+from resize_pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What the job runs with, decided once.
+
+    Attributes:
+        device: ``cpu``, ``cuda`` (every visible GPU, one worker process each) or ``cuda:N``.
+        decoder: ``pillow``, ``dali-cpu`` or ``dali-mixed``.
+        fused: DALI decodes, crops and resizes (to the learned resizer's input, or to the output
+            size for a classical filter) in one graph (`stages_fused`).
+        precision: the learned resizer's arithmetic (``fp32``, ``bf16``, ``fp16``); None otherwise.
+        resizer: what was checked about the resizer (name; for a learned one path, sha256, input scale).
+        gpus: GPUs visible to the driver.
+    """
+
+    device: str
+    decoder: str
+    fused: bool
+    precision: str | None = None
+    resizer: dict[str, Any] = field(default_factory=dict)
+    gpus: int = 0
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.device != "cpu"
+
+    def output_dict(self) -> dict[str, Any]:
+        """The resolved choices that decide the bytes written (part of the run fingerprint)."""
+        out: dict[str, Any] = {"decoder": self.decoder, "fused": self.fused}
+        if self.precision is not None:
+            out.update(precision=self.precision, resizer_sha256=self.resizer.get("sha256", ""),
+                       resizer_device="cuda" if self.uses_gpu else "cpu")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _resolve_device(spec: str, wants_gpu: bool, gpus: int) -> str:
+    try:
+        kind, index = parse_device(spec)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if kind == "auto":
+        return "cuda" if wants_gpu and gpus > 0 else "cpu"
+    if kind == "cpu":
+        return "cpu"
+    if gpus == 0:
+        raise ConfigError(f"--device {spec}: no CUDA GPU is visible to this process")
+    if index is not None and index >= gpus:
+        raise ConfigError(f"--device {spec}: no such GPU ({gpus} visible: cuda:0..cuda:{gpus - 1})")
+    if not wants_gpu:
+        log.warning("--device %s: nothing in this job runs on a GPU (Pillow decoder, classical resizer)", spec)
+        return "cpu"
+    return spec
+
+
+def _resolve_decoder(name: str, device: str) -> str:
+    from resize_pipeline.decode.dali import INSTALL_HINT, dali_installed
+
+    if name == "pillow":
+        return "pillow"
+    if not dali_installed():
+        if name == "dali":
+            raise ConfigError(f"--decoder dali: {INSTALL_HINT}")
+        log.info("DALI not installed; decoding with Pillow (%s)", INSTALL_HINT)
+        return "pillow"
+    return "dali-mixed" if device != "cpu" else "dali-cpu"
+
+
+def _check_learned(spec: str) -> dict[str, Any]:
+    """Load the checkpoint named by ``learned[:PATH]`` on the CPU: found, readable, sha256 as recorded."""
+    try:
+        from resize_pipeline.learned.export import load_resizer_module
+        from resize_pipeline.learned.inference import DEFAULT_WEIGHTS
+    except ImportError as exc:
+        raise ConfigError(f"--resizer {spec} needs torch: {exc}") from None
+    path = spec.split(":", 1)[1] if ":" in spec else str(DEFAULT_WEIGHTS)
+    try:
+        _, meta = load_resizer_module(path)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is a config error, said in one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"--resizer {spec}: cannot load the resizer: {first}") from None
+    return {"name": "learned", "path": path, "sha256": str(meta.get("sha256", "")),
+            "input_scale": float(meta["input_scale"])}
+
+
+def _resolve_precision(requested: str, device: str) -> str:
+    """``auto``: fp16 on a GPU (supported by every CUDA GPU with tensor cores, and closer to fp32
+    than bf16 on 0..1 pixel data); on a CPU bf16 where the CPU computes it natively (AVX512-BF16 or
+    AMX: ~2x faster), else fp32. Decided here, on the driver, so that all workers agree."""
+    if requested != "auto":
+        return requested
+    if device != "cpu":
+        return "fp16"
+    from resize_pipeline.learned.inference import cpu_has_native_bf16
+
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def resolve(config, gpus: int | None = None) -> Resolved:
+    """Check and resolve `config`'s device, decoder and resizer; `ConfigError` if they cannot work.
+
+    `gpus`: GPUs a worker can use (the Ray engine passes its cluster's); default: this machine's.
+    """
+    from resize_pipeline.stages_fused import can_fuse
+
+    learned = config.resizer.startswith("learned")
+    gpus = gpu_count() if gpus is None else gpus
+    device = _resolve_device(config.device, learned or config.decoder != "pillow", gpus)
+    decoder = _resolve_decoder(config.decoder, device)
+    resizer: dict[str, Any] = {"name": config.resizer}
+    precision = None
+    if learned:
+        resizer = _check_learned(config.resizer)
+        precision = _resolve_precision(getattr(config, "precision", "auto"), device)
+    elif device != "cpu" and decoder == "pillow":
+        device = "cpu"  # nothing left for the GPU to do
+    resolved = Resolved(device, decoder, can_fuse(decoder, config.resizer), precision, resizer, gpus)
+    log.info("resolved: %s", resolved)
+    return resolved

@@ -1,0 +1,324 @@
+"""`ShardRunner`: one worker's body, whatever schedules it (in-process, a thread, a worker process or
+a Ray actor). Built once per worker, it owns the stages, the shard writers and the failure policy.
+
+It converts a *stream* of shard tasks: batches flow from the reader through decode/resize/encode to
+the writers without draining at shard boundaries (batch k+1 of the next shard is read while this
+shard's last batch encodes); every batch carries its shard, and a shard is committed (its files,
+then its stats file) when its last batch is written. Shards stay the unit of retry, resume and
+atomic commit:
+
+- a per-sample failure is an error row (`batch.fail`), recorded in the shard's stats;
+- an exception inside a stage, or a write that still fails after the sink's own retries, fails the
+  shard attempt: its partial files are dropped, the rest of its batches are skipped, and the shard
+  is queued again; after `SHARD_ATTEMPTS` its inputs are recorded as failed (stage ``shard``);
+- a job-level error (`ResizePipelineError`, e.g. the destination is full) stops the stream.
+
+`ShardService` runs a runner on a background thread, fed by `submit(task) -> Future`: what a Ray
+actor (whose calls arrive one by one) and a worker process use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from resize_pipeline.batch import items_to_batch
+from resize_pipeline.devices import Placement
+from resize_pipeline.engine.stream import IDLE, Attempt, Work, chain
+from resize_pipeline.errors import ResizePipelineError, error_record
+from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard, stats_name
+from resize_pipeline.sinks import WRITERS, RollingShardWriter, Sample
+from resize_pipeline.sinks.dest import Dest
+from resize_pipeline.urls import is_remote_url
+
+log = logging.getLogger(__name__)
+
+
+
+class TaskQueue:
+    """Shard tasks for a runner: `put` them, `close` when no more will come."""
+
+    def __init__(self, tasks: list[ShardTask] | None = None, *, closed: bool = False) -> None:
+        self._items: deque[Any] = deque(tasks or [])
+        self._cond = threading.Condition()
+        self._closed = closed
+
+    def put(self, task: ShardTask) -> None:
+        with self._cond:
+            self._items.append(task)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @classmethod
+    def of(cls, tasks) -> TaskQueue:
+        return cls(list(tasks), closed=True)
+
+
+class _Feed:
+    """Works for the stream: retries first, then new tasks; `IDLE` once before waiting for more.
+
+    Ends when the queue is closed and every task taken has finished (committed or finally failed).
+    """
+
+    def __init__(self, tasks: TaskQueue, batch_size: int) -> None:
+        self.tasks, self.batch_size = tasks, batch_size
+        self._retries: deque[tuple[ShardTask, int]] = deque()
+        self._open = 0  # tasks taken and not finished
+
+    def retry(self, task: ShardTask, attempt: int) -> None:
+        with self.tasks._cond:
+            self._retries.append((task, attempt))
+            self.tasks._cond.notify_all()
+
+    def finished(self) -> None:
+        with self.tasks._cond:
+            self._open -= 1
+            self.tasks._cond.notify_all()
+
+    def _take(self) -> tuple[ShardTask, int] | None:
+        """The next (task, attempt) if one is ready; call with the lock held."""
+        if self._retries:
+            return self._retries.popleft()
+        if self.tasks._items:
+            self._open += 1
+            return self.tasks._items.popleft(), 1
+        return None
+
+    def _ended(self) -> bool:
+        return self.tasks._closed and self._open == 0 and not self._retries and not self.tasks._items
+
+    def __iter__(self) -> Iterator[Any]:
+        cond = self.tasks._cond
+        while True:
+            with cond:
+                nxt = self._take()
+                if nxt is None and self._ended():
+                    return
+            if nxt is None:
+                yield IDLE  # let lagged steps finish what they hold, then wait for more
+                with cond:
+                    while not (self._retries or self.tasks._items or self._ended()):
+                        cond.wait(timeout=1.0)
+                continue
+            task, attempt = nxt
+            items = task.items
+            state = Attempt()
+            starts = list(range(0, len(items), self.batch_size)) or [0]
+            for seq, s in enumerate(starts):
+                last = seq == len(starts) - 1
+                if state.failed and not last:
+                    continue  # the runner gave up on this attempt: only its end marker still travels
+                yield Work(task, attempt, seq, last, items_to_batch(items[s : s + self.batch_size]), state=state)
+
+
+@dataclass
+class _Shard:
+    """A shard attempt being written."""
+
+    task: ShardTask
+    attempt: int
+    writers: list[RollingShardWriter]
+    t0: float = field(default_factory=time.perf_counter)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    written: int = 0
+    dead: bool = False
+
+
+class ShardRunner:
+    """Converts shard tasks into committed shards; built once per worker.
+
+    Args:
+        config: the job's `ConvertConfig`.
+        resolved: the driver's `preflight.Resolved` decisions (decoder, device, precision).
+        placement: where this worker runs (``cpu`` or its GPU as it sees it).
+        threads: CPU threads this worker may use (the engine divides the cores among workers).
+    """
+
+    def __init__(self, config, resolved, placement: Placement | None = None, threads: int = 1) -> None:
+        from resize_pipeline.pipeline import build_stages
+
+        self.config, self.resolved = config, resolved
+        self.placement = placement or Placement("cpu", {})
+        self.dest = Dest(config.dest, config.storage_options)
+        self.stages = build_stages(config, resolved, self.placement.device, max(1, threads))
+        self.overlap = should_overlap(config, resolved)
+        self.built = dict(self.stages.built, pid=os.getpid(), overlap=self.overlap)
+        log.info("worker %d built %s", os.getpid(), self.built)
+
+    def convert(self, tasks, on_progress: Callable[[int], None] | None = None) -> list[ShardResult]:
+        """Convert `tasks` (an iterable of `ShardTask`), returning the results in completion order."""
+        return list(self.run(TaskQueue.of(tasks), on_progress))
+
+    def run(self, tasks: TaskQueue, on_progress: Callable[[int], None] | None = None) -> Iterator[ShardResult]:
+        """Yield each shard's result as it is committed (or finally fails), until `tasks` is closed
+        and drained."""
+        feed = _Feed(tasks, self.config.batch_size)
+        open_: dict[tuple[int, int], _Shard] = {}
+        counted: dict[int, int] = {}  # progress reported per shard, so retries never count twice
+
+        def progress(task: ShardTask, n: int) -> None:
+            if on_progress is None:
+                return
+            before = counted.get(task.index, 0)
+            now = min(len(task.items), before + n)
+            counted[task.index] = now
+            if now > before:
+                on_progress(now - before)
+
+        def finish(shard: _Shard, result: ShardResult) -> ShardResult:
+            progress(shard.task, len(shard.task.items))
+            counted.pop(shard.task.index, None)
+            feed.finished()
+            return result
+
+        for w in chain(feed, self.stages.steps, overlap=self.overlap):
+            if w is IDLE:
+                continue
+            key = (w.task.index, w.attempt)
+            shard = open_.get(key)
+            if shard is None:
+                shard = open_[key] = _Shard(w.task, w.attempt, [])
+            if not shard.dead:
+                try:
+                    if not shard.writers:
+                        shard.writers = self._writers(w.task)
+                    if w.error is not None:
+                        raise w.error
+                    self._write(shard, w.batch)
+                    progress(w.task, len(w.batch["key"]))
+                    if w.last:
+                        del open_[key]
+                        yield finish(shard, self._commit(shard))
+                        continue
+                except ResizePipelineError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the shard attempt fails; retried or recorded below
+                    shard.dead = True  # its remaining batches are skipped as they arrive
+                    if w.state is not None:
+                        w.state.failed = True
+                    self._abort(shard)
+                    if shard.attempt < SHARD_ATTEMPTS:
+                        log.warning("shard %s failed (%s: %s); retrying", w.task.name, type(exc).__name__, exc)
+                        feed.retry(w.task, shard.attempt + 1)
+                    else:
+                        log.error("shard %s failed %d times, its %d inputs are recorded as failed: %s: %s",
+                                  w.task.name, SHARD_ATTEMPTS, len(w.task.items), type(exc).__name__, exc)
+                        yield finish(shard, failed_shard(w.task, exc, self.built))
+            if w.last:
+                open_.pop(key, None)
+
+    def _writers(self, task: ShardTask) -> list[RollingShardWriter]:
+        c = self.config
+        return [RollingShardWriter(self.dest, task.name, fmt, WRITERS[fmt], c.max_shard_bytes,
+                                   {"row_group_size": c.row_group_size}) for fmt in c.formats]
+
+    def _write(self, shard: _Shard, batch: dict) -> None:
+        c = self.config
+        for i in range(len(batch["key"])):
+            if batch["error"][i]:
+                shard.errors.append(error_record(
+                    key=str(batch["key"][i]), source=str(batch["url"][i]), stage=str(batch["error_stage"][i]),
+                    exc=str(batch["error"][i]), error_type=str(batch["error_type"][i]),
+                ))
+                continue
+            sample = Sample(
+                key=str(batch["key"][i]),
+                payload=batch["payload"][i],
+                ext=c.encode,
+                width=int(batch["width"][i]),
+                height=int(batch["height"][i]),
+                orig_width=int(batch["orig_width"][i]),
+                orig_height=int(batch["orig_height"][i]),
+                source=str(batch["url"][i]),
+                label=int(batch["label"][i]),
+                label_name=str(batch["label_name"][i]),
+                meta=str(batch["meta"][i]),
+            )
+            for writer in shard.writers:
+                writer.write(sample)
+            shard.written += 1
+
+    def _commit(self, shard: _Shard) -> ShardResult:
+        files = [f.to_dict() for w in shard.writers for f in w.close()]
+        t = shard.task
+        result = ShardResult(t.index, t.name, len(t.items), shard.written, len(shard.errors), files,
+                             shard.errors, time.perf_counter() - shard.t0, self.built)
+        self.dest.write_json(result.to_dict(), *stats_name(t.name))
+        return result
+
+    @staticmethod
+    def _abort(shard: _Shard) -> None:
+        for w in shard.writers:
+            try:
+                w.abort()
+            except Exception:  # noqa: BLE001 - best effort cleanup, the original error matters
+                pass
+
+
+def should_overlap(config, resolved) -> bool:
+    """``--overlap`` / ``--no-overlap``, else auto: overlap the steps in threads when one waits on
+    something other than this process's CPU — a GPU (DALI mixed decode, the CNN on CUDA) or a remote
+    source (s3, gs, http).
+
+    Measured on the 2-core CPU box (docs/benchmarks.md): with CPU-bound Pillow stages, overlapping
+    threads only oversubscribe the cores, so it is off there.
+    """
+    if config.overlap is not None:
+        return bool(config.overlap)
+    return resolved.uses_gpu or is_remote_url(config.source)
+
+
+class ShardService:
+    """A `ShardRunner` on a background thread: `submit(task)` returns a Future of its `ShardResult`.
+
+    A job-level error (`ResizePipelineError`) or a crash of the stream fails every pending and
+    later future with that error.
+    """
+
+    def __init__(self, runner: ShardRunner) -> None:
+        self.runner = runner
+        self.tasks = TaskQueue()
+        self._futures: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="shard-service", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        try:
+            for result in self.runner.run(self.tasks):
+                with self._lock:
+                    fut = self._futures.pop(result.index, None)
+                if fut is not None:
+                    fut.set_result(result)
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+            with self._lock:
+                self._error = exc
+                pending, self._futures = list(self._futures.values()), {}
+            for fut in pending:
+                fut.set_exception(exc)
+
+    def submit(self, task: ShardTask) -> Future:
+        fut: Future = Future()
+        with self._lock:
+            if self._error is not None:
+                fut.set_exception(self._error)
+                return fut
+            self._futures[task.index] = fut
+        self.tasks.put(task)
+        return fut
+
+    def close(self, timeout: float | None = None) -> None:
+        self.tasks.close()
+        self._thread.join(timeout)
