@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from resize_pipeline import __version__
 
@@ -13,8 +14,37 @@ from resize_pipeline import __version__
 COMMANDS = ("convert", "demo", "train", "evaluate", "preview")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class Parser(argparse.ArgumentParser):
+    """argparse with short errors: ``PROG: error: MESSAGE`` and ``try 'PROG --help'``, exit 2.
+
+    Sub-command parsers are made with this class too (``add_subparsers`` uses the parent's class), and
+    an unknown flag after a command is reported by that command's parser, under its name.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, self.error_text(message))
+
+    def error_text(self, message: str) -> str:
+        return f"{self.prog}: error: {one_line(message)}\ntry '{self.prog} --help'\n"
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            owner: argparse.ArgumentParser = self
+            for action in self._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    owner = action.choices.get(getattr(ns, action.dest, None) or "", self)
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+
+def one_line(message: str) -> str:
+    """A message of several lines as one (the CLI's errors are one line each)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def build_parser() -> Parser:
+    parser = Parser(
         prog="resize-pipeline",
         description="Convert image datasets into training-ready WebDataset/Parquet shards with a learned resizer.",
     )
@@ -34,22 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) and usage errors (2, already printed)
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
-        parser.print_help()
+        sys.stderr.write(parser.error_text(f"a command is required: {', '.join(parser_commands(parser))}"))
         return 2
     from resize_pipeline.errors import ResizePipelineError
 
     try:
         return int(args.func(args) or 0)
     except ResizePipelineError as exc:
-        print(f"resize-pipeline: error: {exc}", file=sys.stderr)
+        print(f"resize-pipeline: error: {one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("resize-pipeline: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def parser_commands(parser: argparse.ArgumentParser) -> list[str]:
+    """The command names ``parser`` knows."""
+    return [name for a in parser._actions if isinstance(a, argparse._SubParsersAction) for name in a.choices]
 
 
 if __name__ == "__main__":

@@ -14,9 +14,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from resize_pipeline.config import ConvertConfig
+from resize_pipeline.config import ConvertConfig, ray_knobs_from_env
 from resize_pipeline.errors import ConfigError, OutputError, SourceError
-from resize_pipeline.manifest import ERRORS_FILE, MANIFEST_FILE, completed_shards, finalize, prepare_dest, remove_partials
+from resize_pipeline.manifest import (
+    ERRORS_FILE,
+    MANIFEST_FILE,
+    completed_shards,
+    finalize,
+    prepare_dest,
+    remove_partials,
+)
 from resize_pipeline.shards import ShardResult, plan_shards
 from resize_pipeline.sources import list_source
 from resize_pipeline.urls import normalise
@@ -102,6 +109,7 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
             from workers.ray_engine import session
         except ImportError as exc:
             raise ConfigError(f"--engine ray needs `pip install 'resize-pipeline[ray]'`: {exc}") from None
+        config = ray_knobs_from_env(config)
         cluster: Any = session(config)
     else:
         cluster = contextlib.nullcontext(None)

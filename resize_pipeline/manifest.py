@@ -35,7 +35,14 @@ def listing_digest(items: Sequence[SourceItem]) -> str:
 def run_record(config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
     """What ``_run.json`` holds: the fingerprint of everything that decides the bytes written (the
     config's output fields and the driver's resolved decisions), and the listing's digest."""
-    output = dict(config.output_dict(), resolved=resolved.output_dict())
+    output = config.output_dict()
+    # knobs that cannot change this job's bytes do not block its resume
+    if resolved.precision is None:
+        output.pop("precision", None)
+        output.pop("compile", None)
+    if resolved.decoder != "dali-mixed":
+        output.pop("hw_decoder_load", None)
+    output["resolved"] = resolved.output_dict()
     return {
         "fingerprint": hashlib.sha256(json.dumps(output, sort_keys=True).encode()).hexdigest()[:16],
         "listing": listing_digest(items),

@@ -31,7 +31,7 @@ def build_resizer(config, resolved, device: str, threads: int):
 
     return LearnedResizer(resolved.resizer["path"], device=device if resolved.uses_gpu else "cpu",
                           batch_size=config.batch_size, precision=resolved.precision,
-                          compile=getattr(config, "compile", False), threads=threads)
+                          compile=config.compile, threads=threads)
 
 
 def build_stages(config, resolved, device: str = "cpu", threads: int = 1) -> Stages:
@@ -49,7 +49,7 @@ def build_stages(config, resolved, device: str = "cpu", threads: int = 1) -> Sta
     decoder_kw: dict[str, Any] = dict(background=config.background, max_pixels=config.max_pixels, draft=config.draft)
     if dali:
         decoder_kw.update(num_threads=threads, batch_size=config.batch_size, device_id=device_id,
-                          hw_decoder_load=getattr(config, "hw_decoder_load", 0.65))
+                          hw_decoder_load=config.hw_decoder_load)
     if resolved.fused:
         from resize_pipeline.stages_fused import DALI_INTERP, FusedDecodeResizeStage
 

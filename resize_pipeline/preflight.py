@@ -134,7 +134,7 @@ def resolve(config, gpus: int | None = None) -> Resolved:
     precision = None
     if learned:
         resizer = _check_learned(config.resizer)
-        precision = _resolve_precision(getattr(config, "precision", "auto"), device)
+        precision = _resolve_precision(config.precision, device)
     elif device != "cpu" and decoder == "pillow":
         device = "cpu"  # nothing left for the GPU to do
     resolved = Resolved(device, decoder, can_fuse(decoder, config.resizer), precision, resizer, gpus)

@@ -54,7 +54,6 @@ from workers.actors import ShardConverter, encode_task, result_from_json
 
 log = logging.getLogger(__name__)
 
-ENV_PREFIX = "RESIZE_PIPELINE_RAY_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,20 +64,6 @@ class ActorPlan:
     num_cpus: float
     num_gpus: float
     threads: int
-
-
-def _knob(config, name: str, cast: Callable[[str], Any] = float) -> Any | None:
-    """``ray_<name>`` from the config, overridden by ``RESIZE_PIPELINE_RAY_<NAME>`` when set."""
-    raw = os.environ.get(ENV_PREFIX + name.upper())
-    if raw is None or raw.strip() == "":
-        return getattr(config, f"ray_{name}", None)
-    try:
-        value = cast(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a number") from None
-    if value < 0:
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be >= 0, got {raw!r}")
-    return value
 
 
 def _code_dirs() -> list[str]:
@@ -104,13 +89,10 @@ def connect(address: str | None, ship_code: bool | None = None) -> bool:
 
 def job_runtime_env(address: str | None, ship_code: bool | None = None) -> dict[str, Any] | None:
     """How this job's workers find the code: uploaded (``ray://``), or on this machine's paths."""
-    ship = os.environ.get(ENV_PREFIX + "SHIP_CODE")
-    if ship is None and ship_code is not None:
-        ship = "1" if ship_code else "0"
     client = address is not None and address.startswith("ray://")
-    if ship == "1" or (ship is None and client):
+    if ship_code or (ship_code is None and client):
         return {"py_modules": _code_dirs(), "excludes": ["__pycache__", "*.pyc"]}
-    if ship == "0" or client or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+    if ship_code is False or client or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         return None  # a submitted job brings its working_dir / the image has the package
     # A cluster on this machine: Ray workers don't inherit the driver's sys.path, so point them at
     # the folders this process imported the code from (a checkout run without `pip install`).
@@ -125,10 +107,10 @@ def plan_actors(config, resolved, n_tasks: int) -> ActorPlan:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     total_cpus = sum(n["Resources"].get("CPU", 0.0) for n in nodes)
     total_gpus = sum(n["Resources"].get("GPU", 0.0) for n in nodes)
-    gpus = _knob(config, "gpus_per_actor")
+    gpus = config.ray_gpus_per_actor
     if gpus is None:
         gpus = 1.0 if resolved.uses_gpu and total_gpus >= 1 else 0.0
-    cpus = _knob(config, "cpus_per_actor")
+    cpus = config.ray_cpus_per_actor
     if cpus is None:
         if gpus > 0:
             per_gpu = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in nodes
@@ -162,7 +144,7 @@ def build_dataset(config, resolved, tasks: Sequence[ShardTask], plan: ActorPlan)
     rows = [encode_task(t) for t in tasks]
     # one block per shard: a map task then carries exactly one shard, so shards balance across actors
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    retries = _knob(config, "max_task_retries", int)
+    retries = config.ray_max_task_retries
     extra: dict[str, Any] = {}
     if retries is not None:
         # not a named map_batches parameter (yet): passed through Ray's remote args
@@ -184,7 +166,7 @@ def build_dataset(config, resolved, tasks: Sequence[ShardTask], plan: ActorPlan)
 
 def check_config(config) -> None:
     """What the Ray engine refuses whatever the cluster: storage actors cannot reach, a GPU index
-    (Ray gives each actor its own GPU), bad knobs."""
+    (Ray gives each actor its own GPU)."""
     for what, url in (("source", config.source), ("dest", config.dest)):
         if is_in_process_url(url):
             raise ConfigError(f"{what} {url}: memory:// lives in one process and Ray actors run in others; "
@@ -192,9 +174,6 @@ def check_config(config) -> None:
     if config.device.startswith("cuda:"):
         raise ConfigError(f"--device {config.device}: with --engine ray each actor gets its own GPU from Ray; "
                           "use --device cuda (or auto)")
-    _knob(config, "gpus_per_actor")
-    _knob(config, "cpus_per_actor")
-    _knob(config, "max_task_retries", int)
 
 
 def check_storage(config, nodes: int) -> None:
@@ -260,9 +239,8 @@ class _ClusterDriver:
 def _results_via_cluster(config, resolved, tasks: Sequence[ShardTask]) -> Iterator[str]:
     import time
 
-    knobs = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
     actor_cls: Any = ray.remote(num_cpus=0, max_restarts=0)(_ClusterDriver)
-    driver = actor_cls.options(runtime_env={"env_vars": knobs} if knobs else None).remote(
+    driver = actor_cls.remote(
         config, resolved, list(tasks))
     try:
         while True:
@@ -281,9 +259,10 @@ def _results_via_cluster(config, resolved, tasks: Sequence[ShardTask]) -> Iterat
 def session(config) -> Iterator[int]:
     """Check the config for Ray, connect (``config.address``), and yield the GPUs of the cluster's
     largest GPU node (0 without GPUs), for the driver's device decision; disconnects on exit when
-    this call connected."""
+    this call connected. `config` has the ``RESIZE_PIPELINE_RAY_*`` overrides applied
+    (`config.ray_knobs_from_env`)."""
     check_config(config)
-    started = connect(config.address, _knob(config, "ship_code", lambda v: v.strip() == "1"))
+    started = connect(config.address, config.ray_ship_code)
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         yield int(max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0))

@@ -1,4 +1,4 @@
-"""``resize-pipeline convert SOURCE DEST``."""
+"""``resize-pipeline convert SOURCE DEST``: flags generated from `ConvertConfig`'s field options."""
 
 from __future__ import annotations
 
@@ -6,72 +6,80 @@ import argparse
 import sys
 from typing import Any
 
-# flag -> ConvertConfig field, for everything that is a plain value
-_FLAGS: dict[str, str] = {
-    "size": "size", "mode": "mode", "resizer": "resizer", "format": "format", "encode": "encode",
-    "quality": "quality", "samples_per_shard": "samples_per_shard", "max_shard_bytes": "max_shard_bytes",
-    "shard_prefix": "shard_prefix", "workers": "workers", "parallelism": "parallelism",
-    "batch_size": "batch_size", "decoder": "decoder", "engine": "engine", "address": "address",
-    "device": "device", "background": "background", "pad_color": "pad_color", "max_pixels": "max_pixels",
-    "path_column": "path_column", "label_column": "label_column", "row_group_size": "row_group_size",
+_GROUPS = {
+    "output": "output options (they change the bytes written; a rerun with others is refused unless --overwrite)",
+    "run": "how it runs",
+    "ray": "Ray engine (--engine ray; RESIZE_PIPELINE_RAY_* environment variables override these)",
 }
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    from resize_pipeline.config import ENCODINGS, ENGINES, FORMATS, PARALLELISM
-    from resize_pipeline.decode import DECODERS
-    from resize_pipeline.geometry import MODES
+def _help(option: Any, default: Any) -> str:
+    from resize_pipeline.config import Bool
 
+    parts = [option.help]  # choices: argparse shows them as {a,b,c}
+    is_switch = isinstance(option.kind, Bool) and option.bool_flag != "both"
+    if not is_switch and option.default_text is not None:
+        parts.append(f"default: {option.default_text}")
+    elif not is_switch:
+        parts.append(f"default: {option.kind.describe_default(default)}")
+    text = parts[0] + (f" ({'; '.join(parts[1:])})" if len(parts) > 1 else "")
+    return text.replace("%", "%%")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """SOURCE, DEST, ``--config`` and one flag per `cli_options` field (values stay text until
+    `config_from_args` parses them, so a bad value is a one-line `ConfigError` naming the flag)."""
+    from resize_pipeline.config import Bool, ConvertConfig, Int, Str, cli_options, flag_names
+
+    options = ConvertConfig.options()
+    defaults = ConvertConfig.defaults()
+    p.add_argument("source", help=options["source"].help.replace("%", "%%"))
+    p.add_argument("dest", help=options["dest"].help.replace("%", "%%"))
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML/YAML file of these options, dashes or underscores (flags given here win)")
+    groups = {g: p.add_argument_group(title) for g, title in _GROUPS.items()}
+    for name, option in cli_options().items():
+        g = groups[option.group]
+        flags = flag_names(name, option)
+        help_ = _help(option, defaults.get(name))
+        if isinstance(option.kind, Bool):
+            action: Any = {"on": "store_true", "off": "store_false", "both": argparse.BooleanOptionalAction}
+            g.add_argument(*flags, dest=name, action=action[option.bool_flag], default=None, help=help_)
+        elif isinstance(option.kind, Str) and option.kind.allowed:
+            g.add_argument(*flags, dest=name, choices=option.kind.allowed, default=None, help=help_)
+        else:
+            metavar = option.metavar or ("N" if isinstance(option.kind, Int) else name.upper())
+            g.add_argument(*flags, dest=name, default=None, metavar=metavar, help=help_)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert images into WebDataset/Parquet shards",
                        description="Convert SOURCE (folder, glob, manifest, tars, Parquet; any fsspec URL) "
                        "into resized shards in DEST, with _manifest.json and _errors.jsonl.")
-    p.add_argument("source", help="folder, glob ('data/**/*.jpg'), manifest (.csv/.jsonl/.parquet), tar(s); local or s3://, gs://, memory://")
-    p.add_argument("dest", help="output folder (local or fsspec URL)")
-    p.add_argument("--config", help="TOML/YAML file of the same options (flags given here win)")
-    p.add_argument("--size", help="N or WxH (default 224)")
-    p.add_argument("--mode", choices=MODES, help="stretch | center-crop (default) | pad | shorter-side | longer-side")
-    p.add_argument("--resizer", help="nearest|bilinear (default)|bicubic|lanczos|area|learned|learned:PATH")
-    p.add_argument("--format", choices=FORMATS, help="webdataset (default) | parquet | both")
-    p.add_argument("--encode", choices=ENCODINGS, help="jpg (default) | png | webp | npy")
-    p.add_argument("--quality", type=int, help="jpg/webp quality (default 95)")
-    p.add_argument("--samples-per-shard", type=int, help="inputs per shard (default 1000)")
-    p.add_argument("--max-shard-bytes", type=int, help="also roll shard parts past this many bytes")
-    p.add_argument("--shard-prefix", help="shard file prefix (default 'shard')")
-    p.add_argument("--workers", type=int, help="parallel workers (default: one per CPU core)")
-    p.add_argument("--parallelism", choices=PARALLELISM, help="workers as processes (default) or threads")
-    p.add_argument("--batch-size", type=int, help="images per batch through the stages (default 64)")
-    p.add_argument("--decoder", choices=DECODERS, help="pillow (default) | dali | auto")
-    p.add_argument("--engine", choices=ENGINES, help="local (default) | ray")
-    p.add_argument("--address", help="Ray address for --engine ray (auto, ray://host:10001)")
-    p.add_argument("--device", help="torch device for the learned resizer: auto (default), cpu, cuda, cuda:1")
-    p.add_argument("--background", help="colour alpha is composited over: R,G,B or #rrggbb (default white)")
-    p.add_argument("--pad-color", help="letterbox colour for --mode pad (default 0,0,0)")
-    p.add_argument("--max-pixels", type=int, help="refuse images declaring more pixels (bomb guard)")
-    p.add_argument("--no-draft", dest="draft", action="store_false", default=None,
-                   help="decode JPEGs at full resolution (default: DCT-domain draft downscale when much larger)")
-    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
-                   help="run read/decode/resize/encode concurrently in threads (default: auto, on with a GPU "
-                   "or a remote source, off for CPU-only local work)")
-    p.add_argument("--path-column", help="manifest column holding paths")
-    p.add_argument("--label-column", help="manifest column holding labels")
-    p.add_argument("--row-group-size", type=int, help="Parquet rows per row group (default 512)")
-    p.add_argument("--overwrite", action="store_true", default=None, help="replace existing output in DEST")
-    p.add_argument("-q", "--quiet", action="store_true", default=None, help="no progress bar or summary")
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace):
-    from resize_pipeline.config import ConvertConfig, load_config_file
+    """The `ConvertConfig` of a parsed ``convert`` command line: the config file, then the flags given."""
+    from resize_pipeline.config import ConvertConfig, cli_options, flag_names, load_config_file
+    from resize_pipeline.errors import ConfigError
 
-    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for flag, fld in _FLAGS.items():
-        v = getattr(args, flag, None)
-        if v is not None:
-            values[fld] = v
-    for flag in ("draft", "overwrite", "quiet", "overlap"):
-        v = getattr(args, flag, None)
-        if v is not None:
-            values[flag] = v
+    values: dict[str, Any] = load_config_file(args.config) if getattr(args, "config", None) else {}
+    given = [k for k in ("source", "dest") if k in values]
+    if given:  # the positionals always win: a value here would be silently ignored
+        raise ConfigError(f"config file {args.config}: {' and '.join(given)} must be given on the command line")
+    options = ConvertConfig.options()
+    for name, v in values.items():  # each value of the file is checked, even one a flag replaces
+        if name in options:
+            options[name].check(f"config: {name}", v)
+    for name, option in cli_options().items():
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        if isinstance(v, str):  # a flag's text: typed and range-checked as the flag
+            v = option.parse(flag_names(name, option)[-1], v)
+        values[name] = v
     values["source"], values["dest"] = args.source, args.dest
     return ConvertConfig.from_dict(values)
 

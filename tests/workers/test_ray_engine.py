@@ -159,11 +159,13 @@ def test_plan_on_a_gpu_cluster(monkeypatch):
     assert (cpu_plan.num_gpus, cpu_plan.num_cpus) == (0.0, 1.0)
     plan = ray_engine.plan_actors(cfg.replace(ray_cpus_per_actor=3.0, ray_gpus_per_actor=0.5), gpu, 100)
     assert (plan.concurrency, plan.num_gpus, plan.num_cpus) == (8, 0.5, 3.0)
+    from resize_pipeline.config import ray_knobs_from_env
+
     monkeypatch.setenv("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "2")  # the environment overrides the config
-    assert ray_engine.plan_actors(cfg.replace(ray_cpus_per_actor=3.0), gpu, 100).num_cpus == 2.0
+    assert ray_engine.plan_actors(ray_knobs_from_env(cfg.replace(ray_cpus_per_actor=3.0)), gpu, 100).num_cpus == 2.0
     monkeypatch.setenv("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "lots")
     with pytest.raises(ConfigError, match="RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR"):
-        ray_engine.plan_actors(cfg, gpu, 100)
+        ray_knobs_from_env(cfg)
 
 
 def test_retry_cap_fails_the_job_instead_of_looping(ray_cluster, inject, corpus, tmp_path):
@@ -191,7 +193,6 @@ def test_job_runtime_env(monkeypatch):
     from workers.ray_engine import job_runtime_env
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(resize_pipeline.__file__)))
-    monkeypatch.delenv("RESIZE_PIPELINE_RAY_SHIP_CODE", raising=False)
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     assert job_runtime_env(None) == {"env_vars": {"PYTHONPATH": f"{root}{os.pathsep}/elsewhere"}}
@@ -199,8 +200,8 @@ def test_job_runtime_env(monkeypatch):
     assert sorted(os.path.basename(d) for d in shipped["py_modules"]) == ["resize_pipeline", "workers"]
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
     assert job_runtime_env("auto") is None
-    monkeypatch.setenv("RESIZE_PIPELINE_RAY_SHIP_CODE", "1")
-    assert "py_modules" in job_runtime_env("auto")
+    assert "py_modules" in job_runtime_env("auto", ship_code=True)
+    assert job_runtime_env("ray://head:10001", ship_code=False) is None
 
 
 def _fail_writes_of(monkeypatch, shard: str) -> dict:
