@@ -35,7 +35,7 @@ def test_mixed_sizes_in_one_batch(photos):
 
 
 def test_pad_mode_fills_letterbox(photo):
-    stage = ResizeStage("bilinear", size=(64, 64), mode="pad", pad_color=(10, 20, 30))
+    stage = ResizeStage(get_resizer("bilinear"), size=(64, 64), mode="pad", pad_color=(10, 20, 30))
     wide = photo[:100, :400]
     batch = {"image": np.array([wide, None], dtype=object)[:1], "error": np.array([""], dtype=object),
              "error_stage": np.array([""], dtype=object), "error_type": np.array([""], dtype=object),

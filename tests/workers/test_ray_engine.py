@@ -100,7 +100,7 @@ def test_killed_job_resumes_from_completed_shards(ray_cluster, corpus, local_ref
         (dest / "_stats" / f"{name}.json").unlink()
         (dest / f"{name}.tar").unlink()
         (dest / f"{name}.parquet").unlink()
-    (dest / ".shard-00001.tar.partial-12345").write_bytes(b"half a shard")
+    (dest / ".shard-00001.tar.partial-12345-0a1b2c3d").write_bytes(b"half a shard")
     (dest / "_manifest.json").unlink()
     summary = convert(base_config(corpus, dest, engine="ray"))
     assert summary.resumed_shards == summary.shards - 2
@@ -112,12 +112,15 @@ def test_workers_sets_actor_count(ray_cluster, corpus):
     from resize_pipeline.sources import list_source
     from workers.ray_engine import plan_actors
 
+    from resize_pipeline.preflight import resolve
+
     tasks = plan_shards(list_source(str(corpus)).items, PER_SHARD)
     cfg = base_config(corpus, "/unused")
-    plan = plan_actors(cfg, len(tasks))
+    res = resolve(cfg)
+    plan = plan_actors(cfg, res, len(tasks))
     assert (plan.concurrency, plan.num_cpus, plan.num_gpus) == (2, 1.0, 0.0)  # one actor per CPU, no GPU here
-    assert plan_actors(cfg.replace(workers=1), len(tasks)).concurrency == 1
-    assert plan_actors(cfg, 1).concurrency == 1  # never more actors than shards
+    assert plan_actors(cfg.replace(workers=1), res, len(tasks)).concurrency == 1
+    assert plan_actors(cfg, res, 1).concurrency == 1  # never more actors than shards
 
 
 def test_entrypoint_adds_ray_flags():
