@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import NoReturn
 
-from resize_pipeline import __version__
+from resize_pipeline.version import __version__
 
 #: command modules under resize_pipeline.commands; each has add_parser(subparsers) and run(args) -> int
 COMMANDS = ("convert", "demo", "train", "evaluate", "preview")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version (0) and usage errors (2, already printed)
         return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     if not getattr(args, "func", None):
         sys.stderr.write(parser.error_text(f"a command is required: {', '.join(parser_commands(parser))}"))
         return 2

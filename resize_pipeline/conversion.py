@@ -100,10 +100,11 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
     `OutputError` when the job cannot run at all; a config error leaves DEST untouched. Bad inputs
     never raise: they are recorded in ``_errors.jsonl``.
     """
-    from resize_pipeline.preflight import resolve
+    from resize_pipeline.preflight import check, resolve
 
     t0 = time.perf_counter()
     config = config.replace(source=normalise(config.source), dest=normalise(config.dest))
+    checked = check(config)  # before anything else: a config error costs nothing and touches nothing
     if config.engine == "ray":
         try:
             from workers.ray_engine import session
@@ -114,7 +115,7 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
     else:
         cluster = contextlib.nullcontext(None)
     with cluster as cluster_gpus:
-        resolved = resolve(config, gpus=cluster_gpus)
+        resolved = resolve(config, gpus=cluster_gpus, checked=checked)
         return _convert(config, resolved, t0, progress)
 
 

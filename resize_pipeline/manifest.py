@@ -12,11 +12,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from resize_pipeline import __version__
 from resize_pipeline.errors import OutputError
 from resize_pipeline.shards import STATS_DIR, ShardResult, ShardTask, stats_name
 from resize_pipeline.sinks.dest import TEMP_RE, Dest
 from resize_pipeline.sources.base import SourceItem
+from resize_pipeline.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -119,23 +119,38 @@ def _resolve_precision(requested: str, device: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def resolve(config, gpus: int | None = None) -> Resolved:
+def check(config) -> dict[str, Any]:
+    """What can be checked without knowing the machine that will run the job: the device string,
+    DALI installed when ``--decoder dali`` asks for it, the resizer (a learned checkpoint is loaded
+    and its sha256 verified). Returns what was learnt about the resizer."""
+    from resize_pipeline.decode.dali import INSTALL_HINT, dali_installed
+
+    try:
+        parse_device(config.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if config.decoder == "dali" and not dali_installed():
+        raise ConfigError(f"--decoder dali: {INSTALL_HINT}")
+    if config.resizer.startswith("learned"):
+        return _check_learned(config.resizer)
+    return {"name": config.resizer}
+
+
+def resolve(config, gpus: int | None = None, checked: dict[str, Any] | None = None) -> Resolved:
     """Check and resolve `config`'s device, decoder and resizer; `ConfigError` if they cannot work.
 
     `gpus`: GPUs a worker can use (the Ray engine passes its cluster's); default: this machine's.
+    `checked`: `check(config)`'s result, when it ran already.
     """
     from resize_pipeline.stages_fused import can_fuse
 
+    resizer = checked if checked is not None else check(config)
     learned = config.resizer.startswith("learned")
     gpus = gpu_count() if gpus is None else gpus
     device = _resolve_device(config.device, learned or config.decoder != "pillow", gpus)
     decoder = _resolve_decoder(config.decoder, device)
-    resizer: dict[str, Any] = {"name": config.resizer}
-    precision = None
-    if learned:
-        resizer = _check_learned(config.resizer)
-        precision = _resolve_precision(config.precision, device)
-    elif device != "cpu" and decoder == "pillow":
+    precision = _resolve_precision(config.precision, device) if learned else None
+    if not learned and device != "cpu" and decoder == "pillow":
         device = "cpu"  # nothing left for the GPU to do
     resolved = Resolved(device, decoder, can_fuse(decoder, config.resizer), precision, resizer, gpus)
     log.info("resolved: %s", resolved)

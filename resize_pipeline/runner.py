@@ -153,7 +153,8 @@ class ShardRunner:
         self.dest = Dest(config.dest, config.storage_options)
         self.stages = build_stages(config, resolved, self.placement.device, max(1, threads))
         self.overlap = should_overlap(config, resolved)
-        self.built = dict(self.stages.built, pid=os.getpid(), overlap=self.overlap)
+        self.built = dict(self.stages.built, pid=os.getpid(), overlap=self.overlap,
+                          cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
         log.info("worker %d built %s", os.getpid(), self.built)
 
     def convert(self, tasks, on_progress: Callable[[int], None] | None = None) -> list[ShardResult]:

@@ -67,10 +67,10 @@ class ActorPlan:
 
 
 def _code_dirs() -> list[str]:
-    import resize_pipeline
-    import workers
+    from resize_pipeline import version
+    from workers import actors
 
-    return [os.path.dirname(os.path.abspath(str(m.__file__))) for m in (resize_pipeline, workers)]
+    return [os.path.dirname(os.path.abspath(str(m.__file__))) for m in (version, actors)]
 
 
 def connect(address: str | None, ship_code: bool | None = None) -> bool:

@@ -78,6 +78,7 @@ class Dest:
         self.local = is_local_fs(self.fs)
         self.visible = writes_visibly(self.fs)
         self.retries, self.backoff = retries, backoff
+        self._made: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:  # filesystems hold sockets and locks: rebuild on arrival
         return {"url": self.url, "storage_options": self.storage_options, "retries": self.retries,
@@ -134,6 +135,10 @@ class Dest:
     def commit(self, data: IO[bytes] | bytes, *names: str) -> None:
         """Make `data` (a spool positioned anywhere, or bytes) visible at `names`, atomically, retried."""
         final = self.path(*names)
+        parent = posixpath.dirname(final)
+        if self.local and parent not in self._made:
+            self.fs.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
 
         def attempt() -> None:
             if isinstance(data, bytes | bytearray):

@@ -108,11 +108,10 @@ def test_killed_job_resumes_from_completed_shards(ray_cluster, corpus, local_ref
 
 
 def test_workers_sets_actor_count(ray_cluster, corpus):
+    from resize_pipeline.preflight import resolve
     from resize_pipeline.shards import plan_shards
     from resize_pipeline.sources import list_source
     from workers.ray_engine import plan_actors
-
-    from resize_pipeline.preflight import resolve
 
     tasks = plan_shards(list_source(str(corpus)).items, PER_SHARD)
     cfg = base_config(corpus, "/unused")
