@@ -156,11 +156,11 @@ def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) 
         if config.engine == "ray":
             from workers.ray_engine import run_ray
 
-            stream = run_ray(config, resolved, pending, on_progress=bar.update, on_built=built.append)
+            stream = run_ray(config, resolved, pending, on_progress=bar.update)
         else:
             from resize_pipeline.engine.local import run_local
 
-            stream = run_local(config, resolved, pending, on_progress=bar.update, on_built=built.append)
+            stream = run_local(config, resolved, pending, on_progress=bar.update)
         for res in stream:
             if res.built and res.built not in built:
                 built.append(res.built)

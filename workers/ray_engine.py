@@ -276,7 +276,6 @@ def run_ray(
     resolved,
     tasks: Sequence[ShardTask],
     on_progress: Callable[[int], None] | None = None,
-    on_built: Callable[[dict], None] | None = None,
 ) -> Iterator[ShardResult]:
     """Convert `tasks` on Ray (connected by `session`), yielding each shard's result as it completes."""
     if not tasks:

@@ -48,8 +48,8 @@ def _exit_with_parent(parent: int) -> None:
 def worker_main(wid: int, config, resolved, placement: Placement, threads: int, inbox, outbox,
                 parent: int | None = None) -> None:
     """A worker: build a `ShardRunner`, stream the tasks that arrive in `inbox` (None ends), report
-    ``(kind, wid, payload)`` messages to `outbox`: built, result, fatal (job-level error), error
-    (could not start), crash (a bug), exit."""
+    ``(kind, wid, payload)`` messages to `outbox`: result, fatal (job-level error), error (could not
+    start), crash (a bug), exit."""
     if parent is not None:
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
         os.environ.update(placement.env)  # before anything imports CUDA
@@ -61,7 +61,6 @@ def worker_main(wid: int, config, resolved, placement: Placement, threads: int, 
     except BaseException as exc:  # noqa: BLE001 - reported to the driver
         outbox.put(("error", wid, _one_line(exc)))
         return
-    outbox.put(("built", wid, runner.built))
     source = TaskQueue()
 
     def pump() -> None:
@@ -133,9 +132,9 @@ def run_local(
     resolved,
     tasks: Sequence[ShardTask],
     on_progress: Callable[[int], None] | None = None,
-    on_built: Callable[[dict], None] | None = None,
 ) -> Iterator[ShardResult]:
-    """Convert `tasks`, yielding each shard's result as it completes (in completion order)."""
+    """Convert `tasks`, yielding each shard's result as it completes (in completion order); each
+    result carries what its worker built."""
     if not tasks:
         return
     workers, parallelism = plan_workers(config, resolved, len(tasks))
@@ -147,14 +146,12 @@ def run_local(
         from resize_pipeline.runner import ShardRunner, TaskQueue
 
         runner = ShardRunner(config, resolved, placements[0], os.cpu_count() or 1)
-        if on_built:
-            on_built(runner.built)
         yield from runner.run(TaskQueue.of(tasks), on_progress)
         return
-    yield from _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress, on_built)
+    yield from _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress)
 
 
-def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress, on_built):
+def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress):
     if parallelism == "process":
         ctx = _mp_context()
         outbox: Any = ctx.Queue()
@@ -226,9 +223,6 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
                     on_progress(payload.total)
                 yield payload
                 assign(slot)
-            elif kind == "built":
-                if on_built:
-                    on_built(payload)
             elif kind == "error":
                 raise OutputError(f"a worker could not start: {payload}")
             elif kind == "fatal":
