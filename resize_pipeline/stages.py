@@ -118,9 +118,13 @@ class DecodeStage(ThreadChunks):
     """Decode ``data`` to ``image`` (uint8 HWC RGB); records ``orig_width``/``orig_height``."""
 
     def __init__(self, decoder, *, size: tuple[int, int] = (224, 224), mode: str = "center-crop",
-                 input_scale: float = 2.0, threads: int = 1) -> None:
-        """`decoder`: a built `Decoder` (see `decode.get_decoder`)."""
+                 input_scale: float = 2.0, threads: int = 1, as_image: bool = False) -> None:
+        """`decoder`: a built `Decoder` (see `decode.get_decoder`); `as_image`: hand a Pillow decoder's
+        PIL images on as they are (the next stage is a Pillow resizer: no numpy round trip)."""
+        from resize_pipeline.decode import PillowDecoder
+
         self.decoder = decoder
+        self.as_image = as_image and isinstance(decoder, PillowDecoder)
         self.size, self.mode, self.input_scale = size, mode, input_scale
         # DALI runs its own thread pool; Pillow decodes are spread over ours
         self.threads = 1 if decoder.name.startswith("dali") else max(1, int(threads))
@@ -139,6 +143,9 @@ class DecodeStage(ThreadChunks):
             probes = [batch["probe"][i] for i in rows]
             decoded = [r if isinstance(r, Exception) else (r, (r.shape[1], r.shape[0]))
                        for r in self.decoder.decode(blobs, self.size_request, probes=probes)]
+        elif self.as_image:
+            decoded = self.chunked(lambda part: self.decoder.decode_sized(part, self.size_request, as_image=True),
+                                   blobs)
         else:
             decoded = self.chunked(lambda part: self.decoder.decode_sized(part, self.size_request), blobs)
         for i, got in zip(rows, decoded, strict=True):
@@ -172,7 +179,8 @@ class ResizeStage(ThreadChunks):
         pairs, valid = [], []
         for i in ok_rows(batch):
             try:
-                h, w = images[i].shape[:2]
+                img = images[i]
+                w, h = img.size if hasattr(img, "getbbox") else img.shape[1::-1]
                 pairs.append((images[i], plan_output(w, h, self.size, self.mode)))
                 valid.append(i)
             except Exception as exc:  # noqa: BLE001

@@ -46,25 +46,28 @@ class Decoder(ABC):
         return [r if isinstance(r, Exception) else (r, (r.shape[1], r.shape[0])) for r in self.decode(blobs, size_request)]
 
 
-def to_rgb_array(img, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """Apply the colour rule to a loaded PIL image; returns uint8 HWC RGB (contiguous)."""
+def to_rgb_image(img, background: tuple[int, int, int] = (255, 255, 255)):
+    """Apply the colour rule to a loaded PIL image; returns a PIL image in mode RGB."""
     from PIL import Image
 
     mode = img.mode
     if mode == "RGB":
-        pass
-    elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img).astype(np.int64)
         arr = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
-        img = Image.fromarray(arr, "L").convert("RGB")
-    elif mode == "F":
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "F":
         arr = np.clip(np.asarray(img, dtype=np.float32), 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, "L").convert("RGB")
-    elif mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         canvas.alpha_composite(rgba)
-        img = canvas.convert("RGB")
-    else:  # L, 1, P, CMYK, YCbCr, LAB, HSV
-        img = img.convert("RGB")
-    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+        return canvas.convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def to_rgb_array(img, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """Apply the colour rule to a loaded PIL image; returns uint8 HWC RGB (contiguous)."""
+    return np.ascontiguousarray(np.asarray(to_rgb_image(img, background), dtype=np.uint8))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from resize_pipeline.decode.base import Decoder, SizeRequest, to_rgb_array
+from resize_pipeline.decode.base import Decoder, SizeRequest, to_rgb_array, to_rgb_image
 from resize_pipeline.errors import ImageTooLarge, SampleError
 
 #: EXIF orientations that swap width and height
@@ -43,8 +43,9 @@ class PillowDecoder(Decoder):
     def decode_one(self, blob: bytes, size_request: SizeRequest | None = None) -> np.ndarray:
         return self._decode(blob, size_request)[0]
 
-    def _decode(self, blob: bytes, size_request: SizeRequest | None) -> tuple[np.ndarray, tuple[int, int]]:
-        """The image, and its full oriented size (before any draft downscale)."""
+    def _decode(self, blob: bytes, size_request: SizeRequest | None, as_image: bool = False):
+        """The image (uint8 HWC, or an RGB PIL image with `as_image`), and its full oriented size
+        (before any draft downscale)."""
         if not blob:
             raise SampleError("empty file (0 bytes)")
         with warnings.catch_warnings():
@@ -71,6 +72,8 @@ class PillowDecoder(Decoder):
                     img.draft("RGB" if img.mode == "RGB" else img.mode, (rw, rh))
             img.load()
             out: Image.Image = ImageOps.exif_transpose(img) if orientation != 1 else img
+            if as_image:
+                return to_rgb_image(out, self.background), (ow, oh)
             return to_rgb_array(out, self.background), (ow, oh)
 
     def decode(
@@ -79,12 +82,14 @@ class PillowDecoder(Decoder):
         return [r if isinstance(r, Exception) else r[0] for r in self.decode_sized(blobs, size_request)]
 
     def decode_sized(
-        self, blobs: Sequence[bytes], size_request: SizeRequest | None = None
+        self, blobs: Sequence[bytes], size_request: SizeRequest | None = None, *, as_image: bool = False
     ) -> list[tuple[np.ndarray, tuple[int, int]] | Exception]:
-        out: list[tuple[np.ndarray, tuple[int, int]] | Exception] = []
+        """Like `Decoder.decode_sized`; with `as_image`, RGB PIL images instead of arrays (a Pillow
+        resizer takes them as they are: no copy into numpy and back)."""
+        out: list = []
         for blob in blobs:
             try:
-                out.append(self._decode(blob, size_request))
+                out.append(self._decode(blob, size_request, as_image))
             except Exception as exc:  # noqa: BLE001 - per-sample policy: record, never raise
                 out.append(exc)
         return out

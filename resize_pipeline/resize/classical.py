@@ -28,8 +28,8 @@ class ClassicalResizer(Resizer):
         self.name = filter_name
         self.filter = FILTERS[filter_name]
 
-    def resize_one(self, image: np.ndarray, op: ResizeOp) -> np.ndarray:
-        pil = Image.fromarray(image)
+    def resize_one(self, image: np.ndarray | Image.Image, op: ResizeOp) -> np.ndarray:
+        pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
         out = pil.resize(op.size, self.filter, box=op.box)
         return np.asarray(out)
 
