@@ -119,8 +119,8 @@ class RollingShardWriter:
     """Writes the `base` shard of one format, rolling to a new part past `max_bytes`.
 
     Names: ``{base}.{ext}``; with a byte cap every part is ``{base}-{part:03d}.{ext}``. Each part is
-    built in a local spool and committed through `dest` when complete, so nothing partial is ever
-    visible in DEST and a failed upload is retried from the spool.
+    built through `Dest.part` and committed when complete, so nothing partial is ever visible under
+    a final name (see `sinks/dest.py`).
     """
 
     dest: Any  # sinks.dest.Dest
@@ -140,16 +140,15 @@ class RollingShardWriter:
         return f"{self.base}-{self._part:03d}.{ext}" if self.max_bytes else f"{self.base}.{ext}"
 
     def _open(self) -> None:
-        self._spool = self.dest.spool()
-        self._file = HashingFile(self._spool)
+        self._out = self.dest.part(self._name())
+        self._file = HashingFile(self._out.file)
         self._writer = self.writer_cls(self._file, **self.options)
         self._count = 0
 
     def _commit(self) -> None:
         self._writer.close()
         name = self._name()
-        self.dest.commit(self._spool, name)
-        self._spool.close()
+        self._out.commit()
         self.files.append(ShardFile(name, self.format, self._count, self._file.nbytes, self._file.sha.hexdigest()))
 
     def write(self, sample: Sample) -> None:
@@ -166,8 +165,8 @@ class RollingShardWriter:
 
     def abort(self) -> None:
         """Drop the part being built (nothing of it reached DEST)."""
-        try:  # let the format writer finish into the spool we throw away (else its __del__ writes later)
+        try:  # let the format writer finish into the file we throw away (else its __del__ writes later)
             self._writer.close()
         except Exception:  # noqa: BLE001 - the writer may be what failed
             pass
-        self._spool.close()
+        self._out.abort()

@@ -10,8 +10,10 @@ only when it is complete:
 - on object stores (s3, gcs) an object appears only when its upload is closed, so it is written
   under its final name, and a failed upload is discarded, never closed.
 
-Shard files are built in a local spool first (`spool()`) and handed to `commit`, so a transient
-error while uploading retries the upload, not the decode and resize that produced the bytes.
+A shard file is built through `part(name)`: on a local disk straight into its temporary file in
+DEST (no second copy), committed by a rename (retried); on object stores in a local spool (memory,
+spilling to a temporary file when large), uploaded on commit, so a transient error while uploading
+retries the upload from the spool, not the decode and resize that produced the bytes.
 A full disk (ENOSPC, EDQUOT) is not transient: it raises `DestinationFull` (the job stops with
 exit 2 and a one-line message; a rerun resumes).
 """
@@ -57,6 +59,40 @@ def is_full(exc: BaseException) -> bool:
 
 def temp_name(name: str) -> str:
     return f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class Part:
+    """A file of DEST being built: write to `file`, then `commit()` (atomic, retried) or `abort()`."""
+
+    def __init__(self, dest: Dest, names: tuple[str, ...]) -> None:
+        self.dest, self.names = dest, names
+        self.final = dest.path(*names)
+        if dest.visible:
+            dest._parent(self.final)
+            self.temp = posixpath.join(posixpath.dirname(self.final), temp_name(posixpath.basename(self.final)))
+            self.file: Any = dest.call(f"creating {self.temp}", lambda: dest.fs.open(self.temp, "wb"))
+        else:
+            self.temp = None
+            self.file = dest.spool()
+
+    def commit(self) -> None:
+        if self.temp is None:
+            self.dest.commit(self.file, *self.names)
+            self.file.close()
+            return
+        try:
+            self.dest.call(f"closing {self.temp}", self.file.close)
+            self.dest.call(f"renaming {self.temp}", lambda: self.dest.fs.mv(self.temp, self.final))
+        except BaseException:
+            self.dest._rm_quiet(self.temp)
+            raise
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            if self.temp is not None:
+                self.dest._rm_quiet(self.temp)
 
 
 class Dest:
@@ -127,6 +163,16 @@ class Dest:
     def makedirs(self, *names: str) -> None:
         self.call(f"creating {self.path(*names)}", lambda: self.fs.makedirs(self.path(*names), exist_ok=True))
 
+    def _parent(self, path: str) -> None:
+        parent = posixpath.dirname(path)
+        if self.local and parent not in self._made:
+            self.fs.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
+
+    def part(self, *names: str) -> Part:
+        """Start building the file `names` (see `Part`)."""
+        return Part(self, names)
+
     @staticmethod
     def spool() -> IO[bytes]:
         """A local buffer for a file being built (memory, spilling to a temporary file when large)."""
@@ -135,10 +181,7 @@ class Dest:
     def commit(self, data: IO[bytes] | bytes, *names: str) -> None:
         """Make `data` (a spool positioned anywhere, or bytes) visible at `names`, atomically, retried."""
         final = self.path(*names)
-        parent = posixpath.dirname(final)
-        if self.local and parent not in self._made:
-            self.fs.makedirs(parent, exist_ok=True)
-            self._made.add(parent)
+        self._parent(final)
 
         def attempt() -> None:
             if isinstance(data, bytes | bytearray):

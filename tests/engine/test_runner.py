@@ -54,7 +54,8 @@ def test_no_drain_at_shard_boundaries(image_folder, tmp_path, monkeypatch):
 
 
 def test_a_write_error_is_retried_without_decoding_again(image_folder, tmp_path, monkeypatch):
-    """A transient error while publishing a shard file retries the upload from the local spool."""
+    """Local disk: a transient error opening a shard's file (or renaming it into place) is retried;
+    the images are not decoded again."""
     decoded: list[int] = []
     real_decode = DecodeStage.__call__
     monkeypatch.setattr(DecodeStage, "__call__", lambda self, b: (decoded.append(len(b["key"])), real_decode(self, b))[1])
@@ -78,6 +79,36 @@ def test_a_write_error_is_retried_without_decoding_again(image_folder, tmp_path,
     assert sum(decoded) == 10  # every image decoded once: the retry re-sent bytes, not work
     assert sorted(p.name for p in dst.glob("*.tar")) == ["shard-00000.tar", "shard-00001.tar"]
     assert not [p for p in dst.iterdir() if ".partial" in p.name]
+
+
+def test_an_upload_error_is_retried_from_the_spool(image_folder, tmp_path, monkeypatch):
+    """Object stores: a shard is built in a local spool and uploaded on commit; a dropped upload is
+    retried from the spool (no decode again), and no partial object is ever left."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fails = {"left": 2}
+
+    class FlakyStore(MemoryFileSystem):  # an object store whose uploads sometimes drop
+        protocol = "flakystore"
+
+        def _open(self, path, mode="rb", **kw):
+            if "w" in mode and path.endswith(".tar") and fails["left"]:
+                fails["left"] -= 1
+                raise ConnectionResetError("injected: upload dropped")
+            return super()._open(path, mode, **kw)
+
+    fsspec.register_implementation("flakystore", FlakyStore, clobber=True)
+    decoded: list[int] = []
+    real_decode = DecodeStage.__call__
+    monkeypatch.setattr(DecodeStage, "__call__", lambda self, b: (decoded.append(len(b["key"])), real_decode(self, b))[1])
+    s = convert(ConvertConfig(str(image_folder), "flakystore://bucket/out", size=32, samples_per_shard=5,
+                              workers=1, quiet=True))
+    assert fails["left"] == 0 and (s.written, s.failed) == (10, 0) and sum(decoded) == 10
+    fs = fsspec.filesystem("flakystore")
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("flakystore://bucket/out", detail=False) if p.endswith(".tar")) == [
+        "shard-00000.tar", "shard-00001.tar"]
+    assert not Dest("flakystore://bucket/out").visible  # it took the spool path
 
 
 def test_a_failing_stage_fails_its_shard_only_and_is_retried(image_folder, tmp_path, monkeypatch):
