@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from resize_pipeline.engine.stream import Step, lagged, map_step
+from resize_pipeline.stream import Step, lagged, map_step
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import Any
 
 from resize_pipeline.batch import items_to_batch
 from resize_pipeline.devices import Placement
-from resize_pipeline.engine.stream import IDLE, Attempt, Work, chain
+from resize_pipeline.stream import IDLE, Attempt, Work, chain
 from resize_pipeline.errors import ResizePipelineError, error_record
 from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard, stats_name
 from resize_pipeline.sinks import WRITERS, RollingShardWriter, Sample

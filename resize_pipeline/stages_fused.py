@@ -10,7 +10,7 @@ Classical filters map to DALI's own interpolation (nearest, linear, cubic, lancz
 to the output size happens in DALI; ``area`` has no DALI equivalent and keeps the unfused path.
 
 Decode is split into `submit` / `finish` so that the engine can keep DALI one batch ahead
-(`engine.stream.lagged`): DALI decodes batch k+1 while the CNN resizes batch k.
+(`stream.lagged`): DALI decodes batch k+1 while the CNN resizes batch k.
 """
 
 from __future__ import annotations

@@ -131,3 +131,19 @@ def test_package_inits_import_only_their_own_submodules():
         if (ROOT / mod.replace(".", "/") / "__init__.py").exists():
             foreign = {m for m in top[mod] if not m.startswith(mod + ".")}
             assert not foreign, f"{mod}/__init__.py imports {sorted(foreign)} at module level"
+
+
+def test_no_cycles_between_subpackages():
+    """Folded to subpackages (``resize_pipeline.learned``, ``resize_pipeline.engine``, ``workers`` ...),
+    the graph has no cycle either: e.g. ``learned`` implements ``resize``'s interface, so ``resize``
+    must not import ``learned``."""
+    every, _ = _graph()
+
+    def group(mod: str) -> str:
+        parts = mod.split(".")
+        return parts[0] if parts[0] == "workers" else ".".join(parts[:2])
+
+    folded: dict[str, set[str]] = {}
+    for mod, deps in every.items():
+        folded.setdefault(group(mod), set()).update(group(d) for d in deps if group(d) != group(mod))
+    assert _cycles(folded) == []

@@ -1,8 +1,9 @@
-"""Resizers: classical Pillow filters and the learned CNN resizer.
+"""Resizers: the `Resizer` interface and the classical Pillow filters.
 
-`get_resizer(spec)` turns a ``--resizer`` value into a `Resizer`:
-``nearest|bilinear|bicubic|lanczos|area`` (Pillow), ``learned`` (the bundled checkpoint) or
-``learned:PATH`` (an exported checkpoint, TorchScript or torch.export file).
+A ``--resizer`` value is ``nearest|bilinear|bicubic|lanczos|area`` (Pillow, built here by
+`get_resizer`), ``learned`` (the bundled checkpoint) or ``learned:PATH`` (an exported checkpoint,
+TorchScript or torch.export file), which `resize_pipeline.learned` implements on this interface;
+`pipeline.build_resizer` builds either for a job.
 """
 
 from __future__ import annotations
@@ -14,21 +15,19 @@ RESIZERS = (*FILTERS, "learned", "learned:PATH")
 
 
 def validate_resizer_spec(spec: str) -> None:
-    """Raise ValueError for a spec `get_resizer` would not accept (cheap: loads nothing)."""
+    """Raise ValueError for a spec no resizer answers to (cheap: loads nothing)."""
     if spec in FILTERS or spec == "learned" or (spec.startswith("learned:") and len(spec) > 8):
         return
     raise ValueError(f"unknown resizer {spec!r}; expected one of {', '.join(RESIZERS)}")
 
 
-def get_resizer(spec: str, *, device: str = "auto", batch_size: int = 64) -> Resizer:
-    """Build the resizer named by `spec`."""
+def get_resizer(spec: str) -> ClassicalResizer:
+    """Build the classical filter named by `spec`."""
     validate_resizer_spec(spec)
-    if spec in FILTERS:
-        return ClassicalResizer(spec)
-    from resize_pipeline.learned.inference import LearnedResizer  # torch: import lazily
-
-    path = spec.split(":", 1)[1] if ":" in spec else None
-    return LearnedResizer(path, device=device, batch_size=batch_size)
+    if spec not in FILTERS:
+        raise ValueError(f"{spec!r} is not a classical filter; build learned resizers with "
+                         "resize_pipeline.pipeline.build_resizer or resize_pipeline.learned.inference.LearnedResizer")
+    return ClassicalResizer(spec)
 
 
 __all__ = ["Resizer", "ClassicalResizer", "FILTERS", "RESIZERS", "get_resizer", "validate_resizer_spec"]

@@ -96,12 +96,15 @@ def test_bad_module_output_shape_refused(tmp_path):
         r.resize([_image(20, 20)], [ResizeOp((0.0, 0.0, 20.0, 20.0), (10, 10))])
 
 
-def test_bundled_default_loads_and_get_resizer():
+def test_bundled_default_loads_and_build_resizer():
     if not (default_weights_path() / "config.json").exists():
         pytest.skip("bundled checkpoint not built yet")
-    from resize_pipeline.resize import get_resizer
+    from resize_pipeline.config import ConvertConfig
+    from resize_pipeline.pipeline import build_resizer
+    from resize_pipeline.preflight import resolve
 
-    r = get_resizer("learned", device="cpu")
+    cfg = ConvertConfig("/s", "/d", resizer="learned", device="cpu")
+    r = build_resizer(cfg, resolve(cfg), "cpu", 1)
     assert isinstance(r, LearnedResizer)
     out = r.resize([_image(120, 90)], [plan_resize(90, 120, (56, 56), "center-crop")])[0]
     assert out.shape == (56, 56, 3) and out.dtype == np.uint8

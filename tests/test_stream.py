@@ -7,7 +7,7 @@ import time
 import pytest
 
 from resize_pipeline.config import ConvertConfig
-from resize_pipeline.engine.stream import IDLE, Attempt, Work, chain, lagged, map_step
+from resize_pipeline.stream import IDLE, Attempt, Work, chain, lagged, map_step
 from resize_pipeline.preflight import Resolved
 from resize_pipeline.runner import should_overlap
 
