@@ -31,11 +31,11 @@ from typing import Any
 
 from resize_pipeline.batch import items_to_batch
 from resize_pipeline.devices import Placement
-from resize_pipeline.stream import IDLE, Attempt, Work, chain
 from resize_pipeline.errors import ResizePipelineError, error_record
 from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard, stats_name
 from resize_pipeline.sinks import WRITERS, RollingShardWriter, Sample
 from resize_pipeline.sinks.dest import Dest
+from resize_pipeline.stream import IDLE, Attempt, Work, chain
 from resize_pipeline.urls import is_remote_url
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ import time
 import pytest
 
 from resize_pipeline.config import ConvertConfig
-from resize_pipeline.stream import IDLE, Attempt, Work, chain, lagged, map_step
 from resize_pipeline.preflight import Resolved
 from resize_pipeline.runner import should_overlap
+from resize_pipeline.stream import IDLE, Attempt, Work, chain, lagged, map_step
 
 
 def works(n, state=None):
