@@ -133,9 +133,13 @@ def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) 
     log.info("listed %d inputs (%s) from %s", len(listing.items), listing.kind, config.source)
     try:
         dest = Dest(config.dest, config.storage_options)
+        if dest.exists() and not dest.isdir():
+            raise OutputError(f"DEST {config.dest} is a file, not a folder: give a folder (it is created if missing)")
         dest.makedirs()
+    except OutputError:
+        raise
     except (OSError, ValueError, ImportError) as exc:
-        raise OutputError(f"cannot write to {config.dest}: {exc}") from None
+        raise OutputError(f"cannot write to {config.dest}: {type(exc).__name__}: {exc}") from None
     run = prepare_dest(dest, config, resolved, listing.items)
     previous = _previous_components(dest, run)
     remove_partials(dest)

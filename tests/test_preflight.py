@@ -126,3 +126,23 @@ def test_precision_is_part_of_the_fingerprint_only_where_it_matters():
     d = run_record(learned.replace(precision="bf16"), resolve(learned.replace(precision="bf16"), gpus=0), items)
     assert c["fingerprint"] != d["fingerprint"]
     assert c["config"]["resolved"]["precision"] == "fp32"
+
+
+def test_dest_that_is_a_file_is_one_clear_line(image_folder, tmp_path, capsys):
+    dest = tmp_path / "out.tar"
+    dest.write_bytes(b"not a folder")
+    assert main(["convert", str(image_folder), str(dest), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is a file, not a folder" in err, err
+    assert dest.read_bytes() == b"not a folder"
+
+
+def test_images_per_second_counts_only_this_runs_work(image_folder, tmp_path):
+    from resize_pipeline.conversion import convert
+
+    cfg = ConvertConfig(str(image_folder), str(tmp_path / "out"), size=32, samples_per_shard=4, quiet=True)
+    first = convert(cfg)
+    assert first.converted == 10 and first.images_per_second > 0
+    again = convert(cfg)  # every shard reused: nothing converted, so no rate to boast
+    assert (again.resumed_shards, again.converted, again.images_per_second) == (3, 0, 0.0)
+    assert again.manifest["run"]["converted"] == 0
