@@ -10,7 +10,7 @@ import sys
 from resize_pipeline import __version__
 
 #: command modules under resize_pipeline.commands; each has add_parser(subparsers) and run(args) -> int
-COMMANDS = ("convert", "demo", "train", "evaluate", "preview")
+COMMANDS = ("convert", "inspect", "demo", "train", "evaluate", "preview")
 
 
 def build_parser() -> argparse.ArgumentParser:
