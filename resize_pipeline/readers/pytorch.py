@@ -285,5 +285,9 @@ def torch_dataset(
         from resize_pipeline.errors import OutputError
 
         raise OutputError(f"{dest} has no {format} shards (formats: {', '.join(out.formats()) or 'none'})")
+    if any(r.samples < 0 for r in refs):
+        from resize_pipeline.errors import OutputError
+
+        raise OutputError(f"{dest}/_manifest.json has no per-shard sample counts: rerun the conversion")
     return ShardDataset(out, refs, decode=decode, with_label=with_label, shuffle=shuffle, seed=seed, rank=rank,
                         world_size=world_size, transform=transform)

@@ -123,3 +123,19 @@ def test_dali_refuses_what_it_cannot_read(image_folder, make_output):
         dali_pipeline(str(pq_only))
     with pytest.raises(OutputError, match="no WebDataset shards"):
         write_dali_indexes(str(pq_only))
+
+
+@pytest.mark.gpu
+def test_dali_gpu_decode(image_folder, make_output):
+    pytest.importorskip("nvidia.dali")
+    from resize_pipeline.readers import dali_pipeline
+
+    dest = make_output(image_folder, format="webdataset", samples_per_shard=4)
+    write_dali_indexes(str(dest))
+    images, cls = dali_pipeline(str(dest), batch_size=5, num_threads=2, device_id=0).run()
+    assert type(images).__name__ == "TensorListGPU"  # decoded by nvJPEG, still on the device
+    first = np.asarray(images.as_cpu().at(0))
+    assert first.shape == (SIZE[1], SIZE[0], 3) and first.std() > 1
+    from resize_pipeline.readers import labels_from_cls
+
+    assert labels_from_cls(cls) == [0] * 5
