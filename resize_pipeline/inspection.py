@@ -377,7 +377,7 @@ def contact_sheet(dest: str, samples: list[SampleInfo], path: str, *, encode: st
             sheet.paste(img, (x + (cell - img.width) // 2, y + (cell - img.height) // 2))
         except Exception as exc:  # noqa: BLE001 - a sample that does not decode is shown as such
             draw.text((x + 4, y + cell // 2), f"undecodable: {type(exc).__name__}", fill="red")
-        label = s.label_name or (str(s.label) if s.label >= 0 else "-")
+        label = " ".join(p for p in (str(s.label) if s.label >= 0 else "", s.label_name) if p) or "none"
         draw.text((x + 3, y + cell), s.key[-26:], fill="black")
         draw.text((x + 3, y + cell + 13), f"label {label}"[:26], fill="dimgray")
     buf = io.BytesIO()
