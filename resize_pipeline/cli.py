@@ -11,7 +11,7 @@ from typing import NoReturn
 from resize_pipeline.version import __version__
 
 #: command modules under resize_pipeline.commands; each has add_parser(subparsers) and run(args) -> int
-COMMANDS = ("convert", "demo", "train", "evaluate", "preview")
+COMMANDS = ("convert", "inspect", "demo", "train", "evaluate", "preview")
 
 
 class Parser(argparse.ArgumentParser):

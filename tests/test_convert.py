@@ -43,7 +43,7 @@ def test_round_trip_both_formats(image_folder, tmp_path, mode, size):
     for sample, row in zip(samples, table.to_pylist(), strict=True):
         img = np.asarray(Image.open(io.BytesIO(sample["jpg"])))
         assert img.shape == (size[1], size[0], 3)
-        assert sample["jpg"] == row["image"]  # same bytes in both formats
+        assert sample["jpg"] == row["image"]["bytes"]  # same bytes in both formats
         meta = json.loads(sample["json"])
         assert meta["label_name"] == row["label_name"] == sample["__key__"].split("__")[0]
         assert int(sample["cls"]) == row["label"] == meta["label"] == ["chelsea", "coffee"].index(meta["label_name"])

@@ -8,7 +8,8 @@ SOURCE may be (any fsspec URL: local path, ``file://``, ``memory://``, ``s3://``
   optional label/metadata columns;
 - WebDataset ``.tar`` shards (a single tar, or a directory/glob of them): one item per sample
   holding an image member, read back by byte range;
-- a Parquet file of image bytes (a binary column such as ``image``/``jpg``/``bytes``).
+- a Parquet file of image bytes (a binary column such as ``image``/``jpg``/``bytes``, or the Hugging Face
+  ``datasets`` Image struct ``{bytes, path}`` that our own Parquet shards use; see `image_column`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fsspec.core import url_to_fs
 
 from resize_pipeline.errors import SourceError
 from resize_pipeline.sources.base import IMAGE_EXTENSIONS, SourceItem
+from resize_pipeline.sources.image_column import find_image_column
 from resize_pipeline.sources.keys import unique_keys
 from resize_pipeline.urls import is_local_fs
 
@@ -33,7 +35,6 @@ log = logging.getLogger(__name__)
 MANIFEST_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
 PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "image_path", "url", "uri")
 LABEL_COLUMNS = ("label", "cls", "class", "target")
-BYTES_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "bytes", "image_bytes", "data")
 
 
 @dataclass(slots=True)
@@ -264,16 +265,15 @@ def _list_manifest(fs, path: str, path_column: str | None, label_column: str | N
 
 
 def _list_parquet(fs, path: str, path_column: str | None, label_column: str | None) -> Listing:
-    """A Parquet file is either a manifest (a path column) or holds image bytes (a binary column)."""
+    """A Parquet file is either a manifest (a path column) or holds image bytes (see `image_column`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as fh:
         schema = pq.read_schema(fh)
-    binary = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
-    if not binary or path_column:
+    bcol = find_image_column(schema)
+    if bcol is None or path_column:
         return _list_manifest(fs, path, path_column, label_column)
-    bcol = _pick(binary, None, BYTES_COLUMNS, "image bytes", path) or binary[0]
     with fs.open(path, "rb") as fh:
         names = [n for n in schema.names if n != bcol]
         table = pq.read_table(fh, columns=names) if names else pa.table({})

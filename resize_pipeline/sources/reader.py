@@ -56,17 +56,16 @@ def _cat_ranges(items: list[SourceItem], so: dict[str, Any]) -> list[bytes | Exc
 
 
 def _parquet_rows(items: list[SourceItem], so: dict[str, Any]) -> list[bytes | Exception]:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from resize_pipeline.sources.listing import BYTES_COLUMNS
+    from resize_pipeline.sources.image_column import column_bytes, find_image_column
 
     fs, path = _fs(items[0].url, so)
     with fs.open(path, "rb") as fh:
         pf = pq.ParquetFile(fh)
-        binary = [f.name for f in pf.schema_arrow if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
-        lower = {c.lower(): c for c in binary}
-        col = next((lower[c] for c in BYTES_COLUMNS if c in lower), binary[0])
+        col = find_image_column(pf.schema_arrow)
+        if col is None:
+            raise ValueError(f"{items[0].url} has no column of image bytes")
         bounds, start = [], 0
         for g in range(pf.num_row_groups):
             n = pf.metadata.row_group(g).num_rows
@@ -82,7 +81,7 @@ def _parquet_rows(items: list[SourceItem], so: dict[str, Any]) -> list[bytes | E
             g = found
             if g not in cache:
                 cache.clear()  # rows arrive in order: keep one row group in memory
-                cache[g] = pf.read_row_group(g, columns=[col]).column(0).to_pylist()
+                cache[g] = column_bytes(pf.read_row_group(g, columns=[col]).column(0))
             value = cache[g][it.row - bounds[g][0]]
             out.append(value if value is not None else ValueError("null image bytes"))
     return out

@@ -142,7 +142,7 @@ def test_parquet_agrees_with_webdataset(hostile_run):
     assert len(rows) == len(wds) == sum(c.ok for c in cases)
     for r in rows:
         img, info = decode_sample(wds[r["key"]])
-        assert np.array_equal(decode_payload(r["image"], r["format"]), img)
+        assert np.array_equal(decode_payload(r["image"]["bytes"], r["format"]), img)
         assert (r["orig_width"], r["orig_height"], r["source"]) == (
             info["orig_width"],
             info["orig_height"],

@@ -1,0 +1,390 @@
+"""What a conversion wrote: counts, shards, labels, output sizes, errors; shard checksums; a contact sheet.
+
+`inspect_output(dest)` reads ``_manifest.json`` and ``_errors.jsonl`` and scans the shards once
+(Parquet: the small columns, plus the image column for byte sizes, when there are no tars; WebDataset:
+each sample's ``.json``/``.cls`` members and the member sizes from the tar headers). `verify_shards`
+recomputes every shard's sha256 against the manifest. `contact_sheet` draws random samples with
+their keys and labels. ``resize-pipeline inspect`` is the thin CLI over these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from resize_pipeline.errors import OutputError
+from resize_pipeline.readers.output import ERRORS_FILE, IMAGE_EXTS, Output, ShardRef, open_output, split_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SampleInfo:
+    """One written sample as the scan sees it, with where its image bytes are."""
+
+    key: str
+    label: int
+    label_name: str
+    width: int
+    height: int
+    nbytes: int
+    shard: str
+    offset: int = -1  # tar: byte offset of the image member
+    row: int = -1  # Parquet: row in the file
+
+
+@dataclass
+class Report:
+    """Everything `inspect_output` found; `to_dict` is the ``--json`` document."""
+
+    dest: str
+    counts: dict[str, Any]
+    formats: list[str]
+    encode: str
+    size: list[int]
+    mode: str
+    shards: list[dict[str, Any]]
+    total_bytes: int
+    classes: list[str]
+    labels: dict[str, int]
+    image_sizes: dict[str, int]
+    payload_bytes: dict[str, float]
+    errors: list[dict[str, Any]]
+    scanned: str  # the format the scan read ("webdataset" or "parquet")
+    not_scanned: list[str] = field(default_factory=list)  # shards left out of the scan (failed --verify)
+    samples: list[SampleInfo] = field(default_factory=list, repr=False)  # the random picks (sheet)
+    verify: list[dict[str, Any]] | None = None
+    sheet: str | None = None
+
+    @property
+    def verified_ok(self) -> bool | None:
+        return None if self.verify is None else all(bool(v["ok"]) for v in self.verify)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("samples")
+        d["verified_ok"] = self.verified_ok
+        return d
+
+    def text(self) -> str:
+        c = self.counts
+        lines = [
+            f"{self.dest}: {c.get('total', 0)} inputs: {c.get('written', 0)} written, {c.get('failed', 0)} failed"
+            + (f" ({', '.join(f'{k} {v}' for k, v in sorted(c.get('failed_by_stage', {}).items()))})"
+               if c.get("failed_by_stage") else ""),
+            f"output: {', '.join(self.formats)}, {self.encode}, {'x'.join(map(str, self.size))} {self.mode}",
+            f"shards: {len(self.shards)} files, {_human(self.total_bytes)}",
+        ]
+        for s in self.shards:
+            lines.append(f"  {s['name']:<28} {s['samples']:>8} samples {_human(s['bytes']):>10}")
+        if self.not_scanned:
+            lines.append(f"not scanned (failed verification): {', '.join(self.not_scanned)}")
+        if self.labels:
+            lines.append(f"labels ({len(self.labels)}, from the {self.scanned} shards):")
+            width = max(len(k) for k in self.labels)
+            top = max(self.labels.values())
+            for name, n in self.labels.items():
+                lines.append(f"  {name:<{width}} {n:>8} {'#' * max(1, round(30 * n / top)) if n else ''}")
+        if self.image_sizes:
+            lines.append("image sizes: " + ", ".join(f"{k} x{v}" for k, v in self.image_sizes.items()))
+        if self.payload_bytes:
+            p = self.payload_bytes
+            lines.append("bytes per image: " + ", ".join(f"{k} {_human(p[k])}" for k in ("min", "p50", "p90", "p99", "max", "mean")))
+        if self.errors:
+            lines.append(f"most common errors (of {c.get('failed', 0)}; all in {ERRORS_FILE}):")
+            for e in self.errors:
+                lines.append(f"  {e['count']:>6} x {e['stage']}: {e['error_type']}: {e['error']}  (e.g. {e['example']})")
+        if self.verify is not None:
+            bad = [v for v in self.verify if not v["ok"]]
+            lines.append(f"verify: {len(self.verify) - len(bad)}/{len(self.verify)} shards match the manifest's sha256")
+            lines.extend(f"  MISMATCH {v['name']}: {v['reason']}" for v in bad)
+        if self.sheet:
+            lines.append(f"contact sheet: {self.sheet} ({len(self.samples)} samples)")
+        return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# --------------------------------------------------------------------------------------------- scan
+
+
+def _tar_infos(out: Output, ref: ShardRef) -> Iterator[SampleInfo]:
+    """Each sample of a tar: sizes from the headers, label and size from the small members. Local
+    files are read by seeking over image data; remote ones are streamed (one request, not one a sample)."""
+    def flush(key: str | None, parts: dict[str, Any]) -> SampleInfo | None:
+        if key is None:
+            return None
+        img = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
+        if img is None:
+            return None
+        info = parts.get("json") or {}
+        cls = parts.get("cls")
+        label = int(cls) if cls not in (None, b"") else int(info.get("label", -1))
+        return SampleInfo(key, label, str(info.get("label_name", "") or ""), int(info.get("width", 0)),
+                          int(info.get("height", 0)), img[1], ref.name, offset=img[0])
+
+    mode = "r:" if out.is_local else "r|"
+    with out.fs.open(ref.path, "rb") as fh, tarfile.open(fileobj=fh, mode=mode) as tf:  # type: ignore[call-overload]
+        key: str | None = None
+        parts: dict[str, Any] = {}
+        for m in tf:
+            if not m.isfile():
+                continue
+            k, ext = split_key(m.name)
+            if k is None:
+                continue
+            if k != key:
+                s = flush(key, parts)
+                if s is not None:
+                    yield s
+                key, parts = k, {}
+            ext = ext.lower()
+            if ext in ("json", "cls"):
+                data = tf.extractfile(m)
+                raw = data.read() if data else b""
+                try:
+                    parts[ext] = json.loads(raw) if ext == "json" else raw.strip()
+                except ValueError:
+                    parts[ext] = None
+            else:
+                parts[ext] = (m.offset_data, m.size)
+        s = flush(key, parts)
+        if s is not None:
+            yield s
+
+
+def _parquet_infos(out: Output, ref: ShardRef) -> Iterator[SampleInfo]:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    with out.fs.open(ref.path, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        row = 0
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g, columns=["key", "label", "label_name", "width", "height", "image"])
+            image = t.column("image")
+            if hasattr(image.type, "get_field_index") and image.type.get_field_index("bytes") >= 0:
+                image = image.flatten()[image.type.get_field_index("bytes")]
+            sizes = pc.binary_length(image).to_pylist()
+            for key, label, name, w, h, n in zip(
+                t.column("key").to_pylist(), t.column("label").to_pylist(), t.column("label_name").to_pylist(),
+                t.column("width").to_pylist(), t.column("height").to_pylist(), sizes, strict=True,
+            ):
+                yield SampleInfo(key, -1 if label is None else int(label), name or "", int(w), int(h), int(n or 0),
+                                 ref.name, row=row)
+                row += 1
+
+
+def _quantiles(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    v = sorted(values)
+
+    def q(p: float) -> int:
+        return v[min(len(v) - 1, int(round(p * (len(v) - 1))))]
+
+    return {"min": v[0], "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": v[-1],
+            "mean": round(sum(v) / len(v), 1)}
+
+
+def _normalise(message: str, key: str, path: str) -> str:
+    """An error message with the sample's own path/key and numbers masked, so alike errors group."""
+    for s, repl in ((path, "<path>"), (path.rsplit("/", 1)[-1], "<file>"), (key, "<key>")):
+        if s:
+            message = message.replace(s, repl)
+    return re.sub(r"\d+", "N", message)
+
+
+def common_errors(out: Output, top: int = 5) -> list[dict[str, Any]]:
+    """The `top` most frequent (stage, type, message) among ``_errors.jsonl``, with an example key."""
+    path = out.path(ERRORS_FILE)
+    if not out.fs.exists(path):
+        return []
+    groups: Counter = Counter()
+    example: dict[tuple, str] = {}
+    with out.fs.open(path, "r", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            g = (e.get("stage", "?"), e.get("error_type", "?"),
+                 _normalise(str(e.get("error", "")), str(e.get("key", "")), str(e.get("path", ""))))
+            groups[g] += 1
+            example.setdefault(g, str(e.get("key", "")))
+    return [{"stage": g[0], "error_type": g[1], "error": g[2], "count": n, "example": example[g]}
+            for g, n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+
+
+def inspect_output(
+    dest: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    sample_count: int = 16,
+    seed: int = 0,
+    top_errors: int = 5,
+    skip: frozenset[str] | set[str] = frozenset(),
+) -> Report:
+    """Summarise DEST; keeps `sample_count` random samples (reservoir, `seed`) for `contact_sheet`.
+
+    Shards named in `skip` (those that failed `verify_shards`) are left out of the scan.
+    """
+    out = open_output(dest, storage_options)
+    m = out.manifest
+    tars, parquets = out.shards("webdataset"), out.shards("parquet")
+    refs, scanned = (tars, "webdataset") if tars else (parquets, "parquet")
+    read = _tar_infos if tars else _parquet_infos
+    classes = [str(c) for c in m.get("classes", [])]
+    labels: Counter = Counter()
+    sizes: Counter = Counter()
+    nbytes: list[int] = []
+    rng = random.Random(seed)
+    picks: list[SampleInfo] = []
+    seen = 0
+    for ref in refs:
+        if ref.name in skip:
+            continue
+        try:
+            for s in read(out, ref):
+                name = s.label_name or (classes[s.label] if 0 <= s.label < len(classes) else "")
+                labels[name or (str(s.label) if s.label >= 0 else "(unlabelled)")] += 1
+                sizes[f"{s.width}x{s.height}"] += 1
+                nbytes.append(s.nbytes)
+                seen += 1
+                if len(picks) < sample_count:
+                    picks.append(s)
+                else:
+                    j = rng.randrange(seen)
+                    if j < sample_count:
+                        picks[j] = s
+        except (OSError, ValueError, tarfile.TarError) as exc:
+            raise OutputError(f"cannot read shard {ref.name} of {dest}: {type(exc).__name__}: {exc} "
+                              "(--verify checks every shard against the manifest)") from None
+    order = {c: i for i, c in enumerate(classes)}
+    label_hist = dict(sorted(labels.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    shards: list[dict[str, Any]] = [
+        {"name": r.name, "format": r.format, "samples": r.samples, "bytes": r.bytes} for r in out.shards()
+    ]
+    return Report(
+        dest=dest,
+        counts=dict(m.get("counts", {})),
+        formats=out.formats(),
+        encode=str(m.get("encode", "")),
+        size=list(m.get("size", [])),
+        mode=str(m.get("mode", "")),
+        shards=shards,
+        total_bytes=sum(r.bytes for r in out.shards()),
+        classes=classes,
+        labels=label_hist,
+        image_sizes=dict(sizes.most_common(10)),
+        payload_bytes=_quantiles(nbytes),
+        errors=common_errors(out, top_errors),
+        scanned=scanned,
+        not_scanned=[r.name for r in refs if r.name in skip],
+        samples=picks,
+    )
+
+
+# ------------------------------------------------------------------------------------------- verify
+
+
+def verify_shards(dest: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Recompute each shard file's size and sha256; one ``{name, ok, reason}`` per manifest entry."""
+    out = open_output(dest, storage_options)
+    results = []
+    for ref in out.shards():
+        h, n = hashlib.sha256(), 0
+        try:
+            with out.fs.open(ref.path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+                    n += len(chunk)
+        except FileNotFoundError:
+            results.append({"name": ref.name, "ok": False, "reason": "missing"})
+            continue
+        if n != ref.bytes:
+            reason = f"{n} bytes, manifest says {ref.bytes}"
+        elif h.hexdigest() != ref.sha256:
+            reason = f"sha256 {h.hexdigest()[:16]}..., manifest says {ref.sha256[:16]}..."
+        else:
+            reason = ""
+        results.append({"name": ref.name, "ok": not reason, "reason": reason})
+    return results
+
+
+# -------------------------------------------------------------------------------------- contact sheet
+
+
+def _image_bytes(out: Output, s: SampleInfo) -> bytes:
+    path = out.path(s.shard)
+    if s.offset >= 0:
+        return out.fs.cat_file(path, start=s.offset, end=s.offset + s.nbytes)
+    import pyarrow.parquet as pq
+
+    from resize_pipeline.sources.image_column import column_bytes
+
+    with out.fs.open(path, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        base = 0
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if s.row < base + n:
+                col = pf.read_row_group(g, columns=["image"]).column(0)
+                return column_bytes(col.slice(s.row - base, 1))[0] or b""
+            base += n
+    raise ValueError(f"row {s.row} not in {s.shard}")
+
+
+def contact_sheet(dest: str, samples: list[SampleInfo], path: str, *, encode: str = "jpg", cell: int = 160,
+                  columns: int = 4, storage_options: dict[str, Any] | None = None) -> str:
+    """Draw `samples` (thumbnails with key and label) into a PNG at `path` (local or fsspec URL)."""
+    import fsspec
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageOps
+
+    from resize_pipeline.encode import decode_payload
+
+    if not samples:
+        raise OutputError(f"{dest} has no written samples to draw")
+    out = open_output(dest, storage_options)
+    text_h = 28
+    cols = max(1, min(columns, len(samples)))
+    rows = (len(samples) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * cell, rows * (cell + text_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, s in enumerate(samples):
+        x, y = (i % cols) * cell, (i // cols) * (cell + text_h)
+        try:
+            img = Image.fromarray(np.asarray(decode_payload(_image_bytes(out, s), encode)))
+            img = ImageOps.contain(img, (cell - 4, cell - 4), Image.Resampling.BICUBIC)  # up or down
+            sheet.paste(img, (x + (cell - img.width) // 2, y + (cell - img.height) // 2))
+        except Exception as exc:  # noqa: BLE001 - a sample that does not decode is shown as such
+            draw.text((x + 4, y + cell // 2), f"undecodable: {type(exc).__name__}", fill="red")
+        label = " ".join(p for p in (str(s.label) if s.label >= 0 else "", s.label_name) if p) or "none"
+        draw.text((x + 3, y + cell), s.key[-26:], fill="black")
+        draw.text((x + 3, y + cell + 13), f"label {label}"[:26], fill="dimgray")
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    try:
+        with fsspec.open(path, "wb", **(storage_options or {})) as fh:
+            fh.write(buf.getvalue())
+    except OSError as exc:
+        raise OutputError(f"cannot write the contact sheet {path}: {exc}") from None
+    return path

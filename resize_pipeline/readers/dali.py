@@ -1,0 +1,179 @@
+"""NVIDIA DALI: index files for ``fn.readers.webdataset`` and a pipeline over our tars.
+
+`write_dali_indexes(dest)` writes ``shard-00000.idx`` beside each ``shard-00000.tar`` (DALI's
+``wds2idx`` format v1.2, computed from the tar headers through fsspec, no ``tar`` binary needed) and
+``_dali_index.json`` recording which tar (sha256) each index describes, so that an index left over
+from an earlier run (``--overwrite``) is detected and not used. It is a post-step over a finished
+DEST: run it once after ``convert`` (``resize-pipeline inspect DEST --dali-index`` does the same).
+
+`dali_pipeline(dest, ...)` builds a DALI pipeline reading the tars (local files: DALI reads paths)
+with those indexes when present and fresh, decoding on the GPU (``mixed``, nvJPEG) when a device is
+given, on the CPU otherwise (DALI's CPU-only mode, which is how it is tested here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from typing import Any
+
+from resize_pipeline.errors import OutputError
+from resize_pipeline.readers.output import Output, ShardRef, open_output, split_key
+
+log = logging.getLogger(__name__)
+
+INDEX_RECORD = "_dali_index.json"
+INDEX_VERSION = "v1.2"  # the format DALI's wds2idx writes
+
+
+def index_name(shard_name: str) -> str:
+    """``shard-00000.tar`` -> ``shard-00000.idx`` (wds2idx's default: the name up to its first dot)."""
+    return shard_name.split(".", 1)[0] + ".idx"
+
+
+def tar_index(fileobj) -> str:
+    """The DALI index (v1.2 text) of an uncompressed WebDataset tar read from `fileobj`.
+
+    One line per sample: ``ext offset size name`` for each of its members, members grouped by key
+    as wds2idx does (a new sample starts when the name up to the first dot of the basename changes).
+    """
+    samples: list[list[str]] = []
+    last = None
+    with tarfile.open(fileobj=fileobj, mode="r:") as tf:
+        for m in tf:
+            if not m.isreg():
+                continue
+            base, ext = split_key(m.name)
+            if base is None:
+                continue
+            if any(c.isspace() for c in m.name):
+                raise ValueError(f"member {m.name!r}: DALI's index format cannot hold names with spaces")
+            part = f"{ext} {m.offset_data} {m.size} {m.name}"
+            if base != last:
+                samples.append([part])
+                last = base
+            else:
+                samples[-1].append(part)
+    if not samples:
+        raise ValueError("empty tar: DALI cannot index a tar without samples")
+    return f"{INDEX_VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
+
+
+def _record(out: Output) -> dict[str, Any]:
+    path = out.path(INDEX_RECORD)
+    if not out.fs.exists(path):
+        return {}
+    try:
+        with out.fs.open(path, "r", encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_dali_indexes(dest: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Write a DALI index beside each non-empty tar of DEST (skipping fresh ones); returns their URLs."""
+    out = open_output(dest, storage_options)
+    tars = [r for r in out.shards("webdataset") if r.samples != 0]
+    if not tars:
+        raise OutputError(f"{dest} has no WebDataset shards with samples to index")
+    record = _record(out)
+    written = []
+    for ref in tars:
+        name = index_name(ref.name)
+        if record.get(name) == ref.sha256 and out.fs.exists(out.path(name)):
+            written.append(out.url(name))
+            continue
+        with out.fs.open(ref.path, "rb") as fh:
+            text = tar_index(fh)
+        with out.fs.open(out.path(name), "w", encoding="utf-8") as fh:
+            fh.write(text)
+        record[name] = ref.sha256
+        written.append(out.url(name))
+    with out.fs.open(out.path(INDEX_RECORD), "w", encoding="utf-8") as fh:
+        json.dump(dict(sorted(record.items())), fh, indent=1)
+    log.info("wrote %d DALI index files in %s", len(written), dest)
+    return written
+
+
+def fresh_indexes(out: Output, tars: list[ShardRef]) -> list[str] | None:
+    """The index paths for `tars` when every one exists and describes the tar now there, else None."""
+    record = _record(out)
+    names = [index_name(r.name) for r in tars]
+    if all(record.get(n) == r.sha256 for n, r in zip(names, tars, strict=True)) and all(
+        out.fs.exists(out.path(n)) for n in names
+    ):
+        return [out.url(n) for n in names]
+    return None
+
+
+def labels_from_cls(batch) -> list[int]:
+    """DALI's raw ``.cls`` outputs (ASCII digits as uint8) -> class indices (-1 where empty)."""
+    import numpy as np
+
+    out = []
+    for i in range(len(batch)):
+        raw = bytes(np.asarray(batch.as_cpu().at(i) if hasattr(batch, "as_cpu") else batch.at(i)))
+        out.append(int(raw) if raw.strip() else -1)
+    return out
+
+
+def dali_pipeline(
+    dest: str,
+    *,
+    batch_size: int = 64,
+    num_threads: int = 4,
+    device_id: int | None = None,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    shuffle: bool = False,
+    initial_fill: int = 1024,
+    seed: int = 0,
+    use_index: bool = True,
+    build: bool = True,
+):
+    """A DALI pipeline over DEST's tars with outputs ``(images, labels)``.
+
+    Images are decoded to RGB uint8 HWC: on the GPU (``mixed``: nvJPEG for JPEG) when `device_id` is
+    given, else on the CPU. Labels are the raw ``.cls`` members (`labels_from_cls` turns a batch into
+    ints; empty, hence -1, for unlabelled samples). `shard_id`/`num_shards` split the samples between
+    ranks (DALI's sharding: one rank per GPU). Uses the index files of `write_dali_indexes` when they
+    are present and fresh (else DALI scans the tars itself at start-up, which is slower).
+    Local outputs only: DALI reads file paths.
+    """
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+    except ImportError as exc:
+        raise ImportError("dali_pipeline needs DALI: pip install 'resize-pipeline[dali]'") from exc
+    out = open_output(dest)
+    if not out.is_local:
+        raise OutputError(f"{dest}: DALI reads local files; copy the shards to a local disk first")
+    tars = [r for r in out.shards("webdataset") if r.samples != 0]
+    if not tars:
+        raise OutputError(f"{dest} has no WebDataset shards with samples")
+    ext = str(out.manifest.get("encode", "jpg"))
+    if ext not in ("jpg", "png", "webp"):
+        raise OutputError(f"{dest} holds {ext} payloads: DALI decodes jpg/png/webp (use torch_dataset)")
+    index_paths = fresh_indexes(out, tars) if use_index else None
+    if use_index and index_paths is None:
+        log.info("%s: no fresh DALI indexes (write_dali_indexes writes them); DALI will scan the tars", dest)
+    reader_kw: dict[str, Any] = {"index_paths": index_paths} if index_paths else {}
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)  # type: ignore[arg-type]
+    def pipe():
+        img, cls = fn.readers.webdataset(
+            paths=[r.path for r in tars], ext=[ext, "cls"], missing_component_behavior="empty",
+            dtypes=[types.UINT8, types.UINT8], random_shuffle=shuffle, initial_fill=initial_fill,
+            shard_id=shard_id, num_shards=num_shards, name="reader", **reader_kw,
+        )
+        img = fn.decoders.image(img, device="mixed" if device_id is not None else "cpu", output_type=types.RGB)
+        return img, cls
+
+    p = pipe()
+    if build:
+        p.build()
+    return p
+
+
+__all__ = ["dali_pipeline", "index_name", "labels_from_cls", "tar_index", "write_dali_indexes"]

@@ -1,0 +1,126 @@
+"""Open a finished conversion (DEST): its ``_manifest.json`` and the shard files it lists.
+
+Readers use the manifest's shard list, never a directory listing: half-written runs are not read,
+``--format both`` output is never confused (tars vs Parquet), and the per-file sample counts let the
+PyTorch reader split work exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from resize_pipeline.errors import OutputError
+
+MANIFEST_FILE = "_manifest.json"  # the names `resize_pipeline.manifest` writes
+RUN_FILE = "_run.json"
+ERRORS_FILE = "_errors.jsonl"
+FORMATS = ("webdataset", "parquet")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "npy")  # the image member of a sample, by extension
+
+
+def split_key(member: str) -> tuple[str | None, str]:
+    """A tar member name -> (sample key, extension), split at the first dot of the basename, as
+    webdataset (``base_plus_ext``) and DALI's wds2idx group members; (None, "") when it has no dot."""
+    slash = member.rfind("/") + 1
+    dot = member.find(".", slash)
+    if dot <= slash:
+        return None, ""
+    return member[:dot], member[dot + 1 :]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRef:
+    """One shard file listed in the manifest."""
+
+    name: str
+    format: str
+    samples: int
+    bytes: int
+    sha256: str
+    url: str  # a plain path for local output, else the fsspec URL (``s3://...``)
+    path: str  # the path on `Output.fs`
+
+
+@dataclass(frozen=True)
+class Output:
+    """A finished conversion: filesystem, root path, manifest."""
+
+    dest: str
+    fs: Any
+    root: str
+    manifest: dict[str, Any]
+
+    def shards(self, fmt: str | None = None) -> list[ShardRef]:
+        """The complete shard files, in order; only those of `fmt` ("webdataset" or "parquet") when given."""
+        if fmt is not None and fmt not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        out = []
+        for s in self.manifest.get("shards", []):
+            if fmt is not None and s["format"] != fmt:
+                continue
+            path = posixpath.join(self.root, s["name"])
+            out.append(ShardRef(s["name"], s["format"], int(s.get("samples", -1)), int(s["bytes"]), s["sha256"],
+                                self.url(s["name"]), path))
+        return out
+
+    def formats(self) -> list[str]:
+        return list(self.manifest.get("formats", []))
+
+    def path(self, name: str) -> str:
+        return posixpath.join(self.root, name)
+
+    @property
+    def is_local(self) -> bool:
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return protocol in ("file", "local")
+
+    def url(self, name: str) -> str:
+        """A file of DEST as other libraries take it: a plain local path, or the fsspec URL."""
+        path = self.path(name)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+
+def open_output(dest: str, storage_options: dict[str, Any] | None = None) -> Output:
+    """Open DEST; `OutputError` with a one-line reason when it is missing, unfinished or not ours."""
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, root = url_to_fs(dest, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise OutputError(f"cannot open {dest}: {exc}") from None
+    root = root.rstrip("/") or root
+    path = posixpath.join(root, MANIFEST_FILE)
+    try:
+        if not fs.exists(path):
+            if not fs.exists(root):
+                raise OutputError(f"{dest}: no such folder")
+            if not fs.isdir(root):
+                raise OutputError(f"{dest} is a file, not a conversion output folder")
+            if fs.exists(posixpath.join(root, RUN_FILE)):
+                raise OutputError(f"{dest}: the conversion has not finished (no {MANIFEST_FILE} yet); "
+                                  "rerun the same convert command to complete it")
+            raise OutputError(f"{dest} is not a resize-pipeline output (no {MANIFEST_FILE})")
+        with fs.open(path, "r", encoding="utf-8") as fh:
+            manifest = json.load(fh)
+    except OutputError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"cannot read {dest}/{MANIFEST_FILE}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("tool") != "resize_pipeline" or "shards" not in manifest:
+        raise OutputError(f"{dest}/{MANIFEST_FILE} was not written by resize-pipeline")
+    return Output(dest, fs, root, manifest)
+
+
+def shard_urls(dest: str, fmt: str = "webdataset", storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The complete shards of `fmt` listed in DEST's manifest, as URLs, in order.
+
+    Works on any output: ``--format both`` (only the `fmt` files), one shard or many, local or fsspec.
+    """
+    out = open_output(dest, storage_options)
+    refs = out.shards(fmt)
+    if not refs:
+        raise OutputError(f"{dest} has no {fmt} shards (formats: {', '.join(out.formats()) or 'none'})")
+    return [r.url for r in refs]
