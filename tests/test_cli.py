@@ -84,7 +84,7 @@ def test_train_flags_name_the_registered_variants():
     (["demo", "d", "--num", "many"], "resize-pipeline demo", "argument --num: invalid int value: 'many'"),
     (["bogus"], "resize-pipeline", "argument COMMAND: invalid choice: 'bogus'"),
     (["--bogus", "convert", "a", "b"], "resize-pipeline convert", "unrecognized arguments: --bogus"),
-    ([], "resize-pipeline", "a command is required: convert, demo, train, evaluate, preview"),
+    ([], "resize-pipeline", "a command is required: convert, inspect, demo, train, evaluate, preview"),
 ])
 def test_usage_errors_are_short(capsys, argv, prog, message):
     rc = main(argv)
