@@ -12,7 +12,9 @@ runner's steps; it is not a product mode.
 Each configuration runs in a fresh process pinned to 1 or 2 cores (``sched_setaffinity``; the runner
 gets that many threads), interleaved with the others, ``--repeats`` times; the best wall time of each
 is kept (the fairest figure on a machine shared with other work). Reported: images/s, CPU-seconds
-per image, peak RSS, and the speed-up from 1 to 2 cores. Before that, each host stage is timed alone
+per image, cores busy (CPU-seconds per second), run-queue wait (thread-seconds per second spent
+runnable but without a core: other work on the machine, not the GIL), peak RSS, and the speed-up
+from 1 to 2 cores. Before that, each host stage is timed alone
 on one thread (microseconds per image): read, encode (Pillow vs OpenCV, same bytes; simplejpeg if
 installed), tar and Parquet writing, the runner's per-sample write path.
 
@@ -137,13 +139,29 @@ def child(args) -> None:
     warm, timed = tasks[:1], tasks[1:]
     list(runner.run(TaskQueue.of(warm)))  # thread pools, writers, page cache
     n = sum(len(t.items) for t in timed)
+    w0 = run_queue_wait()
     c0, t0 = time.process_time(), time.perf_counter()
     results = list(runner.run(TaskQueue.of(timed)))
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    waited = run_queue_wait() - w0
     assert sum(r.written for r in results) == n, [r.failed for r in results]
-    print(json.dumps({"n": n, "seconds": dt, "cpu_s": cpu,
+    print(json.dumps({"n": n, "seconds": dt, "cpu_s": cpu, "runq_s": waited,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "encoder": runner.built["encoder"]}))
+
+
+def run_queue_wait() -> float:
+    """Seconds this process's threads spent runnable but waiting for a core (``/proc``'s schedstat):
+    time lost to other work on the machine, which the GIL does not cause (a thread waiting for the
+    GIL sleeps)."""
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/schedstat") as fh:
+                total += int(fh.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
 
 
 def run_child(args, cores: int, backend: str, dst: str) -> dict:
@@ -264,8 +282,9 @@ def main() -> int:
         print(f"\nhost path, read -> pass-through 224x224 -> encode jpg q95 -> {args.format}, "
               f"{best[(cores[0], backends[0])]['n']} images, batch {args.batch}, best of {args.repeats} "
               f"(load {report['load_before']:.1f} -> {report['load_after']:.1f})")
-        print("| JPEG codec | cores | img/s | img/s per core | CPU ms/img | peak RSS MiB | x 1 core |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| JPEG codec | cores | img/s | img/s per core | CPU ms/img | cores busy | run-queue wait | "
+              "peak RSS MiB | x 1 core |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         rows = []
         for b in backends:
             base = None
@@ -273,11 +292,13 @@ def main() -> int:
                 r = best[(c, b)]
                 rate = r["n"] / r["seconds"]
                 base = base or rate
+                busy, runq = r["cpu_s"] / r["seconds"], r["runq_s"] / r["seconds"]
                 rows.append({"backend": r["encoder"]["backend"], "cores": c, "img_s": rate,
-                             "cpu_ms_per_img": r["cpu_s"] / r["n"] * 1e3, "peak_rss_mib": r["peak_rss_mib"],
-                             "speedup": rate / base})
+                             "cpu_ms_per_img": r["cpu_s"] / r["n"] * 1e3, "cores_busy": busy,
+                             "run_queue_wait": runq, "peak_rss_mib": r["peak_rss_mib"], "speedup": rate / base})
                 print(f"| {r['encoder']['backend']} | {c} | {rate:,.0f} | {rate / c:,.0f} | "
-                      f"{r['cpu_s'] / r['n'] * 1e3:.3f} | {r['peak_rss_mib']:.0f} | {rate / base:.2f} |")
+                      f"{r['cpu_s'] / r['n'] * 1e3:.3f} | {busy:.2f} | {runq:.2f} | {r['peak_rss_mib']:.0f} | "
+                      f"{rate / base:.2f} |")
         report["runs"] = rows
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1))

@@ -57,7 +57,8 @@ def build_stages(config, resolved, device: str = "cpu", threads: int = 1) -> Sta
         fused = FusedDecodeResizeStage(get_decoder(resolved.decoder, **decoder_kw),
                                        resizer if config.resizer.startswith("learned") else None,
                                        size=config.size, mode=config.mode, pad_color=config.pad_color)
-        steps = [map_step(read), lagged(fused.submit, fused.finish), map_step(fused.resize), map_step(encode)]
+        steps = [map_step(read), lagged(fused.submit, fused.finish), lagged(fused.resize_submit, fused.resize_finish),
+                 map_step(encode)]
         return Stages(steps, {**fused.describe(), "encoder": encode.encoder.describe(), "device": device},
                       [read, fused, encode])
     decode = DecodeStage(get_decoder(resolved.decoder, **decoder_kw), size=config.size, mode=config.mode,
