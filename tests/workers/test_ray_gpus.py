@@ -44,9 +44,8 @@ def test_one_actor_per_gpu_each_sees_its_own(gpu_cluster, corpus, local_referenc
 
 
 def test_plan_sizes_the_pool_by_gpus(gpu_cluster):
-    from workers import ray_engine
-
     from resize_pipeline.preflight import Resolved
+    from workers import ray_engine
 
     cfg = base_config(Path("/in"), Path("/out"))
     plan = ray_engine.plan_actors(cfg, Resolved("cuda", "dali-mixed", True), 100)
