@@ -4,7 +4,8 @@
 
 What a GPU worker's host side must sustain: the decoder hands ~20k img/s of 224x224 images to it on a
 16-core machine. This runs the *real* pipeline of one worker (`runner.ShardRunner`: its task feed,
-read stage, encode stage, shard writers, commits, overlapped steps as on a GPU job) with the device
+read stage with the header pre-screen it does in front of DALI, encode stage, shard writers,
+commits, overlapped steps as on a GPU job) with the device
 stage (DALI decode + resize + CNN) replaced by `PassThrough`, a stand-in that hands ready-made 224x224
 uint8 crops of real photos to the encoder. The stand-in is injected here, by swapping the built
 runner's steps; it is not a product mode.
@@ -15,8 +16,8 @@ is kept (the fairest figure on a machine shared with other work). Reported: imag
 per image, cores busy (CPU-seconds per second), run-queue wait (thread-seconds per second spent
 runnable but without a core: other work on the machine, not the GIL), peak RSS, and the speed-up
 from 1 to 2 cores. Before that, each host stage is timed alone
-on one thread (microseconds per image): read, encode (Pillow vs OpenCV, same bytes; simplejpeg if
-installed), tar and Parquet writing, the runner's per-sample write path.
+on one thread (microseconds per image): read, header probe, encode (Pillow vs OpenCV, same bytes;
+simplejpeg if installed), tar and Parquet writing through the runner's per-sample write path.
 
 Target (issue 10): >= 1.5k img/s per core for 224 jpg q95, and >= 1.7x from 1 to 2 cores.
 """
@@ -99,12 +100,14 @@ class PassThrough:
         batch["orig_width"] = np.full(n, 800, np.int32)
         batch["orig_height"] = np.full(n, 600, np.int32)
         batch.pop("data", None)
+        batch.pop("probe", None)
         return batch
 
 
 def host_runner(src: str, dst: str, *, threads: int, fmt: str, jpeg_backend: str, batch: int,
-                per_shard: int, arrays: list[np.ndarray], overlap: bool = True):
-    """A `ShardRunner` whose decode+resize steps are replaced by `PassThrough`."""
+                per_shard: int, arrays: list[np.ndarray], overlap: bool = True, probe: bool = True):
+    """A `ShardRunner` whose decode+resize steps are replaced by `PassThrough`; with `probe`, its read
+    stage pre-screens headers as it does in front of DALI (the GPU path)."""
     from resize_pipeline.config import ConvertConfig
     from resize_pipeline.engine.stream import map_step
     from resize_pipeline.preflight import resolve
@@ -116,6 +119,8 @@ def host_runner(src: str, dst: str, *, threads: int, fmt: str, jpeg_backend: str
                         overwrite=True, quiet=True)
     runner = ShardRunner(cfg, resolve(cfg), threads=threads)
     read = runner.stages.parts[0]
+    if probe:
+        read.probe_max_pixels = cfg.max_pixels
     encode = EncodeStage("jpg", 95, threads=threads, jpeg_backend=jpeg_backend)
     runner.stages.steps = [map_step(read), map_step(PassThrough(arrays)), map_step(encode)]
     runner.built["encoder"] = encode.encoder.describe()
@@ -134,7 +139,7 @@ def child(args) -> None:
     items = list_source(args.src).items
     runner, cfg = host_runner(args.src, args.child_dst, threads=cores, fmt=args.format,
                               jpeg_backend=args.child_backend, batch=args.batch, per_shard=args.per_shard,
-                              arrays=arrays, overlap=not args.no_overlap)
+                              arrays=arrays, overlap=not args.no_overlap, probe=not args.no_probe)
     tasks = plan_shards(items, args.per_shard)
     warm, timed = tasks[:1], tasks[1:]
     list(runner.run(TaskQueue.of(warm)))  # thread pools, writers, page cache
@@ -167,7 +172,8 @@ def run_queue_wait() -> float:
 def run_child(args, cores: int, backend: str, dst: str) -> dict:
     cmd = [sys.executable, __file__, "--child-cores", str(cores), "--child-backend", backend, "--child-dst", dst,
            "--src", args.src, "--format", args.format, "--batch", str(args.batch),
-           "--per-shard", str(args.per_shard)] + (["--no-overlap"] if args.no_overlap else [])
+           "--per-shard", str(args.per_shard)] + (["--no-overlap"] if args.no_overlap else []) + \
+          (["--no-probe"] if args.no_probe else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
     if out.returncode:
         raise RuntimeError(f"child failed:\n{out.stderr[-3000:]}")
@@ -199,7 +205,13 @@ def stage_costs(src: str, tmp: str, fmt: str) -> dict[str, float]:
     items = list_source(src).items[:256]
     out: dict[str, float] = {}
     read = ReadStage(threads=1)
-    out["read (local files, ~100 KB)"] = per_image_us(lambda its: read(items_to_batch(its)), items)
+    out["read (local files, ~85 KB)"] = per_image_us(lambda its: read(items_to_batch(its)), items)
+    from resize_pipeline.decode.probe import _probe_pillow, probe
+
+    blobs = [bytes(b) for b in read(items_to_batch(items))["data"]]
+    out["header probe (what DALI is fed), fast JPEG reader"] = per_image_us(lambda bs: [probe(b) for b in bs], blobs)
+    out["header probe, through Pillow (before)"] = per_image_us(
+        lambda bs: [_probe_pillow(b, 178_956_970) for b in bs], blobs)
     backends = ["pillow"] + (["opencv"] if opencv_available() else [])
     payloads = None
     for b in backends:
@@ -247,6 +259,8 @@ def main() -> int:
     ap.add_argument("--per-shard", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-overlap", action="store_true", help="serial steps (default: overlapped, as on a GPU)")
+    ap.add_argument("--no-probe", action="store_true", help="no header pre-screen in the read stage "
+                    "(default: on, as in front of DALI)")
     ap.add_argument("--skip-stages", action="store_true")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--src", help=argparse.SUPPRESS)
