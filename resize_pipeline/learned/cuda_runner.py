@@ -5,9 +5,10 @@ host) and returns uint8 (B, 3, h, w). The whole step — uint8 -> float in [0, 1
 CNN under fp16/bf16 autocast, clamp, x255, round, -> uint8 — is one function of fixed shapes, so:
 
 - on CUDA it is captured once per shape as a CUDA graph (`torch.cuda.CUDAGraph`, warmed up on a side
-  stream, all graphs sharing one memory pool) and each batch is one ``copy_`` into the graph's static
-  input plus one ``replay()``: no per-layer launch overhead (~2 GFLOP/img at 16 channels is many
-  small kernels), no host synchronisation;
+  stream with ``cudnn.benchmark`` choosing the convolution algorithms, all graphs sharing one memory
+  pool, captured in ``thread_local`` mode so the worker's other threads may use CUDA meanwhile) and
+  each batch is one ``copy_`` into the graph's static input plus one ``replay()``: no per-layer
+  launch overhead (~2 GFLOP/img at 16 channels is many small kernels), no host synchronisation;
 - a partial batch is padded up to the next bucket (1, 2, 4, ..., batch_size), so the set of shapes
   stays small (the samples are independent: BN is folded, the model is in eval mode);
 - on a CPU (and wherever graphs are off) the same function runs eagerly, bucket-padded the same way:
@@ -62,6 +63,10 @@ class BucketRunner:
         self.module, self.device, self.buckets = module, torch.device(device), tuple(buckets)
         self.amp_dtype, self.channels_last = amp_dtype, channels_last
         self.graphs = bool(graphs) and self.device.type == "cuda"
+        if self.graphs:
+            # shapes are fixed per bucket: let cuDNN time its algorithms once per shape (in the warm-up
+            # before each capture) instead of using its heuristics
+            torch.backends.cudnn.benchmark = True
         self.max_graphs, self.warmup = max_graphs, warmup
         self._graphs: dict[Key, tuple[Any, torch.Tensor, torch.Tensor] | None] = {}  # None: capture failed
         self._pool = None
@@ -101,7 +106,9 @@ class BucketRunner:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: the worker's other threads (DALI's device copies, the reader) keep using CUDA
+        # while this thread captures; only this thread's calls must be capture-safe
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             static_out = self.step(static_in, (h, w))
         self.stats["captures"] += 1
         log.info("captured a CUDA graph for batch %d, %dx%d -> %dx%d", b, ww, hh, w, h)
