@@ -39,17 +39,20 @@ repository root of the checkout the session sends:
    safetensors, pytest are installed on that machine; the package runs from the tree (no install).
 2. Device calls, back to back (the machine stays warm 30 s between calls):
    ``carry [".carry1"]``: ``mkdir -p /tmp/parts && cp .carry1/* /tmp/parts/`` ... up to N-1, then
-   ``carry [".carryN"]``, ``timeout_s 540``:
-   ``source .carryN/install_carried.sh .carryN && PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --out $OUT``
+   ``carry [".carryN"]``, ``timeout_s 570``:
+   ``source .carryN/install_carried.sh .carryN && PYTHONUNBUFFERED=1 python3 benchmarks/gpu_suite.py --budget 360 --out $OUT``
 3. ``give_back``. The reply's output_tail holds the table; ``gpu_suite.json`` and ``pytest_gpu.log``
    come back under files_at. Copy the table into docs/benchmarks.md ("GPU"), naming the card.
-Budget: start ~1-2 min, N carrying calls ~0.5 min each, the suite <= 8 min (``--budget 420`` plus
-corpus generation and start-up).
+Budget (15 minutes of device time in all): start ~1-2 min, N-1 carrying calls (N = 5 for DALI alone)
+~0.5 min each, the last call ~1 min of wheel install + the suite (corpus ~10 s, then ``--budget``
+seconds of steps; a step that no longer fits is skipped, one that overruns prints its threads'
+stacks) = ~12 min; there is no time for a second full run, so read the JSON even when rows failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import io
 import json
 import logging
@@ -167,6 +170,8 @@ class Suite:
             return None
         print(f"-- {name} ...", flush=True)
         t = time.perf_counter()
+        # a step that hangs (a deadlock on first contact with the GPU) prints every thread's stack
+        faulthandler.dump_traceback_later(max(30.0, self.left()), exit=False)
         try:
             self.mem_reset()
             entry.update(fn())
@@ -174,6 +179,8 @@ class Suite:
         except Exception as exc:  # noqa: BLE001 - report, keep measuring
             traceback.print_exc()
             entry["note"] = f"FAILED: {type(exc).__name__}: {str(exc)[:200]}"
+        finally:
+            faulthandler.cancel_dump_traceback_later()
         entry["step_s"] = time.perf_counter() - t
         print(f"   {json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in entry.items()})}",
               flush=True)
