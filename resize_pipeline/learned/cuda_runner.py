@@ -151,6 +151,5 @@ class BucketRunner:
         return self.step(x, (h, w))[:n]
 
     def describe(self) -> dict[str, Any]:
-        return {"cuda_graphs": self.graphs, "buckets": list(self.buckets), "graphs_captured": sum(g is not None for g in self._graphs.values()),
-                "channels_last": self.channels_last,
+        return {"cuda_graphs": self.graphs, "buckets": list(self.buckets), "channels_last": self.channels_last,
                 "amp": None if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")}
