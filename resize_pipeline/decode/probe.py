@@ -42,7 +42,10 @@ def probe(blob: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probe:
     opening it with Pillow: this runs for every input of a GPU job, under the GIL); anything it is
     not sure about goes through Pillow, which decides."""
     if blob[:2] == b"\xff\xd8":
-        fast = _jpeg_fast(blob, max_pixels)
+        try:
+            fast = _jpeg_fast(blob, max_pixels)
+        except Exception:  # noqa: BLE001 - a header it misreads is Pillow's to judge
+            fast = None
         if fast is not None:
             return fast
     return _probe_pillow(blob, max_pixels)
@@ -130,6 +133,8 @@ def _exif_orientation(tiff: bytes) -> int | None:
     else:
         return None
     n = len(tiff)
+    if n < 8:
+        return None
     (ifd,) = struct.unpack_from(e + "I", tiff, 4)
     if ifd < 8 or ifd + 2 > n:
         return None

@@ -97,6 +97,14 @@ def test_fast_path_agrees_with_pillow(photos):
     assert taken >= len(corpus) // 3  # the clean ones go the fast way
 
 
+def test_short_exif_blocks_go_to_pillow(photos):
+    img = np.ascontiguousarray(photos["chelsea"][:40, :50, :3])
+    for exif in (b"Exif\0\0", b"Exif\0\0II*", b"Exif\0\0II*\0\x08\0", b"Exif\0\0MM\0*\0\0\0\x08\0\x05"):
+        b = _jpeg(img, exif=exif)
+        assert _jpeg_fast(b, MAX) is None
+        assert _key(probe(b, MAX)) == _key(_probe_pillow(b, MAX))
+
+
 def test_orientation_and_limits(photos):
     img = np.ascontiguousarray(photos["chelsea"][:90, :160, :3])
     for o in range(1, 9):
