@@ -25,7 +25,8 @@ it measured:
    ``torch.compile`` + CUDA graphs; max/mean |difference| from eager fp32 in grey levels.
 5. **encode**: nvImageCodec (``nvidia-nvimgcodec-cu13``, GPU nvJPEG) on the CNN's output batch, when
    importable; and the host path alone (read -> ready-made 224 arrays -> OpenCV encode -> tar) with
-   all cores (`bench_host.py`'s pass-through runner).
+   all cores (`bench_host.py`'s pass-through runner), then `bench_host.py` pinned to 1, 2, 4, ...
+   cores, OpenCV vs Pillow: the quiet-machine figure of the host path's scaling (1 -> 2 cores).
 
 It prints one table (img/s, x decode-only, peak torch GPU memory, device memory in use incl. DALI's
 pools) and the targets of the issue, and writes ``gpu_suite.json`` and ``pytest_gpu.log`` to ``--out``.
@@ -385,6 +386,27 @@ class Suite:
         return {"img_s": n / dt, "n": n, "cores_busy": (time.process_time() - c0) / dt,
                 "encoder": runner.built["encoder"]}
 
+    def host_scaling(self) -> dict:
+        """`bench_host.py` on this machine: the host path pinned to 1, 2, 4, ... cores, OpenCV vs
+        Pillow (on the GPU machine nothing else runs: this is the quiet-machine scaling figure)."""
+        a = self.args
+        cores = [c for c in (1, 2, 4, 8, 16, 32) if c <= (os.cpu_count() or 1)]
+        path = os.path.join(a.tmp, "bench_host.json")
+        cmd = [sys.executable, str(REPO / "benchmarks" / "bench_host.py"), "--n", str(a.host_n), "--repeats", "1",
+               "--skip-stages", "--backends", "opencv,pillow", "--cores", ",".join(map(str, cores)), "--json", path]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30.0, self.left()))
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+        print(out.stdout[-2500:], flush=True)
+        report = json.loads(Path(path).read_text())
+        runs = report["runs"]
+        one = {r["backend"]: r["img_s"] for r in runs if r["cores"] == 1}
+        best = max((r for r in runs if r["backend"] == "opencv"), key=lambda r: r["img_s"])
+        return {"img_s": best["img_s"], "cores": best["cores"], "runs": runs,
+                "x_2_cores": {b: next(r["img_s"] for r in runs if r["backend"] == b and r["cores"] == 2) / v
+                              for b, v in one.items() if any(r["cores"] == 2 for r in runs)},
+                "machine_check": report.get("machine_scaling")}
+
     # ---------------------------------------------------------------------------------------------------
     def run(self) -> int:
         a = self.args
@@ -449,6 +471,8 @@ class Suite:
             self.row("encode: nvImageCodec JPEG q95 4:2:0 on the GPU (CNN output)", self.nvimgcodec, kind="encode")
         self.row(f"host path: read -> 224 arrays -> OpenCV jpg q95 -> tar, {a.threads} threads",
                  lambda: self.host_path(src), needs=20, kind="host")
+        self.row("host path pinned to 1, 2, 4.. cores (bench_host.py; best OpenCV row)", self.host_scaling,
+                 needs=60, kind="host_scaling")
         return self.summarise()
 
     def summarise(self) -> int:
@@ -468,6 +492,9 @@ class Suite:
             note = r.get("note", "")
             if "max_diff_vs_fp32" in r:
                 note += f" max/mean diff vs fp32 {r['max_diff_vs_fp32']}/{r['mean_diff_vs_fp32']:.3f}"
+            if "x_2_cores" in r:
+                note += " 1->2 cores: " + ", ".join(f"{b} {v:.2f}x" for b, v in r["x_2_cores"].items())
+                note += f" (best at {r['cores']} cores; machine check {r['machine_check']})"
             if "startup_s" in r:
                 note += f" start-up {r['startup_s']:.1f} s, end to end {r['end_to_end_img_s']:,.0f} img/s"
             gm = r.get("peak_gpu_mib")
@@ -509,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--hw-decoder-load", type=float, default=0.65)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--host-n", type=int, default=None, help="images per host-scaling run (default 12000; --small 64)")
     ap.add_argument("--min-seconds", type=float, default=None, help="timed window of the CNN/encode rows")
     ap.add_argument("--budget", type=float, default=420.0, help="seconds for the steps after the corpus")
     ap.add_argument("--pytest-paths", default="", help=f"test files for pytest -m gpu (default {' '.join(GPU_TESTS)})")
@@ -518,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     small = args.small
     for name, big, tiny in (("n", 24576, 48), ("n_distinct", 2048, 16), ("per_shard", 1024, 8), ("batch", 128, 16),
-                            ("cnn_batch", 256, 4), ("min_seconds", 2.0, 0.2)):
+                            ("cnn_batch", 256, 4), ("min_seconds", 2.0, 0.2), ("host_n", 12000, 64)):
         if getattr(args, name) is None:
             setattr(args, name, tiny if small else big)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

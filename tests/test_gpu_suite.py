@@ -28,10 +28,11 @@ def test_suite_runs_in_cpu_mode(tmp_path):
     assert "skipped" in (out / "pytest_gpu.log").read_text()  # the gpu tests exist and skip without CUDA
     kinds = {r["kind"]: r for r in report["rows"]}
     for kind in ("decode224", "decode448", "convert_classical", "convert_learned", "convert_classical_2w",
-                 "convert_learned_2w", "cnn", "host"):
+                 "convert_learned_2w", "cnn", "host", "host_scaling"):
         assert kinds[kind].get("img_s", 0) > 0, kinds[kind]
     assert kinds["convert_learned"]["resolved"]["decoder"] == "dali-cpu"
     assert kinds["convert_classical"]["built"]["encoder"]["backend"] in ("opencv", "pillow")
     assert kinds["convert_learned_2w"]["workers"] == 2
+    assert set(kinds["host_scaling"]["x_2_cores"]) == {"opencv", "pillow"}
     assert set(report["targets"]) >= {"convert_classical", "convert_learned", "cnn_alone_best"}
     assert "| convert learned" in proc.stdout and "x decode-only" in proc.stdout
