@@ -494,7 +494,8 @@ class Suite:
                 note += f" max/mean diff vs fp32 {r['max_diff_vs_fp32']}/{r['mean_diff_vs_fp32']:.3f}"
             if "x_2_cores" in r:
                 note += " 1->2 cores: " + ", ".join(f"{b} {v:.2f}x" for b, v in r["x_2_cores"].items())
-                note += f" (best at {r['cores']} cores; machine check {r['machine_check']})"
+                checks = ", ".join(f"{c:.2f}x" for c in r["machine_check"] or [])
+                note += f" (best at {r['cores']} cores; machine check {checks})"
             if "startup_s" in r:
                 note += f" start-up {r['startup_s']:.1f} s, end to end {r['end_to_end_img_s']:,.0f} img/s"
             gm = r.get("peak_gpu_mib")
