@@ -57,13 +57,16 @@ def build_stages(config, resolved, device: str = "cpu", threads: int = 1) -> Sta
         fused = FusedDecodeResizeStage(get_decoder(resolved.decoder, **decoder_kw),
                                        resizer if config.resizer.startswith("learned") else None,
                                        size=config.size, mode=config.mode, pad_color=config.pad_color)
-        steps = [map_step(read), lagged(fused.submit, fused.finish), map_step(fused.resize), map_step(encode)]
-        return Stages(steps, {**fused.describe(), "device": device}, [read, fused, encode])
+        steps = [map_step(read), lagged(fused.submit, fused.finish), lagged(fused.resize_submit, fused.resize_finish),
+                 map_step(encode)]
+        return Stages(steps, {**fused.describe(), "encoder": encode.encoder.describe(), "device": device},
+                      [read, fused, encode])
     from resize_pipeline.resize import ClassicalResizer
 
     decode = DecodeStage(get_decoder(resolved.decoder, **decoder_kw), size=config.size, mode=config.mode,
                          input_scale=resizer.input_scale, threads=threads,
                          as_image=isinstance(resizer, ClassicalResizer))
     resize = ResizeStage(resizer, size=config.size, mode=config.mode, pad_color=config.pad_color, threads=threads)
-    built = {"decoder": decode.decoder.describe(), "resizer": resizer.describe(), "device": device}
+    built = {"decoder": decode.decoder.describe(), "resizer": resizer.describe(),
+             "encoder": encode.encoder.describe(), "device": device}
     return Stages([map_step(s) for s in (read, decode, resize, encode)], built, [read, decode, resize, encode])

@@ -198,12 +198,17 @@ class ResizeStage(ThreadChunks):
 
 
 class EncodeStage(ThreadChunks):
-    """Encode ``image`` to ``payload`` bytes; records output ``width``/``height``."""
+    """Encode ``image`` to ``payload`` bytes; records output ``width``/``height``.
 
-    def __init__(self, encode: str = "jpg", quality: int = 95, threads: int = 1) -> None:
+    Images are spread over the thread pool; with OpenCV's JPEG codec (`encode.Encoder`, same bytes
+    as Pillow's) the encodes run in parallel without the GIL."""
+
+    def __init__(self, encode: str = "jpg", quality: int = 95, threads: int = 1, *,
+                 jpeg_backend: str = "auto") -> None:
         from resize_pipeline.encode import Encoder
 
-        self.encoder = Encoder(encode, quality)
+        self.encoder = Encoder(encode, quality, jpeg_backend)
+        # OpenCV's JPEG encode releases the GIL: threads scale; Pillow's holds it (no gain, no harm)
         self.threads = max(1, int(threads or 1))
 
     def _encode(self, images: list) -> list:

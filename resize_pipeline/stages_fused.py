@@ -10,7 +10,13 @@ Classical filters map to DALI's own interpolation (nearest, linear, cubic, lancz
 to the output size happens in DALI; ``area`` has no DALI equivalent and keeps the unfused path.
 
 Decode is split into `submit` / `finish` so that the engine can keep DALI one batch ahead
-(`stream.lagged`): DALI decodes batch k+1 while the CNN resizes batch k.
+(`stream.lagged`): DALI decodes batch k+1 while the CNN resizes batch k. The resize is split
+the same way (`resize_submit` / `resize_finish`): in GPU mode the data stays on the GPU from decode to
+resize (DALI's batch is copied once, device to device, into one torch buffer whose per-sample views
+are re-stacked without a copy, `stack_views`); each group of equal shapes (one group per batch in the
+fixed-size modes) runs the CNN and is copied to the host **once**, as one uint8 batch, asynchronously
+into pinned memory; one CUDA event per batch is the only wait, in `resize_finish`, after the next
+batch has been launched. No per-sample synchronisation.
 """
 
 from __future__ import annotations
@@ -93,40 +99,88 @@ class FusedDecodeResizeStage:
     def decode(self, batch: Batch) -> Batch:
         return self.finish(self.submit(batch))
 
-    def resize(self, batch: Batch) -> Batch:
-        """``image`` at input size -> uint8 HWC host arrays at the target geometry (``op`` consumed)."""
+    def resize_submit(self, batch: Batch):
+        """Start resizing ``image`` (at the resizer's input size) to the output size: per group of equal
+        shapes, the CNN (or nothing, for a classical filter: DALI resized already) and, in GPU mode,
+        one asynchronous copy of the group's uint8 output into pinned host memory; one CUDA event
+        marks the end of the batch. Nothing waits for the GPU here (`resize_finish` does), so the
+        next batch is launched while this one is still running."""
         images, ops = batch["image"], batch.pop("op")
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i in ok_rows(batch):
             groups[(ops[i].size, tuple(images[i].shape))].append(i)
+        launched: list[tuple[list[int], list]] = []
         for (size, _), idx in groups.items():
-            outs = isolate(lambda part, size=size: self._resize_group([images[i] for i in part], size), idx)
+            outs = isolate(lambda part, size=size: self._launch([images[i] for i in part], size), idx)
+            launched.append((idx, outs))
+        event = None
+        if self.gpu and launched:
+            import torch
+
+            event = torch.cuda.Event()
+            event.record()
+        return batch, ops, launched, event
+
+    def resize_finish(self, token) -> Batch:
+        """Wait for the batch's copy (GPU mode), then ``image`` = uint8 HWC host arrays at the target
+        geometry (views of the batch's host buffer; letterboxed in pad mode)."""
+        batch, ops, launched, event = token
+        if event is not None:
+            event.synchronize()
+        images = batch["image"]
+        for idx, outs in launched:
             for i, out in zip(idx, outs, strict=True):
                 try:
                     if isinstance(out, Exception):
                         raise out
-                    images[i] = place(out, ops[i], self.pad_color)
+                    host = out[0].numpy()[out[1]] if isinstance(out, tuple) else out
+                    images[i] = place(host, ops[i], self.pad_color)
                 except Exception as exc:  # noqa: BLE001
                     images[i] = None
                     fail(batch, i, "resize", exc)
         return batch
 
+    def resize(self, batch: Batch) -> Batch:
+        """``image`` at input size -> uint8 HWC host arrays at the target geometry (``op`` consumed)."""
+        return self.resize_finish(self.resize_submit(batch))
+
     def __call__(self, batch: Batch) -> Batch:
         return self.resize(self.decode(batch))
 
-    def _resize_group(self, items: list, size: tuple[int, int]) -> list[np.ndarray]:
-        """Equal-shape items: HWC host arrays (CPU mode) or (3, h, w) CUDA tensors (GPU mode)."""
-        if self.resizer is None:  # DALI already produced the output size
-            if self.gpu:
-                import torch
+    def _launch(self, items: list, size: tuple[int, int]) -> list:
+        """Equal-shape items -> one result per item: in GPU mode ``(pinned host tensor (n, h, w, 3), k)``
+        whose copy is in flight; in CPU mode the uint8 HWC array itself."""
+        if not self.gpu:
+            if self.resizer is None:  # DALI already produced the output size
+                return [np.ascontiguousarray(a) for a in items]
+            import torch
 
-                return list(torch.stack(items).permute(0, 2, 3, 1).contiguous().cpu().numpy())
-            return [np.ascontiguousarray(a) for a in items]
+            t = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
+            y = self.resizer.resize_tensor(t, size)  # (B, 3, h, w) uint8
+            return list(y.permute(0, 2, 3, 1).contiguous().numpy())
         import torch
 
-        if self.gpu:
-            t = torch.stack(items)  # (B, 3, H, W) uint8 on the GPU
-        else:
-            t = torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2)
-        y = self.resizer.resize_tensor(t, size)  # (B, 3, h, w) uint8
-        return list(y.permute(0, 2, 3, 1).contiguous().cpu().numpy())
+        t = stack_views(items)  # (B, 3, H, W) uint8 on the GPU, usually a view of DALI's output copy
+        y = t if self.resizer is None else self.resizer.resize_tensor(t, size)
+        nhwc = y.permute(0, 2, 3, 1)  # channels_last memory: already contiguous, one DMA
+        host = torch.empty(nhwc.shape, dtype=torch.uint8, pin_memory=True)  # torch's caching host allocator
+        host.copy_(nhwc, non_blocking=True)
+        return [(host, k) for k in range(len(items))]
+
+
+def stack_views(items: list):
+    """Equal-shape CUDA (or CPU) tensors -> one (n, ...) tensor: without a copy when they are evenly
+    spaced views of one buffer (DALI's batch, copied back to back by `DaliDecoder`), else `torch.stack`."""
+    import torch
+
+    first = items[0]
+    if len(items) > 1:
+        step = items[1].storage_offset() - first.storage_offset()
+        ptr = first.untyped_storage().data_ptr()
+        if step >= first.numel() and all(
+            t.shape == first.shape and t.stride() == first.stride()
+            and t.untyped_storage().data_ptr() == ptr and t.storage_offset() == first.storage_offset() + k * step
+            for k, t in enumerate(items)
+        ):
+            return first.as_strided((len(items), *first.shape), (step, *first.stride()), first.storage_offset())
+    return torch.stack(items)

@@ -63,3 +63,23 @@ def test_overlapped_fused_steps_write_the_same_bytes(broken_folder, tmp_path):
         assert (s.written, s.failed) == (10, 3)
         outs.append({p.name: p.read_bytes() for p in sorted(dst.glob("*.tar"))})
     assert outs[0] == outs[1] and len(outs[0]) == 3
+
+
+def test_stack_views_reuses_the_decoders_buffer():
+    """DALI's batch is copied back to back into one buffer; its per-sample (3, h, w) views of HWC
+    memory are re-stacked without a copy (same values as torch.stack), anything else is stacked."""
+    import torch
+
+    from resize_pipeline.stages_fused import stack_views
+
+    n, h, w = 4, 5, 6
+    flat = torch.arange(n * h * w * 3, dtype=torch.int64).to(torch.uint8)
+    views = [flat[k * h * w * 3 : (k + 1) * h * w * 3].view(h, w, 3).permute(2, 0, 1) for k in range(n)]
+    stacked = stack_views(views)
+    assert torch.equal(stacked, torch.stack(views))
+    assert stacked.data_ptr() == flat.data_ptr()  # no copy
+    assert stacked.permute(0, 2, 3, 1).is_contiguous()  # NHWC: one device-to-host copy
+    shuffled = [views[1], views[0], views[2]]
+    assert torch.equal(stack_views(shuffled), torch.stack(shuffled))
+    assert stack_views(shuffled).data_ptr() != flat.data_ptr()
+    assert torch.equal(stack_views(views[:1]), views[0][None])

@@ -66,6 +66,8 @@ class LearnedResizer(Resizer):
             native bf16 (AVX512-BF16 / AMX), else fp32. ``fp32`` for bit-stable output across machines.
         compile: wrap the module in ``torch.compile`` (static shapes thanks to the buckets).
         threads: ``torch.set_num_threads`` for CPU inference (None: leave as is).
+        cuda_graphs: on CUDA, run uint8 batches as CUDA graphs, one per bucket and shape
+            (`cuda_runner.BucketRunner`); off: eager.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class LearnedResizer(Resizer):
         compile: bool = False,
         channels_last: bool = True,
         threads: int | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -110,6 +113,13 @@ class LearnedResizer(Resizer):
                 precision = "bf16" if cpu_has_native_bf16() else "fp32"
         self.precision = precision
         self._amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        #: on CUDA, uint8 batches go through fixed-shape CUDA graphs (`cuda_runner`)
+        self._runner = None
+        if self.device.type == "cuda":
+            from resize_pipeline.learned.cuda_runner import BucketRunner
+
+            self._runner = BucketRunner(self.module, self.device, self.buckets, amp_dtype=self._amp_dtype,
+                                        channels_last=channels_last, graphs=cuda_graphs)
         log.info(
             "learned resizer %s on %s (%s, sha256 %s)", self.path, self.device, precision, self.sha256[:12]
         )
@@ -128,6 +138,12 @@ class LearnedResizer(Resizer):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
         w, h = size
+        if self._runner is not None and x.dtype == torch.uint8 and x.shape[0] <= self.buckets[-1]:
+            y = self._runner(x.to(self.device, non_blocking=True), (h, w))
+            if tuple(y.shape) != (x.shape[0], 3, h, w):
+                raise ValueError(f"resizer {self.path} returned shape {tuple(y.shape)} for input "
+                                 f"{tuple(x.shape)}; expected ({x.shape[0]}, 3, {h}, {w})")
+            return y
         with torch.inference_mode():
             x = x.to(self.device, non_blocking=True)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
@@ -200,5 +216,6 @@ class LearnedResizer(Resizer):
             "input_scale": self.input_scale,
             "device": str(self.device),
             "precision": self.precision,
+            **({"runner": self._runner.describe()} if self._runner is not None else {}),
             "config": config,
         }

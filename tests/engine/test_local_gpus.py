@@ -1,0 +1,53 @@
+"""Several GPUs on the local engine: one worker process per visible GPU, each seeing only its own
+(``CUDA_VISIBLE_DEVICES``), decided without creating a CUDA context. GPUs are faked through
+``CUDA_VISIBLE_DEVICES``; the job itself uses Pillow and a classical filter, so nothing touches CUDA."""
+
+from __future__ import annotations
+
+import pytest
+
+from resize_pipeline.config import ConvertConfig
+from resize_pipeline.devices import gpu_count, place_workers
+from resize_pipeline.engine.local import plan_workers, run_local
+from resize_pipeline.preflight import Resolved
+from resize_pipeline.shards import plan_shards
+from resize_pipeline.sources import list_source
+
+GPU_JOB = Resolved("cuda", "pillow", False, gpus=2)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7,9")
+    assert gpu_count() == 2
+
+
+def _config(src="/in", dst="/out", **kw):
+    return ConvertConfig(str(src), str(dst), quiet=True, **kw)
+
+
+def test_one_worker_process_per_gpu(two_gpus):
+    assert plan_workers(_config(), GPU_JOB, 10) == (2, "process")
+    assert plan_workers(_config(), GPU_JOB, 1) == (1, "process")  # never more workers than shards
+    assert plan_workers(_config(), Resolved("cuda:1", "pillow", False), 10)[0] == 1  # one named GPU
+    assert plan_workers(_config(workers=3), GPU_JOB, 10)[0] == 3  # asked for: round-robin below
+    assert plan_workers(_config(workers=0), Resolved("cpu", "pillow", False), 10)[0] == _config().num_workers
+
+
+def test_placements(two_gpus):
+    iso = place_workers("cuda", 3)
+    assert [p.env for p in iso] == [{"CUDA_VISIBLE_DEVICES": v} for v in ("7", "9", "7")]
+    assert {p.device for p in iso} == {"cuda:0"}  # each process sees its one GPU as cuda:0
+    assert [p.device for p in place_workers("cuda", 3, isolate=False)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert [p.env for p in place_workers("cuda:1", 2)] == [{"CUDA_VISIBLE_DEVICES": "9"}] * 2
+    assert [p.device for p in place_workers("cpu", 2)] == ["cpu", "cpu"]
+
+
+def test_each_worker_process_sees_its_own_gpu(two_gpus, image_folder, tmp_path):
+    cfg = _config(image_folder, tmp_path / "out", samples_per_shard=2, size=32)
+    tasks = plan_shards(list_source(str(image_folder)).items, cfg.samples_per_shard)
+    results = list(run_local(cfg, GPU_JOB, tasks))
+    assert sum(r.written for r in results) == 10
+    seen = {r.built["cuda_visible_devices"] for r in results}
+    assert seen == {"7", "9"}, seen
+    assert {r.built["device"] for r in results} == {"cuda:0"}
