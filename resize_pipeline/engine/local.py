@@ -114,17 +114,12 @@ def plan_workers(config, resolved, n_tasks: int) -> tuple[int, str]:
 
 
 class _Slot:
-    """One worker (a thread or a process) and the shards it holds."""
+    """One worker (a thread or a process), its own channels and the shards it holds."""
 
-    def __init__(self, wid: int, start: Callable[[int, Any], Any], inbox_factory: Callable[[], Any]) -> None:
-        self.wid = wid
-        self.inbox = inbox_factory()
-        self.handle = start(wid, self.inbox)
+    def __init__(self, wid: int, handle: Any, inbox: Any, conn: Any = None) -> None:
+        self.wid, self.handle, self.inbox, self.conn = wid, handle, inbox, conn
         self.tasks: dict[int, ShardTask] = {}
         self.exited = False
-
-    def alive(self) -> bool:
-        return self.exited or self.handle.is_alive()
 
 
 def run_local(
@@ -152,31 +147,34 @@ def run_local(
 
 
 def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress):
-    if parallelism == "process":
-        ctx = _mp_context()
-        outbox: Any = ctx.Queue()
+    """Workers in threads or processes; each gets its shards through its own inbox (two queued).
 
-        def start(wid: int, inbox) -> Any:
+    Worker processes report through their own pipe (never a shared queue: a process killed while
+    writing to a shared queue would leave its lock held and hang the others), and their death is
+    seen at once through the process sentinel.
+    """
+    shared: queue.Queue = queue.Queue()  # thread workers' reports
+    ctx = _mp_context() if parallelism == "process" else None
+
+    def start(wid: int) -> _Slot:
+        if ctx is not None:
+            inbox = ctx.SimpleQueue()
+            recv, send = ctx.Pipe(duplex=False)
             p = ctx.Process(target=worker_main, name=f"convert-{wid}", daemon=True,
-                            args=(wid, config, resolved, placements[wid], threads, inbox, outbox, os.getpid()))
+                            args=(wid, config, resolved, placements[wid], threads, inbox, _PipeOutbox(send),
+                                  os.getpid()))
             p.start()
-            return p
-
-        inbox_factory: Callable[[], Any] = ctx.Queue
-    else:
-        outbox = queue.Queue()
-
-        def start(wid: int, inbox) -> Any:
-            t = threading.Thread(target=worker_main, name=f"convert-{wid}", daemon=True,
-                                 args=(wid, config, resolved, placements[wid], threads, inbox, outbox))
-            t.start()
-            return t
-
-        inbox_factory = queue.Queue
+            send.close()  # the child holds the write end: EOF here when it dies
+            return _Slot(wid, p, inbox, recv)
+        inbox = queue.Queue()
+        t = threading.Thread(target=worker_main, name=f"convert-{wid}", daemon=True,
+                             args=(wid, config, resolved, placements[wid], threads, inbox, shared))
+        t.start()
+        return _Slot(wid, t, inbox)
 
     pending: deque[ShardTask] = deque(tasks)
     attempts: dict[int, int] = {t.index: 1 for t in tasks}
-    slots = [_Slot(w, start, inbox_factory) for w in range(workers)]
+    slots = [start(w) for w in range(workers)]
     remaining = len(tasks)
 
     def assign(slot: _Slot) -> None:
@@ -200,40 +198,71 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
                 yield res
             else:
                 pending.appendleft(t)
-        slots[slot.wid] = _Slot(slot.wid, start, inbox_factory)
+        if slot.conn is not None:
+            slot.conn.close()
+        slots[slot.wid] = start(slot.wid)
+        assign(slots[slot.wid])
+
+    def messages(timeout: float) -> Iterator[tuple[_Slot, Any]]:
+        """(slot, message) pairs ready within `timeout`; message None = the worker process is gone."""
+        if ctx is None:
+            try:
+                kind, wid, payload = shared.get(timeout=timeout)
+            except queue.Empty:
+                return
+            yield slots[wid], (kind, wid, payload)
+            return
+        from multiprocessing.connection import wait
+
+        by_conn = {s.conn: s for s in slots}
+        by_sentinel = {s.handle.sentinel: s for s in slots if not s.exited}
+        for ready in wait(list(by_conn) + list(by_sentinel), timeout):
+            slot = by_conn.get(ready)
+            if slot is not None:
+                try:
+                    yield slot, slot.conn.recv()
+                except (EOFError, OSError):
+                    if not slot.exited:
+                        yield slot, None
+            else:
+                slot = by_sentinel[ready]
+                if slots[slot.wid] is not slot or slot.exited:
+                    continue  # already handled through its pipe
+                try:
+                    if slot.conn.poll():
+                        continue  # its last reports come through the pipe first
+                except OSError:
+                    continue
+                yield slot, None
 
     for s in slots:
         assign(s)
     try:
         while remaining:
-            try:
-                kind, wid, payload = outbox.get(timeout=0.5)
-            except queue.Empty:
-                for s in list(slots):
-                    if not s.alive():
-                        code = getattr(s.handle, "exitcode", None)
-                        yield from lost(s, f"exit code {code}")
-                        assign(slots[s.wid])
-                continue
-            slot = slots[wid]
-            if kind == "result":
-                slot.tasks.pop(payload.index, None)
-                remaining -= 1
-                if on_progress:
-                    on_progress(payload.total)
-                yield payload
-                assign(slot)
-            elif kind == "error":
-                raise OutputError(f"a worker could not start: {payload}")
-            elif kind == "fatal":
-                raise OutputError(payload)
-            elif kind == "crash":
-                slot.exited = True
-                log.error("worker %d crashed:\n%s", wid, payload)
-                yield from lost(slot, payload.strip().splitlines()[-1])
-                assign(slots[wid])
-            elif kind == "exit":
-                slot.exited = True
+            for slot, msg in messages(0.5):
+                if slots[slot.wid] is not slot:
+                    continue  # a report of a worker already replaced
+                if msg is None:
+                    yield from lost(slot, f"exit code {slot.handle.exitcode}")
+                    continue
+                kind, _, payload = msg
+                if kind == "result":
+                    slot.tasks.pop(payload.index, None)
+                    remaining -= 1
+                    if on_progress:
+                        on_progress(payload.total)
+                    yield payload
+                    assign(slot)
+                elif kind == "error":
+                    raise OutputError(f"a worker could not start: {payload}")
+                elif kind == "fatal":
+                    raise OutputError(payload)
+                elif kind == "crash":
+                    slot.exited = True
+                    log.error("worker %d crashed:\n%s", slot.wid, payload)
+                    yield from lost(slot, payload.strip().splitlines()[-1])
+                elif kind == "exit":
+                    slot.exited = True
     finally:
         for s in slots:
             try:
@@ -243,5 +272,17 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
         deadline = time.time() + 10
         for s in slots:
             s.handle.join(max(0.1, deadline - time.time()))
-            if parallelism == "process" and s.handle.is_alive():
+            if ctx is not None and s.handle.is_alive():
                 s.handle.terminate()
+            if s.conn is not None:
+                s.conn.close()
+
+
+class _PipeOutbox:
+    """A worker process's end of its report pipe, with a queue's ``put``."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+
+    def put(self, msg) -> None:
+        self.conn.send(msg)
