@@ -62,6 +62,9 @@ class Encoder:
             except ImportError as exc:
                 raise ImportError("the opencv JPEG backend needs OpenCV: pip install opencv-python-headless "
                                   "(or 'resize-pipeline[fast]')") from exc
+            # our stages spread images over threads and processes: OpenCV's own thread pool (one
+            # thread per core in every process, for cvtColor) only adds contention on top of that
+            cv2.setNumThreads(1)
             self._cv2 = cv2
             self._cv2_params = [cv2.IMWRITE_JPEG_QUALITY, self.quality]
 
