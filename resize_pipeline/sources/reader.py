@@ -3,15 +3,22 @@
 Whole files go through ``fs.cat`` (concurrent on async filesystems such as s3fs), tar members through
 ``fs.cat_ranges``, Parquet rows through the row groups that hold them. Failures come back in place as
 exceptions; permanent ones (missing file, permission) are not retried.
+
+`ReadPool` bounds each read in time: every input (every Parquet file's group of rows) is read on its
+own daemon thread and given up after ``--read-timeout`` seconds, retries included; it then fails
+alone (`ReadTimeout`, a ``read`` error row) while the rest of its batch goes on. A read that was
+given up keeps its thread until the filesystem returns (it cannot be interrupted); a fresh thread
+takes its place, so stuck reads never starve the others.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from fsspec.core import url_to_fs
 
@@ -127,3 +134,99 @@ def read_items(
         log.warning("retrying %d reads after transient errors (attempt %d): %s", len(pending), attempt + 1, out[pending[0]])
         time.sleep(backoff * 2**attempt)
     return out  # type: ignore[return-value]
+
+
+T = TypeVar("T")
+#: threads given up on (still waiting for a filesystem) beyond which no replacement is started
+MAX_STUCK = 256
+
+
+class ReadTimeout(TimeoutError):
+    """A read that took longer than ``--read-timeout``."""
+
+
+class _Job:
+    __slots__ = ("fn", "cond", "submitted", "started", "finished", "abandoned", "result")
+
+    def __init__(self, fn: Callable[[], Any], cond: threading.Condition) -> None:
+        self.fn, self.cond = fn, cond
+        self.submitted = time.monotonic()
+        self.started: float | None = None
+        self.finished = self.abandoned = False
+        self.result: Any = None
+
+
+class ReadPool:
+    """Daemon threads that run reads, each bounded by a timeout (see the module docstring).
+
+    Args:
+        threads: reads running at once.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, int(threads))
+        self._lock = threading.Lock()
+        self._queue: list[_Job] = []
+        self._wake = threading.Condition(self._lock)
+        self._workers = 0
+        self.stuck = 0
+
+    def _spawn(self) -> None:  # with the lock held
+        while self._workers < self.threads and self.stuck < MAX_STUCK:
+            self._workers += 1
+            threading.Thread(target=self._serve, name="read", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._wake.wait()
+                job = self._queue.pop(0)
+                if job.abandoned:
+                    continue
+                job.started = time.monotonic()
+            try:
+                result: Any = job.fn()
+            except Exception as exc:  # noqa: BLE001 - handed to the caller in place
+                result = exc
+            with self._lock:
+                job.result, job.finished = result, True
+                job.cond.notify_all()
+                if job.abandoned:  # given up on: a replacement took this thread's place
+                    self.stuck -= 1
+                    return
+
+    def map(self, fns: Sequence[Callable[[], T]], timeout: float | None = None) -> list[T | Exception]:
+        """Run every ``fn()``; results in order, an exception in place of what failed or timed out
+        (`ReadTimeout` after `timeout` seconds of running, or of waiting for a thread)."""
+        if not fns:
+            return []
+        cond = threading.Condition(self._lock)
+        jobs = [_Job(fn, cond) for fn in fns]
+        with self._lock:
+            self._queue.extend(jobs)
+            self._spawn()
+            self._wake.notify_all()
+            pending = list(jobs)
+            while pending:
+                now = time.monotonic()
+                still = []
+                for job in pending:
+                    if job.finished:
+                        continue
+                    since = job.started if job.started is not None else job.submitted
+                    if timeout is not None and now - since >= timeout:
+                        job.abandoned = True
+                        job.result = ReadTimeout(f"no data after {timeout:g} s (--read-timeout)")
+                        if job.started is not None:  # its thread is stuck in the filesystem: replace it
+                            self._workers -= 1
+                            self.stuck += 1
+                            self._spawn()
+                        continue
+                    still.append(job)
+                pending = still
+                if pending:
+                    waits = [(j.started if j.started is not None else j.submitted) + timeout - now
+                             for j in pending] if timeout is not None else []
+                    cond.wait(max(0.001, min(waits)) if waits else None)
+        return [j.result for j in jobs]
