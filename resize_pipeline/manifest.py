@@ -108,7 +108,7 @@ def read_run(dest: Dest, present: bool = True) -> dict[str, Any] | None:
         raise OutputError(f"{where} cannot be read ({reason}): it is not a record this tool wrote; "
                           "move it away (with the rest of DEST) or choose another destination") from None
     if not isinstance(old, dict) or not isinstance(old.get("fingerprint"), str):
-        shape = type(old).__name__ if not isinstance(old, dict) else "an object without a fingerprint"
+        shape = f"a JSON {type(old).__name__}" if not isinstance(old, dict) else "an object without a fingerprint"
         raise OutputError(f"{where} holds {shape}, not a run record of this tool; move it away (with the rest "
                           "of DEST) or choose another destination")
     return old

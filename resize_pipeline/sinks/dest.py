@@ -66,27 +66,27 @@ def is_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _FULL
 
 
+def temp_name(name: str) -> str:
+    return f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text or type(exc).__name__
 
 
 def job_error(what: str, exc: BaseException, url: str) -> OutputError | None:
-    """The job-level error `exc` amounts to while doing `what` in DEST, or None (transient, or a
-    failure of this one write)."""
+    """The job-level error `exc` amounts to while `what` (``writing /d/x.tar``) in DEST, or None
+    (transient, or a failure of this one write)."""
     if is_full(exc):
-        return DestinationFull(f"no space left while writing {what} in {url}; free some space and rerun "
-                               "the same command to resume")
+        return DestinationFull(f"no space left on {url} ({what}: {_reason(exc)}); free some space and rerun the "
+                               "same command to resume")
     if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _UNWRITABLE):
-        return DestinationUnwritable(f"cannot write {what}: {_reason(exc)} ({url} is read-only or not "
-                                     "writable by this user)")
+        return DestinationUnwritable(f"cannot write to {url} ({what}: {_reason(exc)}): it is read-only or not "
+                                     "writable by this user")
     if isinstance(exc, IsADirectoryError | NotADirectoryError | FileNotFoundError):
-        return DestinationUnwritable(f"cannot write {what}: {_reason(exc)}")
+        return DestinationUnwritable(f"cannot write to {url} ({what}: {_reason(exc)})")
     return None
-
-
-def temp_name(name: str) -> str:
-    return f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 class Dest:

@@ -310,7 +310,14 @@ def _read_table(fs, path: str, path_column: str | None = None):
     try:
         return pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise SourceError(f"{path}: cannot read the manifest's columns: {str(exc).splitlines()[0]}") from None
+        kinds: dict[str, set[str]] = {}
+        for r in rows:
+            for k, v in r.items():
+                if v is not None:
+                    kinds.setdefault(str(k), set()).add(type(v).__name__)
+        mixed = next((f"column {k!r} mixes {' and '.join(sorted(t))} values" for k, t in kinds.items()
+                      if len(t) > 1), str(exc).splitlines()[0])
+        raise SourceError(f"{path}: cannot read the manifest: {mixed}") from None
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str):

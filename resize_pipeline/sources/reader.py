@@ -169,7 +169,13 @@ class ReadPool:
         self._queue: list[_Job] = []
         self._wake = threading.Condition(self._lock)
         self._workers = 0
+        self._spawned = 0.0  # when the last replacement thread was started
         self.stuck = 0
+
+    @staticmethod
+    def _give_up(job: _Job, timeout: float) -> None:
+        job.abandoned = True
+        job.result = ReadTimeout(f"no data after {timeout:g} s (--read-timeout)")
 
     def _spawn(self) -> None:  # with the lock held
         while self._workers < self.threads and self.stuck < MAX_STUCK:
@@ -190,15 +196,16 @@ class ReadPool:
             except Exception as exc:  # noqa: BLE001 - handed to the caller in place
                 result = exc
             with self._lock:
+                if job.abandoned:  # given up on (its result stays the timeout): a replacement took
+                    self.stuck -= 1  # this thread's place
+                    return
                 job.result, job.finished = result, True
                 job.cond.notify_all()
-                if job.abandoned:  # given up on: a replacement took this thread's place
-                    self.stuck -= 1
-                    return
 
     def map(self, fns: Sequence[Callable[[], T]], timeout: float | None = None) -> list[T | Exception]:
         """Run every ``fn()``; results in order, an exception in place of what failed or timed out
-        (`ReadTimeout` after `timeout` seconds of running, or of waiting for a thread)."""
+        (`ReadTimeout` after `timeout` seconds of running; a read waiting for a thread is timed from
+        when it starts, unless `MAX_STUCK` threads are stuck and none will free up)."""
         if not fns:
             return []
         cond = threading.Condition(self._lock)
@@ -210,23 +217,24 @@ class ReadPool:
             pending = list(jobs)
             while pending:
                 now = time.monotonic()
-                still = []
+                # a read is timed by how long it has run: one given up on gets a replacement thread,
+                # so reads still queued behind it start soon
                 for job in pending:
-                    if job.finished:
-                        continue
-                    since = job.started if job.started is not None else job.submitted
-                    if timeout is not None and now - since >= timeout:
-                        job.abandoned = True
-                        job.result = ReadTimeout(f"no data after {timeout:g} s (--read-timeout)")
-                        if job.started is not None:  # its thread is stuck in the filesystem: replace it
-                            self._workers -= 1
-                            self.stuck += 1
-                            self._spawn()
-                        continue
-                    still.append(job)
-                pending = still
+                    if not job.finished and job.started is not None and timeout is not None \
+                            and now - job.started >= timeout:
+                        self._give_up(job, timeout)
+                        self._workers -= 1
+                        self.stuck += 1
+                        self._spawn()
+                        self._spawned = now
+                if self.stuck >= MAX_STUCK:  # no thread will free up: reads still queued wait no more
+                    for job in pending:
+                        if not job.finished and not job.abandoned and job.started is None and timeout is not None \
+                                and now - max(job.submitted, self._spawned) >= timeout:
+                            self._give_up(job, timeout)
+                pending = [j for j in pending if not (j.finished or j.abandoned)]
                 if pending:
-                    waits = [(j.started if j.started is not None else j.submitted) + timeout - now
-                             for j in pending] if timeout is not None else []
+                    waits = [(j.started if j.started is not None else max(j.submitted, self._spawned))
+                             + timeout - now for j in pending] if timeout is not None else []
                     cond.wait(max(0.001, min(waits)) if waits else None)
         return [j.result for j in jobs]
