@@ -65,8 +65,9 @@ class KeyCollector:
     """`unique_keys` for listings too large to hold every key: feed the plain keys in listing order
     (`add`), then `overrides(rel_of)` returns only the rows whose key is not their plain key.
 
-    Only a 64-bit hash per row is kept. Rows whose hashes collide are checked exactly, and the
-    suffixed keys are checked against every plain key's hash; the result equals `unique_keys`.
+    Only a 32-bit hash per row is kept (40 MB for 10M rows). Rows whose hashes collide (true
+    duplicates, and ~n^2/2^33 chance pairs) are checked exactly, and the suffixed keys are checked
+    against every plain key's hash; the result equals `unique_keys`.
     """
 
     def __init__(self) -> None:
@@ -74,25 +75,28 @@ class KeyCollector:
         self.n = 0
 
     def add(self, plain_keys: Sequence[str]) -> None:
-        self._chunks.append(np.fromiter((hash(k) for k in plain_keys), dtype=np.int64, count=len(plain_keys)))
+        self._chunks.append(np.fromiter((hash(k) & 0xFFFFFFFF for k in plain_keys), dtype=np.uint32,
+                                        count=len(plain_keys)))
         self.n += len(plain_keys)
+
+    def _rows_with(self, values: np.ndarray) -> np.ndarray:
+        """Rows (in order) whose hash is one of `values`."""
+        out, start = [], 0
+        for c in self._chunks:
+            out.append(np.flatnonzero(np.isin(c, values)) + start)
+            start += len(c)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
     def overrides(self, rel_of: Callable[[int], str]) -> dict[int, str]:
         """`{row: key}` for the rows that do not keep their plain key; `rel_of(row)` gives a row's path."""
         if not self._chunks:
             return {}
-        hashes = np.concatenate(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
-        self._chunks = [hashes]
-        order = np.argsort(hashes, kind="stable")
-        ranked = hashes[order]
-        same = ranked[1:] == ranked[:-1]
-        if not same.any():
+        ranked = np.sort(np.concatenate(self._chunks))
+        repeated = np.unique(ranked[1:][ranked[1:] == ranked[:-1]])
+        del ranked
+        if not len(repeated):
             return {}
-        mask = np.zeros(len(ranked), dtype=bool)
-        mask[1:] |= same
-        mask[:-1] |= same
-        candidates = np.sort(order[mask])
-        del order, ranked, same, mask
+        candidates = self._rows_with(repeated)
         rels = {int(i): rel_of(int(i)) for i in candidates}
         plain = {i: sanitize_key(r) for i, r in rels.items()}
         counts = Counter(plain.values())
@@ -101,10 +105,9 @@ class KeyCollector:
         out = {i: k for i, k in zip(rows, keys, strict=True) if k != plain[i]}
         # A suffixed key that equals another row's plain key would have changed that row too: then
         # (never seen in practice) redo the whole listing the slow, exact way.
-        suffixed = np.fromiter((hash(k) for k in out.values()), dtype=np.int64, count=len(out))
-        hits = np.flatnonzero(np.isin(hashes, suffixed))
+        suffixed = np.fromiter((hash(k) & 0xFFFFFFFF for k in out.values()), dtype=np.uint32, count=len(out))
         taken = set(out.values())
-        if any(sanitize_key(rel_of(int(i))) in taken for i in hits):
+        if any(sanitize_key(rel_of(int(i))) in taken for i in self._rows_with(suffixed)):
             keys = unique_keys(rel_of(i) for i in range(self.n))
             return {i: k for i, k in enumerate(keys) if k != sanitize_key(rel_of(i))}
         return out

@@ -36,7 +36,7 @@ from fsspec.core import url_to_fs
 from resize_pipeline.errors import SourceError, error_record
 from resize_pipeline.sources.base import IMAGE_EXTENSIONS
 from resize_pipeline.sources.keys import sanitize_key
-from resize_pipeline.sources.stamps import folder_stamps, stamp_info, stamp_stat
+from resize_pipeline.sources.stamps import FolderStamps, stamp_info, stamp_stat
 from resize_pipeline.sources.table import Explicit, Indexed, IntNames, ItemTable, Joined, ManifestPaths, Text
 from resize_pipeline.urls import is_local_fs
 
@@ -46,6 +46,8 @@ MANIFEST_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
 PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "image_path", "url", "uri")
 LABEL_COLUMNS = ("label", "cls", "class", "target")
 BYTES_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "bytes", "image_bytes", "data")
+#: bytes of CSV text parsed at a time (column types are inferred from the first block)
+CSV_BLOCK = 32 << 20
 
 
 @dataclass(slots=True)
@@ -95,7 +97,7 @@ def _table(rels: list[str], urls: list[str], *, stamps: list[int] | None = None,
     ints = {k: (np.asarray(v, dtype=np.int64) if v is not None else None) for k, v in columns.items()
             if k in ("label", "offset", "length", "row")}
     texts = {k: (Text.of(v) if v is not None else None) for k, v in columns.items() if k in ("names", "meta")}
-    st = np.asarray(stamps, dtype=np.int64) if stamps is not None else None
+    st = np.asarray(stamps, dtype=np.int32) if stamps is not None else None
     return ItemTable(text, rule, classes=columns.get("classes"), stamps=st, **ints, **texts).finish()
 
 
@@ -294,6 +296,13 @@ def _read_table(fs, path: str, path_column: str | None = None):
         wanted = {path_column} if path_column else {c for c in header if c.lower() in PATH_COLUMNS}
         opts = pcsv.ParseOptions(delimiter=delimiter)
         conv = pcsv.ConvertOptions(strings_can_be_null=False, column_types={c: pa.string() for c in wanted})
+        with fs.open(path, "rb") as fh:  # block by block: no copy of the whole text beside the table
+            try:
+                reader = pcsv.open_csv(fh, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
+                                       parse_options=opts, convert_options=conv)
+                return pa.Table.from_batches(list(reader), schema=reader.schema)
+            except pa.ArrowInvalid:  # a type that changes after the first block: infer over the whole file
+                pass
         with fs.open(path, "rb") as fh:
             return pcsv.read_csv(fh, parse_options=opts, convert_options=conv)
     if ext in (".jsonl", ".ndjson"):
@@ -352,7 +361,9 @@ def _label_columns(column) -> tuple[np.ndarray, list[str] | None, Any, list[str]
 
     t = column.type
     if pa.types.is_integer(t):
-        labels = column.fill_null(-1).to_numpy().astype(np.int64)
+        labels = column.fill_null(-1).to_numpy()
+        fits = len(labels) == 0 or (int(labels.min()) >= -(2**31) and int(labels.max()) < 2**31)
+        labels = labels.astype(np.int32 if fits else np.int64)
         valid = pc.is_valid(column).to_numpy(zero_copy_only=False) if column.null_count else None
         return labels, None, IntNames(valid), []
     if pa.types.is_string(t) or pa.types.is_large_string(t):
@@ -389,7 +400,6 @@ def _list_manifest(fs, path: str, path_column: str | None, label_column: str | N
         errors = [_list_error(f"row {i}", url, f"row {i} of the manifest has no path") for i in missing.tolist()]
         table = table.filter(valid)
         paths = table.column(pcol)
-    n = table.num_rows
     label = classes = names = None
     class_list: list[str] = []
     if lcol is not None:
@@ -400,12 +410,22 @@ def _list_manifest(fs, path: str, path_column: str | None, label_column: str | N
         paths = paths.cast(pa.string())
     items = ItemTable(Text.arrow(paths), ManifestPaths(fs, posixpath.dirname(path)),
                       label=label, classes=classes, names=names, meta=meta)
-    del table
-    stamps = folder_stamps(fs, n, lambda a, b: items.url_rule.urls(items.text.get(a, b), a, b))
-    own = stamp_info(fs.info(path))
-    items.stamps = np.append(stamps, own) if stamps is not None else np.asarray([own], dtype=np.int64)
+    del table, paths
+    _release_arrow_memory()
+    stamper = FolderStamps(fs, items.n, lambda a, b: items.url_rule.urls(items.text.get(a, b), a, b),
+                           extra=(stamp_info(fs.info(path)),))
     # the manifest's order is the user's order: keep it (it is deterministic already)
-    return Listing(items.finish(), "manifest", class_list, 0, errors)
+    return Listing(items.finish(stamper), "manifest", class_list, 0, errors)
+
+
+def _release_arrow_memory() -> None:
+    """Give the memory Arrow's allocator kept from reading a large manifest back to the system."""
+    import pyarrow as pa
+
+    try:
+        pa.default_memory_pool().release_unused()
+    except (AttributeError, NotImplementedError):
+        pass
 
 
 def _list_parquet(fs, path: str, path_column: str | None, label_column: str | None) -> Listing:
@@ -485,7 +505,7 @@ def _list_tars(fs, tars: list[str], base: str) -> Listing:
     rule = Indexed(np.asarray(tar_index, dtype=np.int32), urls)
     items = ItemTable(text, rule, label=np.asarray(labels, dtype=np.int64), names=Text.of(names),
                       meta=Text.of(metas), offset=np.asarray(offsets, dtype=np.int64),
-                      length=np.asarray(lengths, dtype=np.int64), stamps=np.asarray(stamps, dtype=np.int64))
+                      length=np.asarray(lengths, dtype=np.int64), stamps=np.asarray(stamps, dtype=np.int32))
     return Listing(items.finish(), "webdataset", [], 0, errors)
 
 

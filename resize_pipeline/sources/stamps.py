@@ -1,9 +1,9 @@
-"""Stamps: a 64-bit summary of an input's size and modification time (or ETag), taken from what the
+"""Stamps: a 32-bit summary of an input's size and modification time (or ETag), taken from what the
 listing already returns (``os.scandir`` entries, ``find``/``glob``/``ls`` details), never one stat
 per file. ``_run.json`` records their digest, so a resume refuses inputs that changed since.
 
 A manifest lists paths, not file details: its rows are stamped by listing each folder they point
-into once (`folder_stamps`), up to `MAX_FOLDERS` folders (local) or `MAX_REMOTE_FOLDERS` (object
+into once (`FolderStamps`), up to `MAX_FOLDERS` folders (local) or `MAX_REMOTE_FOLDERS` (object
 stores, one LIST request each, run concurrently); beyond that only the manifest file itself is
 stamped (a warning says so).
 """
@@ -31,7 +31,8 @@ MAX_REMOTE_FOLDERS = 1_000
 
 
 def _pack(values: tuple) -> int:
-    digest = hashlib.blake2b(repr(values).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    """32 bits are plenty to notice a change (and halve the memory of a 10M-row listing)."""
+    digest = hashlib.blake2b(repr(values).encode("utf-8", "surrogatepass"), digest_size=4).digest()
     return int.from_bytes(digest, "little", signed=True)
 
 
@@ -48,67 +49,91 @@ def stamp_info(info: dict[str, Any]) -> int:
     return _pack(values)
 
 
-def folder_stamps(fs: Any, n: int, urls: Callable[[int, int], list[str]], *, chunk: int = 1 << 16,
-                  threads: int = 16) -> np.ndarray | None:
-    """Stamps for `n` rows whose URLs are ``urls(a, b)``, by listing each folder they point into once.
+class FolderStamps:
+    """Stamps of a manifest's rows, by listing each folder they point into once.
 
-    Rows on another filesystem than `fs` (an ``https://`` row in a local manifest) and files not found
-    get stamp 0. Returns None when the rows point into too many folders to list.
+    Fed the rows' URLs chunk by chunk while the table is walked anyway (`observe`, from
+    `ItemTable.finish`), then `result()` lists the folders and returns one stamp per row (plus
+    `extra`, e.g. the manifest's own). Rows on another filesystem than `fs` (an ``https://`` row in a
+    local manifest) and files not found get stamp 0; `result()` is None when the rows point into
+    more folders than it lists (then only `extra` is stamped).
     """
-    from resize_pipeline.urls import is_local_fs
 
-    limit = MAX_FOLDERS if is_local_fs(fs) else MAX_REMOTE_FOLDERS
-    protos = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    prefixes = tuple(f"{p}://" for p in protos)
-    folders: dict[str, int] = {}
-    ids = np.full(n, -1, dtype=np.int32)
-    for a in range(0, n, chunk):
-        b = min(n, a + chunk)
-        for i, u in enumerate(urls(a, b), a):
+    def __init__(self, fs: Any, n: int, urls: Callable[[int, int], list[str]], extra: tuple[int, ...] = (),
+                 threads: int = 16) -> None:
+        from resize_pipeline.urls import is_local_fs
+
+        self.fs, self.n, self.urls, self.extra, self.threads = fs, n, urls, extra, threads
+        self.local = is_local_fs(fs)
+        self.limit = MAX_FOLDERS if self.local else MAX_REMOTE_FOLDERS
+        protos = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        self.prefixes = tuple(f"{p}://" for p in protos)
+        self.folders: dict[str, int] = {}
+        self.ids: np.ndarray | None = np.full(n, -1, dtype=np.int32)
+
+    def path_of(self, u: str) -> str:  # fsspec's local _strip_protocol costs ~5 us; our URLs are normalised
+        return u[7:] if self.local and u.startswith("file:///") else self.fs._strip_protocol(u)
+
+    def observe(self, a: int, b: int, urls: list[str]) -> None:
+        if self.ids is None:
+            return
+        folders, ids, prefixes, dirname = self.folders, self.ids, self.prefixes, posixpath.dirname
+        for i, u in enumerate(urls, a):
             if not u.startswith(prefixes):
                 continue
-            d = posixpath.dirname(fs._strip_protocol(u))
+            d = dirname(self.path_of(u))
             j = folders.get(d)
             if j is None:
-                if len(folders) >= limit:
+                if len(folders) >= self.limit:
                     log.warning("the manifest's rows point into more than %d folders: only the manifest "
-                                "file itself is checked for changes on resume", limit)
-                    return None
+                                "file itself is checked for changes on resume", self.limit)
+                    self.ids = None
+                    return
                 j = folders[d] = len(folders)
             ids[i] = j
-    stamps = np.zeros(n, dtype=np.int64)
-    if not folders:
-        return stamps
-    names = list(folders)
 
-    def listing(d: str) -> dict[str, int]:
+    def _listing(self, d: str) -> dict[str, int]:
         try:
-            entries = fs.ls(d, detail=True)
+            entries = self.fs.ls(d, detail=True)
         except (OSError, ValueError):
             return {}
         return {posixpath.basename(e["name"].rstrip("/")): stamp_info(e) for e in entries
                 if e.get("type") != "directory"}
 
-    order = np.argsort(ids, kind="stable")
-    starts = np.searchsorted(ids[order], np.arange(len(names) + 1))
+    def result(self) -> np.ndarray:
+        extra = np.asarray(self.extra, dtype=np.int32)
+        if self.ids is None:
+            return extra
+        ids, names = self.ids, list(self.folders)
+        self.ids = None
+        stamps = np.zeros(self.n, dtype=np.int32)
+        if names:
+            found_any = False
+            order: np.ndarray | None = None
+            starts: np.ndarray | None = None
 
-    def fill(j: int, found: dict[str, int]) -> None:
-        rows = order[starts[j]:starts[j + 1]]  # increasing: runs of consecutive rows share one call
-        if not found or not len(rows):
-            return
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        for run in np.split(rows, breaks):
-            a, b = int(run[0]), int(run[-1]) + 1
-            for i, u in enumerate(urls(a, b), a):
-                stamps[i] = found.get(posixpath.basename(fs._strip_protocol(u)), 0)
+            def fill(j: int, found: dict[str, int]) -> None:
+                nonlocal order, starts, found_any
+                if not found:
+                    return
+                if order is None:  # only when some folder holds files: rows grouped by folder
+                    order = np.argsort(ids, kind="stable")
+                    starts = np.searchsorted(ids[order], np.arange(len(names) + 1))
+                rows = order[starts[j]:starts[j + 1]]  # increasing: runs of consecutive rows, one call each
+                for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
+                    if not len(run):
+                        continue
+                    a, b = int(run[0]), int(run[-1]) + 1
+                    for i, u in enumerate(self.urls(a, b), a):
+                        stamps[i] = found.get(posixpath.basename(self.path_of(u)), 0)
 
-    if is_local_fs(fs):
-        for j, d in enumerate(names):
-            fill(j, listing(d))
-    else:
-        from concurrent.futures import ThreadPoolExecutor
+            if self.local:
+                for j, d in enumerate(names):
+                    fill(j, self._listing(d))
+            else:
+                from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(threads) as pool:
-            for j, found in enumerate(pool.map(listing, names)):
-                fill(j, found)
-    return stamps
+                with ThreadPoolExecutor(self.threads) as pool:
+                    for j, found in enumerate(pool.map(self._listing, names)):
+                        fill(j, found)
+        return np.concatenate([stamps, extra])

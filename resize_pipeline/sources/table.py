@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -90,14 +91,40 @@ class ManifestPaths:
 
     def __init__(self, fs: Any, base: str) -> None:
         self.fs, self.base = fs, base
+        self._local = _local_prefix(fs)
 
     def rels(self, texts: list[str]) -> list[str]:
         return [t.split("://", 1)[1] if "://" in t else t for t in texts]
 
     def urls(self, texts: list[str], a: int, b: int) -> list[str]:
         fs, base, join, norm = self.fs, self.base, posixpath.join, posixpath.normpath
-        return [t if "://" in t else fs.unstrip_protocol(t) if t.startswith("/")
-                else fs.unstrip_protocol(norm(join(base, t))) for t in texts]
+        local = self._local
+        if local is None:
+            return [t if "://" in t else fs.unstrip_protocol(t) if t.startswith("/")
+                    else fs.unstrip_protocol(norm(join(base, t))) for t in texts]
+        # a local manifest: fsspec's unstrip_protocol of a normalised absolute path is ``file://`` + it
+        # (checked by `_local_prefix`); the same strings as above, ~5x faster on millions of rows
+        out = []
+        for t in texts:
+            if "://" in t:
+                out.append(t)
+            elif t.startswith("/"):
+                out.append(local + t if norm(t) == t else fs.unstrip_protocol(t))
+            else:
+                out.append(local + norm(join(base, t)))
+        return out
+
+
+def _local_prefix(fs: Any) -> str | None:
+    """``file://`` when `fs` is the local filesystem and turns normalised absolute paths into URLs by
+    prefixing them (as fsspec's LocalFileSystem does); None otherwise."""
+    from resize_pipeline.urls import is_local_fs
+
+    if not is_local_fs(fs) or os.sep != "/":
+        return None
+    probe = "/a b/c.jpg"
+    url = fs.unstrip_protocol(probe)
+    return url[: -len(probe)] if url.endswith(probe) and url[: -len(probe)] == "file://" else None
 
 
 class Explicit:
@@ -151,7 +178,7 @@ class ItemTable:
             `IntNames`: the label as text) or "".
         meta: a `Text` column of JSON, or an Arrow table whose rows are JSON-encoded; None: "".
         offset, length, row: byte range inside a tar / row inside a Parquet file (None: all -1).
-        stamps: 64-bit summaries of the inputs' sizes and modification times (`stamps.py`): one per
+        stamps: 32-bit summaries of the inputs' sizes and modification times (`stamps.py`): one per
             row, plus any of the containers they come from (a manifest's own); None: not known.
     """
 
@@ -169,8 +196,11 @@ class ItemTable:
         self.stamps_digest: str | None = None
 
     # -- building -----------------------------------------------------------------------------
-    def finish(self) -> ItemTable:
-        """Make the keys unique (`KeyCollector`, linear) and compute the digests; returns self."""
+    def finish(self, stamper: Any = None) -> ItemTable:
+        """Make the keys unique (`KeyCollector`, linear) and compute the digests; returns self.
+
+        `stamper` (e.g. `stamps.FolderStamps`) sees every row's URL on the way (``observe``) and then
+        gives the stamps (``result()``)."""
         collector = KeyCollector()
         h = hashlib.sha256()
         for a in range(0, self.n, CHUNK):
@@ -178,7 +208,9 @@ class ItemTable:
             texts = self.text.get(a, b)
             plain = [sanitize_key(r) for r in self.url_rule.rels(texts)]
             collector.add(plain)
-            self._digest_rows(h, a, b, texts, plain)
+            urls = self._digest_rows(h, a, b, texts, plain)
+            if stamper is not None:
+                stamper.observe(a, b, urls)
         self.key_overrides = collector.overrides(self._rel_of)
         if self.key_overrides:  # some keys changed: the digest covers the final keys
             h = hashlib.sha256()
@@ -186,19 +218,23 @@ class ItemTable:
                 b = min(self.n, a + CHUNK)
                 self._digest_rows(h, a, b, self.text.get(a, b), self.keys(a, b))
         self.digest = h.hexdigest()[:16]
+        if stamper is not None:
+            self.stamps = stamper.result()
         if self.stamps is not None:
-            self.stamps_digest = hashlib.sha256(self.stamps.astype("<i8").tobytes()).hexdigest()[:16]
+            self.stamps_digest = hashlib.sha256(self.stamps.astype("<i4").tobytes()).hexdigest()[:16]
         return self
 
     def _rel_of(self, i: int) -> str:
         return self.url_rule.rels([self.text.at(i)])[0]
 
-    def _digest_rows(self, h: Any, a: int, b: int, texts: list[str], keys: list[str]) -> None:
-        """The same lines as release 0.1.0's listing digest (so its ``_run.json`` still resumes)."""
+    def _digest_rows(self, h: Any, a: int, b: int, texts: list[str], keys: list[str]) -> list[str]:
+        """The same lines as release 0.1.0's listing digest (so its ``_run.json`` still resumes);
+        returns the rows' URLs."""
         urls = self.url_rule.urls(texts, a, b)
         off, ln, row, lab = (self._ints(c, a, b) for c in (self.offset, self.length, self.row, self.label))
         h.update("".join(f"{k}\t{u}\t{o}\t{n}\t{r}\t{la}\n" for k, u, o, n, r, la
                          in zip(keys, urls, off, ln, row, lab, strict=True)).encode("utf-8", "surrogatepass"))
+        return urls
 
     @staticmethod
     def _ints(col: np.ndarray | None, a: int, b: int) -> list[int]:
