@@ -190,7 +190,11 @@ class Dest:
     def makedirs(self, *names: str) -> None:
         if self.object_store:
             return  # no folders on object stores (and s3fs would create a missing bucket)
-        self.call(f"creating {self.path(*names)}", lambda: self.fs.makedirs(self.path(*names), exist_ok=True))
+        try:
+            self.call(f"creating {self.path(*names)}", lambda: self.fs.makedirs(self.path(*names), exist_ok=True))
+        except FileExistsError:  # a file where a folder must be
+            raise DestinationUnwritable(f"cannot write to {self.url}: {self.path(*names)} is a file, not a "
+                                        "folder") from None
 
     @staticmethod
     def spool() -> IO[bytes]:

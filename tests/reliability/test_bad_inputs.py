@@ -126,6 +126,14 @@ def test_a_read_only_dest_is_one_line(src, tmp_path, capsys):
         ro.chmod(0o755)
 
 
+def test_a_dest_that_is_a_file(src, tmp_path, capsys):
+    dest = tmp_path / "notes.txt"
+    dest.write_text("mine")
+    for target in (dest, dest / "sub"):
+        assert "not a" in _refused(capsys, str(src), str(target), *ARGS)
+    assert dest.read_text() == "mine"
+
+
 def test_a_source_tar_that_is_not_a_tar(src, tmp_path, capsys):
     fake = tmp_path / "in" / "data-000.tar"
     fake.parent.mkdir()
