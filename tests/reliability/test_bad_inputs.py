@@ -130,7 +130,7 @@ def test_a_dest_that_is_a_file(src, tmp_path, capsys):
     dest = tmp_path / "notes.txt"
     dest.write_text("mine")
     for target in (dest, dest / "sub"):
-        assert "not a" in _refused(capsys, str(src), str(target), *ARGS)
+        assert "not a" in _refused(capsys, str(src), str(target), *ARGS).lower()
     assert dest.read_text() == "mine"
 
 
