@@ -190,8 +190,8 @@ def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) 
         state = inspect_dest(dest, config, run)
         previous = _previous_components(dest, run) if state.old is not None else None
         prepare_dest(dest, config, run, state)
-        names = [n for n in (OutputNames.from_record(run), state.old and OutputNames.from_record(state.old))
-                 if n is not None]
+        records = [run] + ([state.old] if state.old is not None else [])
+        names = [n for n in (OutputNames.from_record(r) for r in records) if n is not None]
         remove_partials(dest, names)
         return _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress)
 

@@ -79,7 +79,7 @@ class OutputNames:
     def matches(self, name: str) -> bool:
         """Whether `name` is one of this run's shard file names."""
         m = self._pattern().match(name)
-        return bool(m) and int(m.group(1)) < self.shards
+        return m is not None and int(m.group(1)) < self.shards
 
 
 def _ours(name: str, names: list[OutputNames], in_stats: bool = False) -> bool:

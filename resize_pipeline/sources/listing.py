@@ -94,9 +94,10 @@ def _table(rels: list[str], urls: list[str], *, stamps: list[int] | None = None,
             rule = Joined(prefix)
         else:
             rule = Explicit(Text.of(urls))
-    ints = {k: (np.asarray(v, dtype=np.int64) if v is not None else None) for k, v in columns.items()
-            if k in ("label", "offset", "length", "row")}
-    texts = {k: (Text.of(v) if v is not None else None) for k, v in columns.items() if k in ("names", "meta")}
+    ints: dict[str, Any] = {k: (np.asarray(v, dtype=np.int64) if v is not None else None)
+                            for k, v in columns.items() if k in ("label", "offset", "length", "row")}
+    texts: dict[str, Any] = {k: (Text.of(v) if v is not None else None) for k, v in columns.items()
+                             if k in ("names", "meta")}
     st = np.asarray(stamps, dtype=np.int32) if stamps is not None else None
     return ItemTable(text, rule, classes=columns.get("classes"), stamps=st, **ints, **texts).finish()
 
@@ -475,7 +476,14 @@ def _list_tars(fs, tars: list[str], base: str) -> Listing:
 
     A tar that cannot be read (not a tar, truncated) is one error row (stage ``list``); the samples
     listed before the point where it broke are kept."""
-    rels, urls, offsets, lengths, labels, names, metas, stamps = [], [], [], [], [], [], [], []
+    rels: list[str] = []
+    urls: list[str] = []
+    names: list[str] = []
+    metas: list[str] = []
+    offsets: list[int] = []
+    lengths: list[int] = []
+    labels: list[int] = []
+    stamps: list[int] = []
     errors: list[dict[str, str]] = []
     tar_index: list[int] = []
     for tar_path in tars:

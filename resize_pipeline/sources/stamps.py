@@ -116,7 +116,7 @@ class FolderStamps:
                 nonlocal order, starts, found_any
                 if not found:
                     return
-                if order is None:  # only when some folder holds files: rows grouped by folder
+                if order is None or starts is None:  # only when some folder holds files: group rows by folder
                     order = np.argsort(ids, kind="stable")
                     starts = np.searchsorted(ids[order], np.arange(len(names) + 1))
                 rows = order[starts[j]:starts[j + 1]]  # increasing: runs of consecutive rows, one call each
