@@ -106,9 +106,9 @@ class ReadStage:
         return self._pools[remote]
 
     def _read(self, items: list) -> list:
-        from resize_pipeline.sources.reader import read_items
+        from resize_pipeline.sources.reader import read_items, read_one
 
-        got = read_items(items, self.storage_options)
+        got = [read_one(items[0], self.storage_options)] if len(items) == 1 else read_items(items, self.storage_options)
         if self.probe_max_pixels is None:
             return [(g, None) for g in got]
         from resize_pipeline.decode.probe import probe

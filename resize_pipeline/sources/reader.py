@@ -106,6 +106,21 @@ def _read_group(kind: str, items: list[SourceItem], so: dict[str, Any]) -> list[
         return [exc] * len(items)
 
 
+def read_one(item: SourceItem, storage_options: dict[str, Any] | None = None) -> bytes | Exception:
+    """One item's bytes (or the exception). A whole local file is read with plain ``open`` (fsspec's
+    path handling costs more than reading a small file); anything else, or a local read that fails
+    with a possibly transient error, goes through `read_items` (with its retries)."""
+    if item.offset < 0 and item.row < 0 and item.url.startswith("file:///"):
+        try:
+            with open(item.url[7:], "rb") as fh:
+                return fh.read()
+        except PERMANENT as exc:
+            return exc
+        except OSError:
+            pass
+    return read_items([item], storage_options)[0]
+
+
 def read_items(
     items: Sequence[SourceItem],
     storage_options: dict[str, Any] | None = None,
