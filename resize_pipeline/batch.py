@@ -44,10 +44,15 @@ def item_rows(items: Sequence[SourceItem]) -> list[list[Any]]:
 
 def items_to_batch(items: Sequence[SourceItem]) -> Batch:
     """Listing rows -> a batch with empty error columns."""
-    n = len(items)
+    return columns_to_batch({c: [getattr(it, c) for it in items] for c in ITEM_COLUMNS})
+
+
+def columns_to_batch(columns: dict[str, list[Any]]) -> Batch:
+    """The listing's columns (`ITEM_COLUMNS`, as lists) -> a batch with empty error columns."""
+    n = len(columns["key"])
     batch: Batch = {}
     for c in ITEM_COLUMNS:
-        values = [getattr(it, c) for it in items]
+        values = columns[c]
         batch[c] = np.array(values, dtype=np.int64) if c in _INT_COLUMNS else objects(values)
     for c in ("error", "error_stage", "error_type"):
         batch[c] = objects([""] * n)

@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) and usage errors (2, already printed)
         return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is shown as \xNN, never a crash
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(reconfigure):
+            reconfigure(errors="backslashreplace")
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     if not getattr(args, "func", None):

@@ -1,8 +1,9 @@
 """`convert(config)`: the one public function behind ``resize-pipeline convert``.
 
-    resolve (device, decoder, resizer: checked here, before DEST is touched)
-      -> list SOURCE -> prepare DEST (resume guard) -> plan shards -> skip done shards
-      -> engine (local or Ray) runs `ShardRunner`s -> finalize (_errors.jsonl, _manifest.json)
+    check (device, decoder, resizer; SOURCE and DEST apart: before DEST is touched)
+      -> list SOURCE -> plan shards -> [--dry-run: report, write nothing]
+      -> lock DEST -> check DEST (ownership, resume guard) -> record the run -> skip done shards
+      -> engine (local or Ray) runs `ShardRunner`s -> finalize (_errors.jsonl, _manifest.json) -> unlock
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from resize_pipeline.manifest import (
     MANIFEST_FILE,
     completed_shards,
     finalize,
+    inspect_dest,
     prepare_dest,
-    remove_partials,
+    run_record,
 )
-from resize_pipeline.shards import ShardResult, plan_shards
+from resize_pipeline.ownership import OutputNames, check_overlap, remove_partials
+from resize_pipeline.shards import ShardResult, ShardTask, plan_shards
 from resize_pipeline.sources import list_source
 from resize_pipeline.urls import normalise
 
@@ -43,6 +46,12 @@ class Summary:
     manifest: dict[str, Any] = field(default_factory=dict)
     #: inputs converted by this run (resumed shards excluded)
     converted: int = 0
+    #: a ``--dry-run``: nothing was converted or written
+    dry_run: bool = False
+    #: inputs that could not be listed (stage ``list``; counted in `failed`)
+    list_failed: int = 0
+    #: with `dry_run`: what a run would do
+    plan: dict[str, Any] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -58,6 +67,12 @@ class Summary:
         return posixpath.join(self.dest, ERRORS_FILE)
 
     def line(self) -> str:
+        if self.dry_run:
+            p = self.plan
+            shards = f"{p['first']} .. {p['last']}" if self.shards > 1 else p["first"]
+            return (f"dry run: {self.total} inputs ({p['kind']}, {self.list_failed} could not be listed) -> "
+                    f"{self.shards} shard(s) of up to {p['per_shard']} ({shards}); {self.resumed_shards} complete "
+                    f"in {self.dest}, {self.shards - self.resumed_shards} to convert; nothing written")
         return (
             f"{self.total} inputs: {self.written} written, {self.failed} failed "
             f"({self.images_per_second:.1f} img/s, {self.seconds:.1f} s) -> {self.dest}"
@@ -82,8 +97,6 @@ def _components(built: list[dict[str, Any]], config, resolved) -> dict[str, Any]
 
 def _previous_components(dest, run: dict[str, Any]) -> dict[str, Any] | None:
     """The components an earlier run of the same job recorded (kept when this run converts nothing)."""
-    from resize_pipeline.manifest import MANIFEST_FILE
-
     try:
         old = dest.read_json(MANIFEST_FILE)
     except (OSError, ValueError):
@@ -105,6 +118,7 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
     t0 = time.perf_counter()
     config = config.replace(source=normalise(config.source), dest=normalise(config.dest))
     checked = check(config)  # before anything else: a config error costs nothing and touches nothing
+    check_overlap(config.source, config.dest, config.storage_options)
     if config.engine == "ray":
         try:
             from workers.ray_engine import session
@@ -119,31 +133,70 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
         return _convert(config, resolved, t0, progress)
 
 
-def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) -> Summary:
-    from resize_pipeline.sinks.dest import Dest
-
+def _list(config):
     listing = list_source(
         config.source,
         storage_options=config.storage_options,
         path_column=config.path_column,
         label_column=config.label_column,
     )
-    if not listing.items:
-        raise SourceError(f"no images found in {config.source}")
-    log.info("listed %d inputs (%s) from %s", len(listing.items), listing.kind, config.source)
+    if not len(listing.items):
+        why = f" ({len(listing.errors)} could not be listed: {listing.errors[0]['error']})" if listing.errors else ""
+        raise SourceError(f"no images found in {config.source}{why}")
+    log.info("listed %d inputs (%s) from %s%s", len(listing.items), listing.kind, config.source,
+             f"; {len(listing.errors)} could not be listed" if listing.errors else "")
+    return listing
+
+
+def _open_dest(config):
+    from resize_pipeline.sinks.dest import Dest
+
     try:
         dest = Dest(config.dest, config.storage_options)
-        if dest.exists() and not dest.isdir():
-            raise OutputError(f"DEST {config.dest} is a file, not a folder: give a folder (it is created if missing)")
-        dest.makedirs()
-    except OutputError:
-        raise
     except (OSError, ValueError, ImportError) as exc:
-        raise OutputError(f"cannot write to {config.dest}: {type(exc).__name__}: {exc}") from None
-    run = prepare_dest(dest, config, resolved, listing.items)
-    previous = _previous_components(dest, run)
-    remove_partials(dest)
+        raise OutputError(f"cannot write to {config.dest}: {exc}") from None
+    dest.check_bucket()
+    return dest
+
+
+def _dry_run(config, dest, run: dict[str, Any], listing, tasks: list[ShardTask], t0: float) -> Summary:
+    """Everything a run checks before it writes, read-only; then what it would do."""
+    from resize_pipeline.sinks.lock import DestLock
+
+    state = inspect_dest(dest, config, run)
+    done = completed_shards(dest, tasks) if state.old is not None and not config.overwrite else {}
+    lock = DestLock(dest)
+    held = lock.read()
+    if held and lock.stale(held) is None:
+        log.warning("%s is being written by another job now (%s)", dest.url, lock.describe(held))
+    n = len(listing.items)
+    plan = {"kind": listing.kind, "per_shard": config.samples_per_shard, "first": tasks[0].name,
+            "last": tasks[-1].name, "pending": [t.name for t in tasks if t.index not in done][:20]}
+    return Summary(n + len(listing.errors), 0, len(listing.errors), time.perf_counter() - t0, config.dest,
+                   len(done), len(tasks), {}, 0, dry_run=True, list_failed=len(listing.errors), plan=plan)
+
+
+def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) -> Summary:
+    from resize_pipeline.sinks.lock import DestLock
+
+    listing = _list(config)
     tasks = plan_shards(listing.items, config.samples_per_shard, config.shard_prefix)
+    run = run_record(config, resolved, listing.items)
+    dest = _open_dest(config)
+    if config.dry_run:
+        return _dry_run(config, dest, run, listing, tasks, t0)
+    dest.makedirs()
+    with DestLock(dest):
+        state = inspect_dest(dest, config, run)
+        previous = _previous_components(dest, run) if state.old is not None else None
+        prepare_dest(dest, config, run, state)
+        records = [run] + ([state.old] if state.old is not None else [])
+        names = [n for n in (OutputNames.from_record(r) for r in records) if n is not None]
+        remove_partials(dest, names)
+        return _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress)
+
+
+def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress) -> Summary:
     done = completed_shards(dest, tasks)
     pending = [t for t in tasks if t.index not in done]
     if done:
@@ -170,15 +223,16 @@ def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) 
                 built.append(res.built)
             results.append(res)
     seconds = time.perf_counter() - t0
-    remove_partials(dest)  # temp files of a worker that died mid-commit (its shard was redone)
+    remove_partials(dest, names)  # temp files of a worker that died mid-commit (its shard was redone)
     converted = sum(r.total for r in results) - sum(r.total for r in done.values())
     manifest = finalize(
         dest, config, run, results,
-        listing_kind=listing.kind, classes=listing.classes, skipped=listing.skipped,
-        seconds=seconds, components=_components(built, config, resolved) if built else previous
+        listing_kind=listing.kind, list_errors=listing.errors, classes=listing.classes,
+        skipped=listing.skipped, seconds=seconds,
+        components=_components(built, config, resolved) if built else previous
         or _components(built, config, resolved),
         converted=converted,
     )
     c = manifest["counts"]
     return Summary(c["total"], c["written"], c["failed"], seconds, config.dest, len(done), len(tasks), manifest,
-                   converted)
+                   converted, list_failed=len(listing.errors))

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+#: a bytes literal inside an exception message (``b'\x89PNG...'``): an error record never echoes file
+#: contents, whatever library raised it
+_BYTES_REPR = re.compile(r"""\bb(['"])(?:\\.|(?!\1).)*\1""")
+MAX_MESSAGE = 1000
+
 
 class ResizePipelineError(Exception):
     """Base class for errors that stop a whole job (bad arguments, unreadable source)."""
@@ -42,4 +49,11 @@ def error_record(
         etype, msg = type(exc).__name__, str(exc) or repr(exc)
     else:
         etype, msg = error_type, exc
-    return {"key": key, "path": source, "stage": stage, "error_type": etype, "error": msg}
+    return {"key": key, "path": source, "stage": stage, "error_type": etype, "error": clean_message(msg)}
+
+
+def clean_message(msg: str) -> str:
+    """An exception message fit for ``_errors.jsonl``: bytes literals (file contents) replaced by
+    ``b'...'``, at most `MAX_MESSAGE` characters."""
+    msg = _BYTES_REPR.sub("b'...'", msg)
+    return msg if len(msg) <= MAX_MESSAGE else msg[: MAX_MESSAGE - 3] + "..."

@@ -1,6 +1,11 @@
 """Run state in DEST: ``_run.json`` (what is being made), ``_stats/`` (done shards), and the final
 ``_errors.jsonl`` + ``_manifest.json`` (written last, listing only complete shards). Every write
-goes through `sinks.dest.Dest` (atomic, retried).
+goes through `sinks.dest.Dest` (atomic, retried); what may be replaced or deleted is `ownership`'s call.
+
+The resume guard: ``_run.json`` records the fingerprint of everything that decides the bytes written,
+the listing's digest (keys, URLs, byte ranges, labels) and the inputs' stamps digest (sizes and
+modification times or ETags, as the listing saw them). A rerun with another config, another listing
+or changed inputs is refused (one line, exit 2) unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -10,22 +15,36 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from resize_pipeline import jsontext
 from resize_pipeline.errors import OutputError
+from resize_pipeline.ownership import (
+    ERRORS_FILE,
+    MANIFEST_FILE,
+    RUN_FILE,
+    OutputNames,
+    check_foreign,
+    check_not_in_the_way,
+    clear_dest,
+)
 from resize_pipeline.shards import STATS_DIR, ShardResult, ShardTask, stats_name
-from resize_pipeline.sinks.dest import TEMP_RE, Dest
+from resize_pipeline.sinks.dest import Dest
 from resize_pipeline.sources.base import SourceItem
 from resize_pipeline.version import __version__
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "_run.json"
-MANIFEST_FILE = "_manifest.json"
-ERRORS_FILE = "_errors.jsonl"
+__all__ = ["ERRORS_FILE", "MANIFEST_FILE", "RUN_FILE", "DestState", "completed_shards", "finalize",
+           "inspect_dest", "listing_digest", "prepare_dest", "run_record"]
 
 
 def listing_digest(items: Sequence[SourceItem]) -> str:
+    """The digest of a listing (`ItemTable.digest` computes the same, column-wise)."""
+    digest = getattr(items, "digest", None)
+    if isinstance(digest, str) and digest:
+        return digest
     h = hashlib.sha256()
     for it in items:
         h.update(f"{it.key}\t{it.url}\t{it.offset}\t{it.length}\t{it.row}\t{it.label}\n".encode("utf-8", "surrogatepass"))
@@ -34,7 +53,8 @@ def listing_digest(items: Sequence[SourceItem]) -> str:
 
 def run_record(config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
     """What ``_run.json`` holds: the fingerprint of everything that decides the bytes written (the
-    config's output fields and the driver's resolved decisions), and the listing's digest."""
+    config's output fields and the driver's resolved decisions), the listing's digests, and the
+    names of the shard files this run writes (what ``--overwrite`` may later remove)."""
     output = config.output_dict()
     # knobs that cannot change this job's bytes do not block its resume
     if resolved.precision is None:
@@ -46,7 +66,9 @@ def run_record(config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
     return {
         "fingerprint": hashlib.sha256(json.dumps(output, sort_keys=True).encode()).hexdigest()[:16],
         "listing": listing_digest(items),
+        "stamps": getattr(items, "stamps_digest", None),
         "inputs": len(items),
+        "outputs": OutputNames.of(config, len(items)).to_dict(),
         "config": output,
         "version": __version__,
     }
@@ -63,42 +85,81 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
-def prepare_dest(dest: Dest, config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
-    """Create DEST, refuse incompatible earlier output (unless ``overwrite``), record the run."""
-    run = run_record(config, resolved, items)
-    if dest.exists(RUN_FILE):
-        try:
-            old = dest.read_json(RUN_FILE)
-        except ValueError:
-            old = {}
-        if config.overwrite:
-            clear_dest(dest)
-        elif not isinstance(old, dict) or old.get("fingerprint") != run["fingerprint"]:
-            fields = ", ".join(_diff(old.get("config", {}) if isinstance(old, dict) else {}, run["config"])) or "config"
-            raise OutputError(
-                f"{dest.url} holds output made with a different config (differs in: {fields}); "
-                "use --overwrite to replace it, or another destination"
-            )
-        elif old.get("listing") != run["listing"]:
-            raise OutputError(
-                f"{dest.url} holds output of a different input listing ({old.get('inputs')} inputs then, "
-                f"{len(items)} now); use --overwrite to replace it, or another destination"
-            )
-    elif config.overwrite:
-        clear_dest(dest)
+@dataclass(slots=True)
+class DestState:
+    """What `inspect_dest` found: the earlier run's record (None: DEST holds no output of ours)."""
+
+    old: dict[str, Any] | None
+    entries: dict[str, str]
+
+
+def read_run(dest: Dest, present: bool = True) -> dict[str, Any] | None:
+    """``_run.json``, checked: a torn or foreign document is refused in one line (it is the record of
+    what this tool owns in DEST, so nothing is assumed without it)."""
+    if not present:
+        return None
+    where = f"{dest.url}/{RUN_FILE}"
+    try:
+        old = dest.read_json(RUN_FILE)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        reason = "torn or not JSON" if isinstance(exc, ValueError) else str(exc)
+        raise OutputError(f"{where} cannot be read ({reason}): it is not a record this tool wrote; "
+                          "move it away (with the rest of DEST) or choose another destination") from None
+    if not isinstance(old, dict) or not isinstance(old.get("fingerprint"), str):
+        shape = f"a JSON {type(old).__name__}" if not isinstance(old, dict) else "an object without a fingerprint"
+        raise OutputError(f"{where} holds {shape}, not a run record of this tool; move it away (with the rest "
+                          "of DEST) or choose another destination")
+    return old
+
+
+def inspect_dest(dest: Dest, config, run: dict[str, Any]) -> DestState:
+    """Everything that decides whether this run may write DEST, read-only: folders in the way of its
+    files, files that are not ours in the way, an unreadable ``_run.json``, and (unless
+    ``--overwrite``) an earlier run with another config, listing or changed inputs."""
+    entries = dest.entries()
+    names = OutputNames(**{**run["outputs"], "exts": tuple(run["outputs"]["exts"])})
+    check_not_in_the_way(dest, entries, names)
+    old = read_run(dest, entries.get(RUN_FILE) == "file")
+    if old is None:
+        check_foreign(dest, entries, names, config.overwrite)
+        return DestState(None, entries)
+    if config.overwrite:
+        return DestState(old, entries)
+    if old.get("fingerprint") != run["fingerprint"]:
+        fields = ", ".join(_diff(old.get("config", {}) if isinstance(old.get("config"), dict) else {},
+                                 run["config"])) or "config"
+        raise OutputError(
+            f"{dest.url} holds output made with a different config (differs in: {fields}); "
+            "use --overwrite to replace it, or another destination"
+        )
+    if old.get("listing") != run["listing"]:
+        raise OutputError(
+            f"{dest.url} holds output of a different input listing ({old.get('inputs')} inputs then, "
+            f"{run['inputs']} now); use --overwrite to replace it, or another destination"
+        )
+    if old.get("stamps") is not None and old.get("stamps") != run["stamps"]:
+        raise OutputError(
+            f"inputs of {config.source} changed since {dest.url} was started (same names, other sizes or "
+            "modification times): resuming would mix old and new images; use --overwrite to convert them "
+            "again, or restore the inputs"
+        )
+    if old.get("stamps") is None and run["stamps"] is not None:
+        log.warning("%s was started by a version that did not record the inputs' sizes and times: changes "
+                    "to the inputs since then cannot be detected", dest.url)
+    return DestState(old, entries)
+
+
+def prepare_dest(dest: Dest, config, run: dict[str, Any], state: DestState) -> None:
+    """Write this run's record (after `inspect_dest`): with ``--overwrite``, first remove what the
+    earlier run's records say it wrote."""
+    names = OutputNames(**{**run["outputs"], "exts": tuple(run["outputs"]["exts"])})
+    if config.overwrite and state.old is not None:
+        n = clear_dest(dest, state.old, names)
+        log.info("--overwrite: removed %d file(s) of the earlier run in %s", n, dest.url)
+    dest.write_json(run, RUN_FILE)  # first: from here on DEST is ours (and says what it will hold)
     dest.makedirs(STATS_DIR)
-    dest.write_json(run, RUN_FILE)
-    return run
-
-
-def clear_dest(dest: Dest) -> None:
-    """Remove what earlier runs of this tool wrote (shards, stats, manifest), nothing else."""
-    if not dest.exists():
-        return
-    for base in dest.ls():
-        if base in (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, STATS_DIR) or base.endswith((".tar", ".parquet")) \
-                or TEMP_RE.match(base):
-            dest.remove(base, recursive=True)
 
 
 def completed_shards(dest: Dest, tasks: Sequence[ShardTask]) -> dict[int, ShardResult]:
@@ -113,20 +174,11 @@ def completed_shards(dest: Dest, tasks: Sequence[ShardTask]) -> dict[int, ShardR
             continue
         try:
             res = ShardResult.from_dict(dest.read_json(*stats_name(t.name)))
-        except (FileNotFoundError, ValueError, KeyError, TypeError):  # gone meanwhile, or torn: redo it
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # torn: redo it
             continue
-        if res.total == len(t.items) and all(f["name"] in present for f in res.files):
+        if res.total == t.size and all(isinstance(f, dict) and f.get("name") in present for f in res.files):
             done[t.index] = res
     return done
-
-
-def remove_partials(dest: Dest) -> None:
-    """Temporary files of a killed run (a worker killed in the middle of a commit): ours only,
-    recognised by their exact temp-name pattern."""
-    for sub in ((), (STATS_DIR,)):
-        for base in dest.ls(*sub):
-            if TEMP_RE.match(base):
-                dest.remove(*sub, base)
 
 
 def finalize(
@@ -136,6 +188,7 @@ def finalize(
     results: Sequence[ShardResult],
     *,
     listing_kind: str,
+    list_errors: Sequence[dict[str, str]] = (),
     classes: Sequence[str],
     skipped: int,
     seconds: float,
@@ -144,11 +197,11 @@ def finalize(
 ) -> dict[str, Any]:
     """Write ``_errors.jsonl`` then ``_manifest.json`` (last) from the per-shard results."""
     results = sorted(results, key=lambda r: r.index)
-    errors = [e for r in results for e in r.errors]
-    dest.write_text("".join(json.dumps(e, sort_keys=True, ensure_ascii=False) + "\n" for e in errors), ERRORS_FILE)
-    total = sum(r.total for r in results)
+    errors = list(list_errors) + [e for r in results for e in r.errors]
+    dest.write_text("".join(jsontext.dumps(e, sort_keys=True) + "\n" for e in errors), ERRORS_FILE)
+    total = sum(r.total for r in results) + len(list_errors)
     written = sum(r.written for r in results)
-    failed = sum(r.failed for r in results)
+    failed = sum(r.failed for r in results) + len(list_errors)
     by_stage: dict[str, int] = {}
     for e in errors:
         by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1

@@ -29,12 +29,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from resize_pipeline.batch import items_to_batch
 from resize_pipeline.devices import Placement
 from resize_pipeline.errors import ResizePipelineError, error_record
 from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard, stats_name
 from resize_pipeline.sinks import WRITERS, RollingShardWriter, Sample
-from resize_pipeline.sinks.dest import Dest
+from resize_pipeline.sinks.dest import Dest, DestinationFull, is_full
 from resize_pipeline.stream import IDLE, Attempt, Work, chain
 from resize_pipeline.urls import is_remote_url
 
@@ -115,14 +114,13 @@ class _Feed:
                         cond.wait(timeout=1.0)
                 continue
             task, attempt = nxt
-            items = task.items
             state = Attempt()
-            starts = list(range(0, len(items), self.batch_size)) or [0]
+            starts = list(range(0, task.size, self.batch_size)) or [0]
             for seq, s in enumerate(starts):
                 last = seq == len(starts) - 1
                 if state.failed and not last:
                     continue  # the runner gave up on this attempt: only its end marker still travels
-                yield Work(task, attempt, seq, last, items_to_batch(items[s : s + self.batch_size]), state=state)
+                yield Work(task, attempt, seq, last, task.batch(s, s + self.batch_size), state=state)
 
 
 @dataclass
@@ -175,13 +173,13 @@ class ShardRunner:
             if on_progress is None:
                 return
             before = counted.get(task.index, 0)
-            now = min(len(task.items), before + n)
+            now = min(task.size, before + n)
             counted[task.index] = now
             if now > before:
                 on_progress(now - before)
 
         def finish(shard: _Shard, result: ShardResult) -> ShardResult:
-            progress(shard.task, len(shard.task.items))
+            progress(shard.task, shard.task.size)
             counted.pop(shard.task.index, None)
             feed.finished()
             return result
@@ -206,8 +204,14 @@ class ShardRunner:
                         yield finish(shard, self._commit(shard))
                         continue
                 except ResizePipelineError:
+                    self._abort(shard)
                     raise
                 except Exception as exc:  # noqa: BLE001 - the shard attempt fails; retried or recorded below
+                    if is_full(exc):  # the local spool filled its disk: no retry can help
+                        self._abort(shard)
+                        raise DestinationFull(f"no space left for the local spool of shard {w.task.name} "
+                                              f"({type(exc).__name__}: {exc}); free some space and rerun the "
+                                              "same command to resume") from exc
                     shard.dead = True  # its remaining batches are skipped as they arrive
                     if w.state is not None:
                         w.state.failed = True
@@ -217,7 +221,7 @@ class ShardRunner:
                         feed.retry(w.task, shard.attempt + 1)
                     else:
                         log.error("shard %s failed %d times, its %d inputs are recorded as failed: %s: %s",
-                                  w.task.name, SHARD_ATTEMPTS, len(w.task.items), type(exc).__name__, exc)
+                                  w.task.name, SHARD_ATTEMPTS, w.task.size, type(exc).__name__, exc)
                         yield finish(shard, failed_shard(w.task, exc, self.built))
             if w.last:
                 open_.pop(key, None)
@@ -250,7 +254,7 @@ class ShardRunner:
     def _commit(self, shard: _Shard) -> ShardResult:
         files = [f.to_dict() for w in shard.writers for f in w.close()]
         t = shard.task
-        result = ShardResult(t.index, t.name, len(t.items), shard.written, len(shard.errors), files,
+        result = ShardResult(t.index, t.name, t.size, shard.written, len(shard.errors), files,
                              shard.errors, time.perf_counter() - shard.t0, self.built)
         self.dest.write_json(result.to_dict(), *stats_name(t.name))
         return result

@@ -21,11 +21,52 @@ STATS_DIR = "_stats"
 SHARD_ATTEMPTS = 3
 
 
-@dataclass(frozen=True, slots=True)
 class ShardTask:
-    index: int
-    name: str
-    items: tuple[SourceItem, ...]
+    """Shard `index`: rows ``[start, stop)`` of the listing.
+
+    A task refers to its slice of the listing (`sources.table.ItemTable`, or any sequence of
+    `SourceItem`) instead of holding its inputs: planning costs nothing per input. Its items are made
+    when asked for (`items`, `batch`); a task that is pickled (to a worker process, a Ray actor)
+    carries its own items, so a worker never receives the whole listing.
+    """
+
+    __slots__ = ("index", "name", "rows", "start", "stop")
+
+    def __init__(self, index: int, name: str, rows: Sequence[SourceItem] | Any, start: int = 0,
+                 stop: int | None = None) -> None:
+        self.index, self.name, self.rows = int(index), name, rows
+        self.start, self.stop = int(start), int(len(rows) if stop is None else stop)
+
+    @property
+    def size(self) -> int:
+        """Inputs in this shard."""
+        return self.stop - self.start
+
+    @property
+    def items(self) -> tuple[SourceItem, ...]:
+        return tuple(self.rows[self.start : self.stop])
+
+    def batch(self, a: int, b: int) -> dict:
+        """Rows ``[a, b)`` of this shard as a column batch (`batch.items_to_batch`)."""
+        from resize_pipeline.batch import columns_to_batch, items_to_batch
+
+        a, b = self.start + a, min(self.stop, self.start + b)
+        if hasattr(self.rows, "columns"):
+            return columns_to_batch(self.rows.columns(a, b))
+        return items_to_batch(self.rows[a:b])
+
+    def __reduce__(self) -> tuple:
+        return ShardTask, (self.index, self.name, self.items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ShardTask):
+            return NotImplemented
+        return (self.index, self.name, self.items) == (other.index, other.name, other.items)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ShardTask({self.index}, {self.name!r}, rows {self.start}..{self.stop})"
 
 
 @dataclass(slots=True)
@@ -62,11 +103,17 @@ class ShardResult:
         return cls(**{k: d[k] for k in ("index", "name", "total", "written", "failed", "files", "errors")})
 
 
-def plan_shards(items: Sequence[SourceItem], samples_per_shard: int, prefix: str = "shard") -> list[ShardTask]:
+def shard_width(n: int, samples_per_shard: int) -> int:
+    """Digits in the shard names of a listing of `n` inputs (at least 5)."""
+    return max(5, len(str(max(0, (n - 1) // samples_per_shard))))
+
+
+def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefix: str = "shard") -> list[ShardTask]:
+    """Shard *i* = inputs ``[i*N, (i+1)*N)``; each task refers to its slice of `items` (no copy)."""
     n = len(items)
-    width = max(5, len(str(max(0, (n - 1) // samples_per_shard))))
+    width = shard_width(n, samples_per_shard)
     return [
-        ShardTask(i, f"{prefix}-{i:0{width}d}", tuple(items[s : s + samples_per_shard]))
+        ShardTask(i, f"{prefix}-{i:0{width}d}", items, s, min(n, s + samples_per_shard))
         for i, s in enumerate(range(0, n, samples_per_shard))
     ]
 
@@ -81,4 +128,4 @@ def failed_shard(task: ShardTask, exc: BaseException | str, built: dict[str, Any
     the reason. No stats file is written for it, so a rerun tries it again."""
     errors = [error_record(key=it.key, source=it.url, stage="shard", exc=exc, error_type="RuntimeError")
               for it in task.items]
-    return ShardResult(task.index, task.name, len(task.items), 0, len(task.items), [], errors, built=built)
+    return ShardResult(task.index, task.name, task.size, 0, task.size, [], errors, built=built)

@@ -70,24 +70,45 @@ class ThreadChunks:
         return {k: v for k, v in self.__dict__.items() if k != "_pool"}
 
 
-class ReadStage(ThreadChunks):
+class ReadStage:
     """Fetch raw bytes for each row (``data``); with `probe`, also pre-screen each file's header
     (``probe``: declared size, orientation, and whether DALI can take it) in the same threads.
 
-    Local files are read on a thread pool (reads release the GIL); object stores read a batch
-    concurrently through fsspec's async filesystems.
+    Every input is read on its own thread of a `sources.reader.ReadPool` (local reads release the
+    GIL; object stores wait on the network), and given up after `timeout` seconds (a ``read`` error
+    row, `ReadTimeout`): a slow input never holds the rest of its batch. Rows of one Parquet file are
+    read together (their row group is read once).
     """
 
+    #: reads in flight at once for object stores / http (each waits on the network)
+    REMOTE_THREADS = 32
+
     def __init__(self, storage_options: dict[str, Any] | None = None, *, threads: int = 1,
-                 probe_max_pixels: int | None = None) -> None:
+                 probe_max_pixels: int | None = None, timeout: float | None = None) -> None:
         self.storage_options = dict(storage_options or {})
         self.threads = max(1, int(threads))
         self.probe_max_pixels = probe_max_pixels
+        self.timeout = timeout
+        self._pools: dict[bool, Any] = {}
+
+    def __getstate__(self) -> dict:  # thread pools don't pickle (Ray ships stages to actors)
+        return {k: v for k, v in self.__dict__.items() if k != "_pools"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pools = {}
+
+    def _pool(self, remote: bool):
+        from resize_pipeline.sources.reader import ReadPool
+
+        if remote not in self._pools:
+            self._pools[remote] = ReadPool(max(self.threads, self.REMOTE_THREADS) if remote else self.threads)
+        return self._pools[remote]
 
     def _read(self, items: list) -> list:
-        from resize_pipeline.sources.reader import read_items
+        from resize_pipeline.sources.reader import read_items, read_one
 
-        got = read_items(items, self.storage_options)
+        got = [read_one(items[0], self.storage_options)] if len(items) == 1 else read_items(items, self.storage_options)
         if self.probe_max_pixels is None:
             return [(g, None) for g in got]
         from resize_pipeline.decode.probe import probe
@@ -95,19 +116,34 @@ class ReadStage(ThreadChunks):
         return [(g, None if isinstance(g, Exception) else probe(bytes(g), self.probe_max_pixels)) for g in got]
 
     def __call__(self, batch: Batch) -> Batch:
+        from functools import partial
+
         from resize_pipeline.urls import is_remote_url
 
         rows = ok_rows(batch)
         items = batch_to_items(batch, rows)
         n = len(batch["key"])
         data, probes = objects([b""] * n), objects([None] * n)
-        remote = bool(items) and is_remote_url(items[0].url)
-        results = self._read(items) if remote else self.chunked(self._read, items)
-        for i, (got, pr) in zip(rows, results, strict=True):
-            if isinstance(got, Exception):
-                fail(batch, i, "read", got)
+        units: list[list[int]] = []  # positions in `items`: one input each, or one Parquet file's rows
+        parquet: dict[str, list[int]] = {}
+        for j, it in enumerate(items):
+            if it.row >= 0:
+                if it.url not in parquet:
+                    parquet[it.url] = []
+                    units.append(parquet[it.url])
+                parquet[it.url].append(j)
             else:
-                data[i], probes[i] = bytes(got), pr
+                units.append([j])
+        remote = bool(items) and is_remote_url(items[0].url)
+        outs = self._pool(remote).map([partial(self._read, [items[j] for j in u]) for u in units], self.timeout)
+        for unit, out in zip(units, outs, strict=True):
+            got = [(out, None)] * len(unit) if isinstance(out, Exception) else out
+            for j, (value, pr) in zip(unit, got, strict=True):
+                i = rows[j]
+                if isinstance(value, Exception):
+                    fail(batch, i, "read", value)
+                else:
+                    data[i], probes[i] = bytes(value), pr
         batch["data"] = data
         if self.probe_max_pixels is not None:
             batch["probe"] = probes

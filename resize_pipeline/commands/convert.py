@@ -89,6 +89,13 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     summary = convert(config)
+    if summary.dry_run:  # its whole point is this output: printed even with --quiet
+        print(summary.line())
+        pending = summary.plan.get("pending", [])
+        if pending:
+            more = summary.shards - summary.resumed_shards - len(pending)
+            print("to convert: " + ", ".join(pending) + (f" (+{more} more)" if more > 0 else ""))
+        return 0
     if not config.quiet:
         print(summary.line())
         print(f"manifest: {summary.manifest_path}")

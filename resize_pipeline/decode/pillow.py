@@ -22,6 +22,14 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2 x MAX_IMAGE_PIXEL
 BLOCKS_MAX = 16
 
 
+def unidentified(blob: bytes) -> UnidentifiedImageError:
+    """The error for bytes no decoder recognises. It says how many bytes, never which: an error list
+    must not echo a file's contents (a manifest row can point at any file). Pillow's own message
+    embeds the BytesIO's address, which would make ``_errors.jsonl`` differ between runs."""
+    return UnidentifiedImageError(f"cannot identify image file ({len(blob)} bytes; not an image format "
+                                  "Pillow reads)")
+
+
 class PillowDecoder(Decoder):
     """Decode with Pillow. Safe for any format Pillow reads.
 
@@ -62,10 +70,7 @@ class PillowDecoder(Decoder):
             except Image.DecompressionBombError as exc:
                 raise ImageTooLarge(str(exc)) from None
             except UnidentifiedImageError:
-                # Pillow's message embeds the BytesIO's address: keep _errors.jsonl reproducible
-                raise UnidentifiedImageError(
-                    f"cannot identify image file ({len(blob)} bytes, starting {blob[:8]!r})"
-                ) from None
+                raise unidentified(blob) from None
             w, h = img.size
             if w * h > self.max_pixels:
                 raise ImageTooLarge(f"declared size {w}x{h} = {w * h} px exceeds max_pixels={self.max_pixels}")

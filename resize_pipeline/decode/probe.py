@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resize_pipeline.decode.pillow import DEFAULT_MAX_PIXELS, TRANSPOSING
+from resize_pipeline.decode.pillow import DEFAULT_MAX_PIXELS, TRANSPOSING, unidentified
 from resize_pipeline.errors import ImageTooLarge, SampleError
 
 
@@ -52,7 +52,7 @@ def probe(blob: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probe:
 
 
 def _probe_pillow(blob: bytes, max_pixels: int) -> Probe:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     if not blob:
         return Probe("error", error=SampleError("empty file (0 bytes)"))
@@ -62,6 +62,8 @@ def _probe_pillow(blob: bytes, max_pixels: int) -> Probe:
             img = Image.open(io.BytesIO(blob))
         except Image.DecompressionBombError as exc:
             return Probe("error", error=ImageTooLarge(str(exc)))
+        except UnidentifiedImageError:  # nothing will decode it; said as the Pillow decoder says it
+            return Probe("error", error=unidentified(blob))
         except Exception as exc:  # noqa: BLE001 - unidentifiable: nothing will decode it
             return Probe("error", error=exc)
         w, h = img.size

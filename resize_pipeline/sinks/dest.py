@@ -15,7 +15,12 @@ DEST (no second copy), committed by a rename (retried); on object stores in a lo
 spilling to a temporary file when large), uploaded on commit, so a transient error while uploading
 retries the upload from the spool, not the decode and resize that produced the bytes.
 A full disk (ENOSPC, EDQUOT) is not transient: it raises `DestinationFull` (the job stops with
-exit 2 and a one-line message; a rerun resumes).
+exit 2 and a one-line message; a rerun resumes). Neither is a destination that cannot be written at
+all (permission denied, a read-only filesystem, a directory where a file must go, DEST gone): that is
+`DestinationUnwritable`, also a one-line job error.
+
+An object-store DEST must exist as a bucket: `check_bucket` refuses a missing one (the tool never
+creates buckets), and `makedirs` is a no-op there (objects need no folders).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
+from resize_pipeline import jsontext
 from resize_pipeline.errors import OutputError
 from resize_pipeline.urls import is_local_fs, url_to_fs, writes_visibly
 
@@ -43,6 +49,7 @@ T = TypeVar("T")
 #: errors that retrying cannot fix
 PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 #: how a temporary file is named: ``.{final name}.partial-{pid}-{token}``
 TEMP_RE = re.compile(r"^\.(?P<final>.+)\.partial-\d+-[0-9a-f]{8}$")
 #: shard parts above this size spill from memory to a local temporary file while they are built
@@ -53,12 +60,35 @@ class DestinationFull(OutputError):
     """The destination (or the local spool) has no space left."""
 
 
+class DestinationUnwritable(OutputError):
+    """The destination cannot be written (permissions, read-only, a directory in the way, gone)."""
+
+
 def is_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _FULL
 
 
 def temp_name(name: str) -> str:
     return f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or (str(exc).strip().splitlines() or [""])[0]
+    return text or type(exc).__name__
+
+
+def job_error(what: str, exc: BaseException, url: str) -> OutputError | None:
+    """The job-level error `exc` amounts to while `what` (``writing /d/x.tar``) in DEST, or None
+    (transient, or a failure of this one write)."""
+    if is_full(exc):
+        return DestinationFull(f"no space left on {url} ({what}: {_reason(exc)}); free some space and rerun the "
+                               "same command to resume")
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _UNWRITABLE):
+        return DestinationUnwritable(f"cannot write to {url} ({what}: {_reason(exc)}): it is read-only or not "
+                                     "writable by this user")
+    if isinstance(exc, IsADirectoryError | NotADirectoryError | FileNotFoundError):
+        return DestinationUnwritable(f"cannot write to {url} ({what}: {_reason(exc)})")
+    return None
 
 
 class Part:
@@ -80,9 +110,14 @@ class Part:
             self.dest.commit(self.file, *self.names)
             self.file.close()
             return
+        def rename() -> None:
+            if self.dest.fs.isdir(self.final):  # a rename would move the file *into* that folder
+                raise IsADirectoryError(errno.EISDIR, f"{self.final} is a directory")
+            self.dest.fs.mv(self.temp, self.final)
+
         try:
             self.dest.call(f"closing {self.temp}", self.file.close)
-            self.dest.call(f"renaming {self.temp}", lambda: self.dest.fs.mv(self.temp, self.final))
+            self.dest.call(f"renaming {self.temp}", rename)
         except BaseException:
             self.dest._rm_quiet(self.temp)
             raise
@@ -137,21 +172,54 @@ class Dest:
         except FileNotFoundError:
             return []
 
+    def entries(self, *names: str) -> dict[str, str]:
+        """Base name -> ``file`` or ``directory`` for a folder of DEST (fresh); {} if it does not exist."""
+        d = self.path(*names)
+        self.fs.invalidate_cache(d)
+        try:
+            listed = self.fs.ls(d, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {posixpath.basename(e["name"].rstrip("/")): "directory" if e.get("type") == "directory" else "file"
+                for e in listed}
+
     def exists(self, *names: str) -> bool:
         return bool(self.fs.exists(self.path(*names)))
 
     def isdir(self, *names: str) -> bool:
         return bool(self.fs.isdir(self.path(*names)))
 
+    @property
+    def object_store(self) -> bool:
+        """Objects appear whole when their upload closes (s3, gcs...), and need no folders."""
+        return not self.visible
+
+    def check_bucket(self) -> None:
+        """Refuse an object-store DEST whose bucket does not exist: it is never created without asking."""
+        if not self.object_store:
+            return
+        bucket = self.root.strip("/").split("/", 1)[0]
+        try:
+            found = self.fs.exists(bucket)
+        except Exception as exc:  # noqa: BLE001 - credentials, endpoint: said in one line
+            raise OutputError(f"cannot reach {self.url}: {_reason(exc)}") from None
+        if not found:
+            raise OutputError(f"the bucket {bucket!r} of {self.url} does not exist (or is not visible with these "
+                              "credentials); create it first: resize-pipeline never creates buckets")
+
     # -- retries -------------------------------------------------------------------------------
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run `fn`, retrying transient errors with exponential backoff."""
+        """Run `fn`, retrying transient errors with exponential backoff; a full or unwritable DEST
+        raises the job-level error (`job_error`)."""
         for attempt in range(self.retries + 1):
             try:
                 return fn()
+            except OutputError:
+                raise
             except Exception as exc:
-                if is_full(exc):
-                    raise DestinationFull(f"no space left while writing {what} in {self.url}") from exc
+                fatal = job_error(what, exc, self.url)
+                if fatal is not None:
+                    raise fatal from exc
                 if isinstance(exc, PERMANENT) or attempt == self.retries:
                     raise
                 wait = self.backoff * 2**attempt
@@ -161,12 +229,18 @@ class Dest:
 
     # -- writes --------------------------------------------------------------------------------
     def makedirs(self, *names: str) -> None:
-        self.call(f"creating {self.path(*names)}", lambda: self.fs.makedirs(self.path(*names), exist_ok=True))
+        if self.object_store:
+            return  # no folders on object stores (and s3fs would create a missing bucket)
+        try:
+            self.call(f"creating {self.path(*names)}", lambda: self.fs.makedirs(self.path(*names), exist_ok=True))
+        except FileExistsError:  # a file where a folder must be
+            raise DestinationUnwritable(f"cannot write to {self.url}: {self.path(*names)} is a file, not a "
+                                        "folder") from None
 
     def _parent(self, path: str) -> None:
         parent = posixpath.dirname(path)
         if self.local and parent not in self._made:
-            self.fs.makedirs(parent, exist_ok=True)
+            self.call(f"creating {parent}", lambda: self.fs.makedirs(parent, exist_ok=True))
             self._made.add(parent)
 
     def part(self, *names: str) -> Part:
@@ -203,6 +277,8 @@ class Dest:
             f.close()
             if target != final:
                 try:
+                    if self.fs.isdir(final):  # a rename would move the file *into* that folder
+                        raise IsADirectoryError(errno.EISDIR, f"{final} is a directory")
                     self.fs.mv(target, final)
                 except BaseException:
                     self._rm_quiet(target)
@@ -237,14 +313,23 @@ class Dest:
         self.commit(text.encode("utf-8", "surrogateescape"), *names)
 
     def write_json(self, data: Any, *names: str) -> None:
-        """Write JSON so that the file only ever holds a complete document."""
-        self.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False), *names)
+        """Write JSON so that the file only ever holds a complete document (valid UTF-8: names that
+        are not are escaped, `jsontext`)."""
+        self.write_text(jsontext.dumps(data, indent=1, sort_keys=True), *names)
 
     def read_json(self, *names: str) -> Any:
         """The parsed document; FileNotFoundError if absent, ValueError if torn or not JSON."""
-        with self.fs.open(self.path(*names), "r", encoding="utf-8") as fh:
-            return json.load(fh)
+        with self.fs.open(self.path(*names), "rb") as fh:
+            return json.loads(fh.read().decode("utf-8"))
 
     def remove(self, *names: str, recursive: bool = False) -> None:
+        """Remove a file (or, with `recursive`, a folder) of DEST; one already gone is fine."""
         p = self.path(*names)
-        self.call(f"removing {p}", lambda: self.fs.rm(p, recursive=recursive))
+
+        def rm() -> None:
+            try:
+                self.fs.rm(p, recursive=recursive)
+            except FileNotFoundError:
+                pass
+
+        self.call(f"removing {p}", rm)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from resize_pipeline.jsontext import display
 from resize_pipeline.sinks.base import FormatWriter, HashingFile, Sample
 
 COLUMNS = (
@@ -100,9 +101,9 @@ class ParquetWriter(FormatWriter):
                 "height": [s.height for s in r],
                 "orig_width": [s.orig_width for s in r],
                 "orig_height": [s.orig_height for s in r],
-                "source": [s.source for s in r],
+                "source": [display(s.source) for s in r],  # UTF-8 column: undecodable bytes as \xNN
                 "label": [s.label if s.label >= 0 else None for s in r],
-                "label_name": [s.label_name or None for s in r],
+                "label_name": [display(s.label_name) or None for s in r],
                 "meta": [s.meta or None for s in r],
             },
             schema=self.schema,

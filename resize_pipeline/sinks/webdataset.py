@@ -15,9 +15,9 @@ non-ASCII names: PAX extended headers) is built by ``tarfile``. Reading our shar
 
 from __future__ import annotations
 
-import json
 import tarfile
 
+from resize_pipeline import jsontext
 from resize_pipeline.sinks.base import FormatWriter, HashingFile, Sample
 
 BLOCK = tarfile.BLOCKSIZE
@@ -123,7 +123,7 @@ class WebDatasetWriter(FormatWriter):
     def write(self, sample: Sample) -> None:
         parts = {
             sample.ext: sample.payload,
-            "json": json.dumps(sample.info(), sort_keys=True, ensure_ascii=False).encode("utf-8"),
+            "json": jsontext.dumps(sample.info(), sort_keys=True).encode("utf-8"),
         }
         if sample.label >= 0:
             parts["cls"] = str(sample.label).encode()

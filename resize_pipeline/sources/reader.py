@@ -3,15 +3,22 @@
 Whole files go through ``fs.cat`` (concurrent on async filesystems such as s3fs), tar members through
 ``fs.cat_ranges``, Parquet rows through the row groups that hold them. Failures come back in place as
 exceptions; permanent ones (missing file, permission) are not retried.
+
+`ReadPool` bounds each read in time: every input (every Parquet file's group of rows) is read on its
+own daemon thread and given up after ``--read-timeout`` seconds, retries included; it then fails
+alone (`ReadTimeout`, a ``read`` error row) while the rest of its batch goes on. A read that was
+given up keeps its thread until the filesystem returns (it cannot be interrupted); a fresh thread
+takes its place, so stuck reads never starve the others.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from fsspec.core import url_to_fs
 
@@ -98,6 +105,21 @@ def _read_group(kind: str, items: list[SourceItem], so: dict[str, Any]) -> list[
         return [exc] * len(items)
 
 
+def read_one(item: SourceItem, storage_options: dict[str, Any] | None = None) -> bytes | Exception:
+    """One item's bytes (or the exception). A whole local file is read with plain ``open`` (fsspec's
+    path handling costs more than reading a small file); anything else, or a local read that fails
+    with a possibly transient error, goes through `read_items` (with its retries)."""
+    if item.offset < 0 and item.row < 0 and item.url.startswith("file:///"):
+        try:
+            with open(item.url[7:], "rb") as fh:
+                return fh.read()
+        except PERMANENT as exc:
+            return exc
+        except OSError:
+            pass
+    return read_items([item], storage_options)[0]
+
+
 def read_items(
     items: Sequence[SourceItem],
     storage_options: dict[str, Any] | None = None,
@@ -126,3 +148,107 @@ def read_items(
         log.warning("retrying %d reads after transient errors (attempt %d): %s", len(pending), attempt + 1, out[pending[0]])
         time.sleep(backoff * 2**attempt)
     return out  # type: ignore[return-value]
+
+
+T = TypeVar("T")
+#: threads given up on (still waiting for a filesystem) beyond which no replacement is started
+MAX_STUCK = 256
+
+
+class ReadTimeout(TimeoutError):
+    """A read that took longer than ``--read-timeout``."""
+
+
+class _Job:
+    __slots__ = ("fn", "cond", "submitted", "started", "finished", "abandoned", "result")
+
+    def __init__(self, fn: Callable[[], Any], cond: threading.Condition) -> None:
+        self.fn, self.cond = fn, cond
+        self.submitted = time.monotonic()
+        self.started: float | None = None
+        self.finished = self.abandoned = False
+        self.result: Any = None
+
+
+class ReadPool:
+    """Daemon threads that run reads, each bounded by a timeout (see the module docstring).
+
+    Args:
+        threads: reads running at once.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, int(threads))
+        self._lock = threading.Lock()
+        self._queue: list[_Job] = []
+        self._wake = threading.Condition(self._lock)
+        self._workers = 0
+        self._spawned = 0.0  # when the last replacement thread was started
+        self.stuck = 0
+
+    @staticmethod
+    def _give_up(job: _Job, timeout: float) -> None:
+        job.abandoned = True
+        job.result = ReadTimeout(f"no data after {timeout:g} s (--read-timeout)")
+
+    def _spawn(self) -> None:  # with the lock held
+        while self._workers < self.threads and self.stuck < MAX_STUCK:
+            self._workers += 1
+            threading.Thread(target=self._serve, name="read", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._wake.wait()
+                job = self._queue.pop(0)
+                if job.abandoned:
+                    continue
+                job.started = time.monotonic()
+            try:
+                result: Any = job.fn()
+            except Exception as exc:  # noqa: BLE001 - handed to the caller in place
+                result = exc
+            with self._lock:
+                if job.abandoned:  # given up on (its result stays the timeout): a replacement took
+                    self.stuck -= 1  # this thread's place
+                    return
+                job.result, job.finished = result, True
+                job.cond.notify_all()
+
+    def map(self, fns: Sequence[Callable[[], T]], timeout: float | None = None) -> list[T | Exception]:
+        """Run every ``fn()``; results in order, an exception in place of what failed or timed out
+        (`ReadTimeout` after `timeout` seconds of running; a read waiting for a thread is timed from
+        when it starts, unless `MAX_STUCK` threads are stuck and none will free up)."""
+        if not fns:
+            return []
+        cond = threading.Condition(self._lock)
+        jobs = [_Job(fn, cond) for fn in fns]
+        with self._lock:
+            self._queue.extend(jobs)
+            self._spawn()
+            self._wake.notify_all()
+            pending = list(jobs)
+            while pending:
+                now = time.monotonic()
+                # a read is timed by how long it has run: one given up on gets a replacement thread,
+                # so reads still queued behind it start soon
+                for job in pending:
+                    if not job.finished and job.started is not None and timeout is not None \
+                            and now - job.started >= timeout:
+                        self._give_up(job, timeout)
+                        self._workers -= 1
+                        self.stuck += 1
+                        self._spawn()
+                        self._spawned = now
+                if self.stuck >= MAX_STUCK:  # no thread will free up: reads still queued wait no more
+                    for job in pending:
+                        if not job.finished and not job.abandoned and job.started is None and timeout is not None \
+                                and now - max(job.submitted, self._spawned) >= timeout:
+                            self._give_up(job, timeout)
+                pending = [j for j in pending if not (j.finished or j.abandoned)]
+                if pending:
+                    waits = [(j.started if j.started is not None else max(j.submitted, self._spawned))
+                             + timeout - now for j in pending] if timeout is not None else []
+                    cond.wait(max(0.001, min(waits)) if waits else None)
+        return [j.result for j in jobs]

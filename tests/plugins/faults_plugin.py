@@ -6,7 +6,14 @@ sample written, the file decides what happens (read each time, so one cluster se
 
 - ``{"crash_once": "/path/marker"}``: the first writer that finds no marker creates it and kills its
   own process (``os._exit(1)``) in the middle of a shard, as the OOM killer would;
-- ``{"fail_shard": "shard-00001"}``: every write of that shard raises ``OSError``.
+- ``{"fail_shard": "shard-00001"}``: every write of that shard raises ``OSError``;
+- ``{"enospc_after": N, "under": "/dest"}``: local file writes below ``/dest`` (fsspec's
+  ``LocalFileOpener``, what every write into a local DEST goes through) raise ``ENOSPC`` once this
+  process has written more than N bytes there: a disk that fills up;
+- ``{"hold": "/path/marker", "under": "/dest"}``: every such write waits until the marker file exists
+  (a job held mid-run, deterministically);
+- ``{"unreadable": "/src/sub"}``: ``os.scandir`` of that folder raises ``PermissionError`` (what a
+  folder without read permission does, also when the tests run as root).
 
 Ray workers run `install` through ``runtime_env={"worker_process_setup_hook": "faults_plugin.install"}``;
 local worker processes through ``sitecustomize.py`` in this folder.
@@ -35,7 +42,11 @@ def _faults() -> dict:
 def install() -> None:
     if not os.environ.get(FAULTS_ENV):
         return
-    from resize_pipeline.sinks import base
+    _install_os_faults()
+    try:
+        from resize_pipeline.sinks import base
+    except ImportError:  # an older layout of the package: only the OS-level faults apply
+        return
 
     if getattr(base.RollingShardWriter.write, "_faulty", False):
         return
@@ -59,6 +70,44 @@ def install() -> None:
 
     write._faulty = True  # type: ignore[attr-defined]
     base.RollingShardWriter.write = write
+
+
+def _install_os_faults() -> None:
+    """Faults below the package (the filesystem as the OS shows it): they apply to any version."""
+    import errno
+    import time
+
+    from fsspec.implementations.local import LocalFileOpener
+
+    if getattr(LocalFileOpener, "_faulty", False):
+        return
+    written = [0]
+
+    def write(self, data):
+        faults = _faults()
+        under = faults.get("under")
+        if under and str(self.path).startswith(under):
+            hold = faults.get("hold")
+            while hold and not os.path.exists(hold):
+                time.sleep(0.05)
+            budget = faults.get("enospc_after")
+            if budget is not None:
+                if written[0] + len(data) > budget:
+                    raise OSError(errno.ENOSPC, "No space left on device (injected)")
+                written[0] += len(data)
+        return self.f.write(data)
+
+    LocalFileOpener.write = write
+    LocalFileOpener._faulty = True
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        target = _faults().get("unreadable")
+        if target and os.path.abspath(os.fspath(path)) == os.path.abspath(target):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    os.scandir = scandir
 
 
 def set_faults(path: str, **faults) -> None:

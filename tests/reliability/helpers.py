@@ -411,3 +411,38 @@ def decode_sample(sample: dict) -> tuple[np.ndarray, dict]:
 
     ext = next(e for e in ("png", "jpg", "webp", "npy") if e in sample)
     return decode_payload(sample[ext], ext), json.loads(sample["json"])
+
+
+# ---------------------------------------------------------------- one-line errors, injected faults
+
+PLUGINS = REPO / "tests" / "plugins"
+
+
+def one_line_error(err: str) -> str:
+    """The single line a refused job prints (exit 2): no traceback, nothing else on stderr."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("resize-pipeline: error: "), err
+    return lines[0]
+
+
+def fault_env(tmp: Path, **faults) -> dict[str, str]:
+    """Environment for a CLI run whose processes load `tests/plugins/faults_plugin.py` with `faults`."""
+    path = tmp / f"faults-{len(list(tmp.glob('faults-*.json')))}.json"
+    path.write_text(json.dumps(faults))
+    return {"PYTHONPATH": os.pathsep.join([str(REPO), str(PLUGINS), os.environ.get("PYTHONPATH", "")]),
+            "RESIZE_PIPELINE_TEST_FAULTS": str(path)}
+
+
+def mount_tmpfs(where: Path, *options: str) -> bool:
+    """Mount a tmpfs at `where` (root only; False when this machine does not allow it)."""
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    return r.returncode == 0
+
+
+def umount(where: Path) -> None:
+    subprocess.run(["umount", str(where)], capture_output=True)
