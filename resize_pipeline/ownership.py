@@ -3,7 +3,8 @@
 The tool deletes only what its own records say it wrote: the files listed by ``_stats/*.json``,
 shard files named by the ``outputs`` pattern recorded in ``_run.json`` (prefix, digits, formats,
 count), its own JSON documents (``_run.json``, ``_manifest.json``, ``_errors.jsonl``,
-``_lock.json``, ``_stats/{shard}.json``) and temporary files of exactly its temp-name pattern whose
+``_lock.json``, ``_stats/{shard}.json``), the DALI index files ``inspect --dali-index`` writes beside
+our tars (``{shard}.idx``, ``_dali_index.json``) and temporary files of exactly its temp-name pattern whose
 final name is one of those. Anything else in DEST is left alone, with or without ``--overwrite``.
 
 Without ``_run.json`` DEST holds nothing of ours: ``--overwrite`` there is refused when DEST holds
@@ -28,8 +29,10 @@ from resize_pipeline.sinks.lock import LOCK_FILE
 RUN_FILE = "_run.json"
 MANIFEST_FILE = "_manifest.json"
 ERRORS_FILE = "_errors.jsonl"
+#: DALI index files' record, written by ``inspect --dali-index`` (`readers.dali.write_dali_indexes`)
+DALI_INDEX_RECORD = "_dali_index.json"
 #: this tool's own documents at the top of DEST
-DOCUMENTS = (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, LOCK_FILE)
+DOCUMENTS = (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, LOCK_FILE, DALI_INDEX_RECORD)
 EXTENSIONS = {"webdataset": "tar", "parquet": "parquet"}
 
 
@@ -89,6 +92,8 @@ def _ours(name: str, names: list[OutputNames], in_stats: bool = False) -> bool:
         name = m.group("final")
     if in_stats:
         return name.endswith(".json") and any(n.matches(f"{name[:-5]}.{n.exts[0]}") for n in names)
+    if name.endswith(".idx"):  # a DALI index beside one of our tars
+        return any(n.matches(f"{name[:-4]}.tar") for n in names if "tar" in n.exts)
     return name in DOCUMENTS or any(n.matches(name) for n in names)
 
 

@@ -87,6 +87,20 @@ def test_overwrite_removes_only_what_the_records_list(src, tmp_path, capsys):
     assert sorted(p.name for p in (dest / "_stats").iterdir()) == ["keep.txt", "shard-00000.json", "shard-00001.json"]
 
 
+def test_overwrite_removes_our_dali_indexes_too(src, tmp_path, capsys):
+    """``inspect --dali-index`` writes ``{shard}.idx`` and ``_dali_index.json``: ours, so replaced with
+    the rest of the output (an index of another tar name is not)."""
+    dest = tmp_path / "dst"
+    assert main(["convert", str(src), str(dest), *ARGS]) == 0
+    assert main(["inspect", str(dest), "--dali-index"]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in dest.glob("*.idx")) == ["shard-00000.idx", "shard-00001.idx", "shard-00002.idx"]
+    (dest / "mine.idx").write_bytes(b"not ours")
+    assert main(["convert", str(src), str(dest), *ARGS, "--overwrite", "--size", "24"]) == 0
+    assert sorted(p.name for p in dest.glob("*.idx")) == ["mine.idx"]
+    assert not (dest / "_dali_index.json").exists()
+
+
 def test_a_webdataset_folder_is_not_converted_into_itself(src, tmp_path, capsys):
     wds = tmp_path / "wds"
     assert main(["convert", str(src), str(wds), *ARGS]) == 0
