@@ -85,8 +85,34 @@ def _import(package: str, spec: str):
     except Exception as exc:  # noqa: BLE001 - a torchvision built for another torch raises RuntimeError etc.
         raise ConfigError(
             f"--backbone {spec}: cannot import {package} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"install the {package} build that matches torch {torch.__version__}"
+            f"install the {package.split('.')[0]} build that matches torch {torch.__version__}"
         ) from None
+
+
+def _factory(spec: BackboneSpec):
+    """The callable behind a ``MODULE:CALLABLE`` spec (imported, not called)."""
+    module_name, _, attr = spec.name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--backbone {spec.name}: cannot import module {module_name!r} ({exc})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"--backbone {spec.name}: module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def check_backbone(spec: str) -> BackboneSpec:
+    """Parse `spec` and import what it needs (torchvision / timm / the factory's module), building
+    nothing: a run fails on a missing package before it spends time on data."""
+    parsed = BackboneSpec.parse(spec)
+    if parsed.kind == "torchvision":
+        _import("torchvision.models", spec)
+    elif parsed.kind == "timm":
+        _import("timm", spec)
+    elif parsed.kind == "callable":
+        _factory(parsed)
+    return parsed
 
 
 def _raw_backbone(spec: BackboneSpec, num_classes: int, width: int) -> nn.Module:
@@ -107,14 +133,8 @@ def _raw_backbone(spec: BackboneSpec, num_classes: int, width: int) -> nn.Module
             return timm.create_model(spec.name, pretrained=False, num_classes=num_classes)
         except RuntimeError as exc:  # timm: "Unknown model (...)"
             raise ConfigError(f"--backbone {label}: {str(exc).splitlines()[0]}") from None
-    module_name, _, attr = spec.name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--backbone {label}: cannot import module {module_name!r} ({exc})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"--backbone {label}: module {module_name!r} has no callable {attr!r}")
+    factory = _factory(spec)
+    attr = spec.name.partition(":")[2]
     try:
         model = factory(num_classes)
     except Exception as exc:  # noqa: BLE001 - user code: report it in one line

@@ -339,6 +339,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     channels_last = cfg.channels_last and device.type == "cuda"
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
+    from resize_pipeline.learned.backbones import check_backbone
+
+    check_backbone(cfg.backbone)  # a missing torchvision / timm / module fails before the data is read
+    if cfg.backbone_weights and not os.path.isfile(cfg.backbone_weights):
+        raise ConfigError(f"--backbone-weights {cfg.backbone_weights}: no such file")
     try:
         train_set, val_set, num_classes = build_datasets(cfg)
     except ConfigError:
