@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,6 +150,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     ``.safetensors``); ``module.`` prefixes (DDP) are stripped. Never unpickles arbitrary objects."""
     if not os.path.isfile(path):
         raise ConfigError(f"--backbone-weights {path}: no such file")
+    state: Any
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file

@@ -187,7 +187,8 @@ class EncodedImages(Dataset):
         try:
             return load_square(self.items[i], self.size), self.labels[i]
         except Exception as exc:  # noqa: BLE001 - name the sample; a bad image stops training loudly
-            where = self.items[i] if isinstance(self.items[i], str) else f"item {i}"
+            item = self.items[i]
+            where = item if isinstance(item, str) else f"item {i}"
             raise ValueError(f"cannot decode training image {where}: {type(exc).__name__}: {exc}") from exc
 
 

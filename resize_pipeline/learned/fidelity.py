@@ -127,7 +127,7 @@ def fidelity_report(
     if not photos:
         raise ValueError("no photos given")
     reference = reference or ClassicalResizer("bilinear")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, img in photos:
         op = plan_resize(img.shape[1], img.shape[0], (size, size), mode)
         grey_in = to_grey_rgb(img)

@@ -315,6 +315,13 @@ class _Phase:
     train_resizer: bool
 
 
+def _cosine(total: int):
+    def factor(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    return factor
+
+
 def _save_checkpoint(path: str, state: dict[str, Any]) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
@@ -373,7 +380,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     phases.append(_Phase("joint" if learned else "train", resizer, cfg.epochs, learned))
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = None
+    sampler: Any = None
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler
 
@@ -429,9 +436,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         if ph.train_resizer:
             groups.append({"params": list(resizer.parameters()), "lr": cfg.resizer_lr})
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s, total=total: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(total))
         first = 0
         if ck is not None and p_idx == start_phase:
             opt.load_state_dict(ck["optimizer"])
