@@ -237,6 +237,26 @@ def build_classifier(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return build_backbone(cfg.backbone, num_classes, width=cfg.classifier_width, weights=cfg.backbone_weights)
 
 
+DECODE_ERROR = "cannot decode training image"
+
+
+def _batches(loader: DataLoader):
+    """Iterate `loader`; an image that cannot be decoded (also inside a worker process, where the
+    DataLoader wraps the message in a traceback) becomes a one-line `ConfigError` naming it."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ValueError as exc:
+            line = next((ln for ln in reversed(str(exc).splitlines()) if DECODE_ERROR in ln), None)
+            if line is None:
+                raise
+            raise ConfigError(line[line.index(DECODE_ERROR):]) from exc
+        yield batch
+
+
 def _to_float(x: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     x = x.to(device, non_blocking=True).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -263,7 +283,7 @@ def evaluate_accuracy(
     resizer.eval()
     classifier.eval()
     correct = total = 0
-    for x, y in loader:
+    for x, y in _batches(loader):
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             logits = classifier(resizer(_to_float(x, device, channels_last), (size, size)))
         correct += int((logits.argmax(1).cpu() == y).sum())
@@ -459,7 +479,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             ph.resizer.train(ph.train_resizer)
             classifier.train()
             running, n = 0.0, 0
-            for x, y in loader:
+            for x, y in _batches(loader):
                 x, y = _to_float(x, device, channels_last), y.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                     logits, out = model(x)

@@ -160,3 +160,14 @@ def test_cuda_training_bf16_channels_last(tmp_path):
     assert res.steps == 4 and all(np.isfinite(res.losses)) and res.export_dir
     assert next(res.resizer.parameters()).is_cuda
     assert res.resizer.out_conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_undecodable_training_image_is_a_one_line_error(image_folder, tmp_path, workers, capsys):
+    bad = image_folder / "coffee" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    rc = main(["train", "--data", str(image_folder), "--val-data", str(image_folder), "--epochs", "1",
+               "--workers", str(workers), *TINY])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot decode training image" in err and "broken.jpg" in err
+    assert len(err.strip().splitlines()) == 1
