@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import time
 
@@ -73,6 +74,8 @@ def main() -> None:
                           f"min {lp[0]:.1f}; grey spread max "
                           f"{max(row['grey_spread'] for row in rep['rows'] if row['photo'] == name):.2f}")
         if first is None:
+            if os.path.abspath(label) == os.path.abspath(DEFAULT_WEIGHTS):
+                label = "bundled (resize_pipeline/weights/default)"
             first = dict(rep, resizer=label, sha256=getattr(r, "sha256", ""), architecture=arch,
                          photo_seed=args.seed, precision="fp32")
     if args.json and first is not None:
