@@ -79,8 +79,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fidelity-weight",
         type=float,
-        default=0.0,
-        help="weight of a low-pass fidelity term (output vs its bilinear skip, Gaussian sigma 2 px); default 0",
+        default=100.0,
+        help="weight of a low-pass fidelity term: MSE of Gaussian (sigma 2 px) blurs of the output and of its "
+        "bilinear skip (default 100, the bundled recipe; 0 = task loss only, as in the paper)",
     )
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: one GPU per process)")
     g.add_argument("--precision", default="auto", help="auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16")

@@ -67,7 +67,7 @@ def test_bilinear_backbone_then_joint_training(image_folder, tmp_path):
 
 
 def test_fidelity_term_changes_the_loss(tmp_path):
-    a = train(tiny_train_config(max_steps=3, zero_init_last=False))
+    a = train(tiny_train_config(max_steps=3, zero_init_last=False, fidelity_weight=0.0))
     b = train(tiny_train_config(max_steps=3, zero_init_last=False, fidelity_weight=50.0))
     assert a.losses[0] < b.losses[0]  # the random residual moves the low frequencies: penalised
     with pytest.raises(ValueError, match="fidelity_weight"):
@@ -137,15 +137,28 @@ def test_torchrun_two_processes_gloo(image_folder, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "resize_pipeline.cli", "train", "--backbone", FACTORY, "--data", str(image_folder),
-           "--epochs", "2", "--pretrain-epochs", "1", *TINY, "--export", str(art), "--out-dir", str(tmp_path / "run")]
+           "--val-data", str(image_folder), "--epochs", "2", "--pretrain-epochs", "1", *TINY,
+           "--export", str(art), "--out-dir", str(tmp_path / "run")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.count("held-out accuracy") == 1 and "on 2 processes" in proc.stdout  # rank 0 reports
     prov = json.loads((art / "config.json").read_text())["provenance"]
-    # 8 training images, 2 ranks x 4 per batch: one step per epoch, 3 epochs over both phases
+    # 10 training images, 2 ranks x 4 per batch: one step per epoch, 3 epochs over both phases
     assert prov["world_size"] == 2 and prov["steps"] == 3 and prov["pretrain_steps"] == 1
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert (ck["phase"], ck["epoch"], ck["step"]) == (1, 2, 3)
+    # the accuracy both processes computed on their halves is the exported model's, in one process
+    from torch.utils.data import DataLoader
+
+    from resize_pipeline.learned.backbones import build_backbone
+    from resize_pipeline.learned.export import load_artifact
+    from resize_pipeline.learned.train import evaluate_accuracy
+
+    resizer, _ = load_artifact(art)
+    backbone = build_backbone(FACTORY, 2, weights=str(tmp_path / "run" / "backbone.pt"))
+    loader = DataLoader(data.open_dataset(str(image_folder), 32), batch_size=10)
+    acc = evaluate_accuracy(resizer, backbone, loader, 16, torch.device("cpu"))
+    assert acc == prov["val_accuracy"]
 
 
 @gpu
