@@ -11,7 +11,9 @@ REPRODUCE = "resize-pipeline train --seed 0 --threads 1 --export resize_pipeline
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``train`` and ``evaluate`` (defaults = the bundled checkpoint's recipe)."""
     # names only (no torch import: the CLI starts without it); validated when the model is built
-    variants = "resizer_n{16,32}_r{1,2,3,4}[_luma|_lumahp]"
+    variants = ", ".join(
+        f"resizer_n{n}_r{r}{suffix}" for suffix in ("", "_luma", "_lumahp") for n in (16, 32) for r in (1, 2, 3, 4)
+    )
     interpolations = ("bilinear", "bicubic", "bilinear-aa", "bicubic-aa")
 
     g = p.add_argument_group("data")
@@ -36,8 +38,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--variant",
         default="resizer_n16_r1_lumahp",
-        help=f"registered variant, {variants}: no suffix = the paper's RGB residual, _luma = one-channel "
-        "residual, _lumahp = one-channel high-passed residual (colour-safe; default)",
+        help="registered variant: no suffix = the paper's RGB residual, _luma = one-channel residual, "
+        f"_lumahp = one-channel high-passed residual (colour-safe; default resizer_n16_r1_lumahp). {variants}",
     )
     g.add_argument(
         "--interpolation", default="bilinear", help=f"skip/bottleneck resize ({', '.join(interpolations)})"
