@@ -38,14 +38,16 @@ def load_photos() -> dict[str, np.ndarray]:
     return out
 
 
-def make_sample_dataset(dest: str, n: int = 300, seed: int = 0) -> list[str]:
-    """Write `n` augmented images under `dest/<photo>/NNNN.<ext>`; returns their paths."""
+def augmented_photos(n: int = 300, seed: int = 0, photos: dict[str, np.ndarray] | None = None):
+    """Yield `n` ``(photo_name, PIL image, ext, save_kwargs)``: the augmented images, in memory.
+
+    Deterministic in `seed`; `make_sample_dataset` writes exactly these images.
+    """
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    photos = load_photos()
+    photos = photos if photos is not None else load_photos()
     names = sorted(photos)
-    paths = []
     for i in range(n):
         name = names[i % len(names)]
         src = Image.fromarray(photos[name])
@@ -65,6 +67,13 @@ def make_sample_dataset(dest: str, n: int = 300, seed: int = 0) -> list[str]:
         r = rng.random()
         kw: dict
         ext, kw = ("jpg", {"quality": int(rng.integers(75, 96))}) if r < 0.8 else ("png", {}) if r < 0.93 else ("webp", {"quality": 90})
+        yield name, img, ext, kw
+
+
+def make_sample_dataset(dest: str, n: int = 300, seed: int = 0) -> list[str]:
+    """Write `n` augmented images under `dest/<photo>/NNNN.<ext>`; returns their paths."""
+    paths = []
+    for i, (name, img, ext, kw) in enumerate(augmented_photos(n, seed)):
         os.makedirs(os.path.join(dest, name), exist_ok=True)
         path = os.path.join(dest, name, f"{i:05d}.{ext}")
         img.save(path, **kw)

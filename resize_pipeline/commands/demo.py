@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"errors:   {summary.errors_path}")
     if grid:
         print(f"preview:  {grid} (original | bilinear | bicubic | lanczos | learned)")
-        print("note: the bundled learned resizer was trained on a synthetic task (see its MODEL_CARD.md);"
-              " train one on your data with `resize-pipeline train`.")
+    if resizer == "learned":  # the bundled checkpoint: say what it is
+        from resize_pipeline.learned import bundled_note
+
+        print(f"note: {bundled_note()}")
     return 0

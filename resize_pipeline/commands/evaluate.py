@@ -1,8 +1,9 @@
-"""``resize-pipeline evaluate``: classifier accuracy with bilinear vs learned resizer, over seeds."""
+"""``resize-pipeline evaluate``: classifier accuracy behind classical vs learned resizers, over seeds."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -10,16 +11,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "evaluate",
-        help="train the same classifier behind bilinear and learned resizers; accuracy with seed spread",
+        help="train the same backbone behind bilinear/bicubic and learned resizers; accuracy with seed spread",
     )
     add_train_arguments(p)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
     p.add_argument(
         "--resizers",
-        default="bilinear,bilinear-noaa,learned",
-        help="comma-separated: learned, bilinear (antialiased, like Pillow), bilinear-noaa, bicubic, area",
+        default="bilinear,bilinear-noaa,bicubic,bicubic-noaa,learned",
+        help="comma-separated: learned, bilinear / bicubic (antialiased, like Pillow), bilinear-noaa / "
+        "bicubic-noaa (no antialias), area",
     )
     p.add_argument("--json", dest="json_out", default=None, help="also write all runs as JSON here")
+    p.add_argument("--markdown", dest="markdown_out", default=None, help="also write the table as Markdown here")
+    p.add_argument(
+        "--fidelity-photos",
+        type=int,
+        default=48,
+        help="held-out photos for the colour check of each learned run (0 = skip; needs scikit-image)",
+    )
+    p.add_argument("--fidelity-size", type=int, default=224, help="output side of that check (default 224)")
     p.set_defaults(func=run)
 
 
@@ -27,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from resize_pipeline.commands.train import train_config_from_args
     from resize_pipeline.errors import ConfigError
     from resize_pipeline.learned.evaluate import EvaluateConfig, evaluate, format_summary
+    from resize_pipeline.learned.train import shutdown_distributed
 
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
@@ -35,8 +46,16 @@ def run(args: argparse.Namespace) -> int:
             seeds=seeds,
             resizers=tuple(r.strip() for r in args.resizers.split(",") if r.strip()),
             json_out=args.json_out,
+            markdown_out=args.markdown_out,
+            fidelity_photos=args.fidelity_photos,
+            fidelity_size=args.fidelity_size,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    print(format_summary(evaluate(cfg)))
+    try:
+        report = evaluate(cfg)
+    finally:
+        shutdown_distributed()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(format_summary(report))
     return 0

@@ -5,8 +5,16 @@ Every dataset yields ``(uint8 tensor (3, S, S), int label)`` at the resizer's *i
 
 - ``synthetic``: a generated task where fine detail decides the class (`SyntheticGratings`).
 - an ImageFolder directory (class = first sub-folder, classes sorted by name);
+- the output folder of ``resize-pipeline convert`` (it holds ``_manifest.json``): its complete shards,
+  listed through `resize_pipeline.readers` (WebDataset preferred, else Parquet), labels from
+  ``.cls`` / the ``label`` column;
 - WebDataset shards (``*.tar``: ``{key}.jpg|jpeg|png|webp|npy`` + ``{key}.cls``);
-- Parquet files (``*.parquet``: columns ``image`` (encoded bytes) and ``label`` (int)).
+- Parquet files (``*.parquet``: an image column and ``label`` (int)); the image column may hold
+  encoded bytes or Hugging Face ``Image`` structs ``{bytes, path}`` (`image_value_bytes`);
+- a manifest (``.csv``, ``.tsv``, ``.jsonl``, ``.ndjson``, ``.json``, or a ``.parquet`` with a path
+  column but no image column): a path column and a label column, read with the same rules as
+  ``convert``'s sources (relative paths resolve against the manifest's folder, string labels are
+  indexed in sorted order).
 
 Real images are resized so the shorter side is ``S`` (antialiased bilinear, Pillow) and centre-cropped.
 """
@@ -20,6 +28,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,6 +129,19 @@ class SyntheticGratings(Dataset):
 
 # --- real images -------------------------------------------------------------------------------------
 
+MANIFEST_EXTS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "bytes", "image_bytes", "data")
+
+
+def _read_source(item: bytes | str) -> bytes | str:
+    """Encoded bytes stay; a local path stays (Pillow opens it); a URL is read through fsspec."""
+    if isinstance(item, str) and "://" in item:
+        import fsspec
+
+        with fsspec.open(item, "rb") as fh:
+            return fh.read()
+    return item
+
 
 def load_square(blob_or_path: bytes | str, size: int) -> torch.Tensor:
     """Decode, shorter side -> `size` (antialiased bilinear), centre crop; uint8 (3, size, size)."""
@@ -127,6 +149,7 @@ def load_square(blob_or_path: bytes | str, size: int) -> torch.Tensor:
 
     from resize_pipeline.decode.base import to_rgb_array
 
+    blob_or_path = _read_source(blob_or_path)
     if isinstance(blob_or_path, (bytes, bytearray, memoryview)):
         if bytes(blob_or_path[:6]) == b"\x93NUMPY":
             arr = np.load(io.BytesIO(bytes(blob_or_path)))
@@ -145,19 +168,28 @@ def load_square(blob_or_path: bytes | str, size: int) -> torch.Tensor:
 
 
 class EncodedImages(Dataset):
-    """Items are paths or encoded bytes, decoded lazily at `size`."""
+    """Items are paths, URLs or encoded bytes, decoded lazily at `size`."""
 
     def __init__(self, items: Sequence[bytes | str], labels: Sequence[int], size: int, classes=None) -> None:
         if len(items) != len(labels):
             raise ValueError("items and labels differ in length")
+        if not items:
+            raise ValueError("the dataset is empty")
+        if min(labels) < 0:
+            raise ValueError(f"{sum(1 for v in labels if v < 0)} sample(s) have no label; training needs labels")
         self.items, self.labels, self.size = list(items), [int(v) for v in labels], size
-        self.classes = classes or [str(c) for c in sorted(set(self.labels))]
+        self.classes = classes or [str(c) for c in range(max(self.labels) + 1)]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return load_square(self.items[i], self.size), self.labels[i]
+        try:
+            return load_square(self.items[i], self.size), self.labels[i]
+        except Exception as exc:  # noqa: BLE001 - name the sample; a bad image stops training loudly
+            item = self.items[i]
+            where = item if isinstance(item, str) else f"item {i}"
+            raise ValueError(f"cannot decode training image {where}: {type(exc).__name__}: {exc}") from exc
 
 
 def image_folder(root: str, size: int) -> EncodedImages:
@@ -177,12 +209,16 @@ def image_folder(root: str, size: int) -> EncodedImages:
 
 
 def webdataset_shards(paths: Sequence[str], size: int) -> EncodedImages:
+    """Tar shards (local paths or fsspec URLs): samples with an image member and a ``.cls``."""
     import tarfile
+
+    import fsspec
 
     items, labels = [], []
     for path in paths:
         groups: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(path) as tar:  # plain tarfile: the shards are ordinary tars, no streaming needed
+        # plain tarfile: the shards are ordinary tars, no streaming needed
+        with fsspec.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
             for m in tar:
                 if not m.isfile():
                     continue
@@ -200,20 +236,107 @@ def webdataset_shards(paths: Sequence[str], size: int) -> EncodedImages:
     return EncodedImages(items, labels, size)
 
 
+def image_value_bytes(value: Any) -> bytes | str | None:
+    """The encoded image in one Parquet cell: raw bytes, or a Hugging Face ``Image`` struct
+    ``{"bytes": ..., "path": ...}`` (bytes preferred, else the path); None when empty."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return bytes(value["bytes"])
+        if value.get("path"):
+            return str(value["path"])
+        return None
+    raise ValueError(f"unsupported image cell of type {type(value).__name__} (expected bytes or {{bytes, path}})")
+
+
+def _image_column(schema: Any, where: str) -> str:
+    import pyarrow as pa
+
+    def is_image(t: Any) -> bool:
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return True
+        return pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
+
+    cols = [f.name for f in schema if is_image(f.type)]
+    if not cols:
+        raise ValueError(f"{where}: no image column (binary, or a struct with a 'bytes' field)")
+    lower = {c.lower(): c for c in cols}
+    return next((lower[c] for c in IMAGE_COLUMNS if c in lower), cols[0])
+
+
+def _table_items(table: Any, where: str) -> tuple[list[bytes | str], list[int]]:
+    col = _image_column(table.schema, where)
+    if "label" not in table.column_names:
+        raise ValueError(f"{where}: no 'label' column (columns: {', '.join(table.column_names)})")
+    items, labels = [], []
+    for value, label in zip(table.column(col).to_pylist(), table.column("label").to_pylist(), strict=True):
+        blob = image_value_bytes(value)
+        if blob is None or label is None:
+            continue
+        items.append(blob)
+        labels.append(int(label))
+    return items, labels
+
+
 def parquet_files(paths: Sequence[str], size: int) -> EncodedImages:
     import pyarrow.parquet as pq
 
-    items, labels = [], []
+    items: list[bytes | str] = []
+    labels: list[int] = []
     for path in paths:
-        table = pq.read_table(path, columns=["image", "label"])
-        items.extend(table.column("image").to_pylist())
-        labels.extend(table.column("label").to_pylist())
+        it, lab = _table_items(pq.read_table(path), path)
+        items += it
+        labels += lab
     return EncodedImages(items, labels, size)
 
 
+def converted_output(dest: str, size: int) -> EncodedImages:
+    """The complete shards of a ``resize-pipeline convert`` output folder (listed by its manifest)."""
+    from resize_pipeline import readers
+
+    try:
+        urls = readers.shard_urls(dest, "webdataset")
+    except ValueError:
+        urls = []
+    if urls:
+        return webdataset_shards(urls, size)
+    table = readers.arrow_table(dest)
+    items, labels = _table_items(table, dest)
+    return EncodedImages(items, labels, size)
+
+
+def manifest_file(path: str, size: int) -> EncodedImages:
+    """A CSV/TSV/JSONL/JSON/Parquet manifest with a path and a label column."""
+    from resize_pipeline.sources.listing import list_source
+
+    listing = list_source(path)
+    if not listing.items:
+        raise ValueError(f"{path}: the manifest lists no images")
+    if all(it.label < 0 for it in listing.items):
+        raise ValueError(f"{path}: no label column (one of label, cls, class, target)")
+    return EncodedImages([it.url for it in listing.items], [it.label for it in listing.items], size,
+                         listing.classes or None)
+
+
+def _is_manifest_parquet(path: str) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        _image_column(pq.read_schema(path), path)
+    except ValueError:
+        return True
+    return False
+
+
 def open_dataset(spec: str, size: int) -> EncodedImages:
-    """A directory (ImageFolder, or holding *.tar / *.parquet), a file or a glob of shards."""
+    """A directory (ImageFolder, a ``convert`` output, or holding *.tar / *.parquet), a manifest file,
+    or a file / glob of shards."""
     if os.path.isdir(spec):
+        if os.path.exists(os.path.join(spec, "_manifest.json")):
+            return converted_output(spec, size)
         tars = sorted(glob.glob(os.path.join(spec, "*.tar")))
         parquets = sorted(glob.glob(os.path.join(spec, "*.parquet")))
         if tars:
@@ -221,6 +344,10 @@ def open_dataset(spec: str, size: int) -> EncodedImages:
         if parquets:
             return parquet_files(parquets, size)
         return image_folder(spec, size)
+    if os.path.isfile(spec) and (
+        spec.lower().endswith(MANIFEST_EXTS) or (spec.endswith(".parquet") and _is_manifest_parquet(spec))
+    ):
+        return manifest_file(spec, size)
     paths = sorted(glob.glob(spec))
     if not paths:
         raise ValueError(f"dataset {spec!r}: no such directory or files")
@@ -228,4 +355,7 @@ def open_dataset(spec: str, size: int) -> EncodedImages:
         return webdataset_shards(paths, size)
     if all(p.endswith(".parquet") for p in paths):
         return parquet_files(paths, size)
-    raise ValueError(f"dataset {spec!r}: expected a directory, *.tar shards or *.parquet files")
+    raise ValueError(
+        f"dataset {spec!r}: expected a directory, a manifest (.csv/.tsv/.jsonl/.json/.parquet), "
+        "*.tar shards or *.parquet files"
+    )

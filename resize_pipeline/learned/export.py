@@ -180,8 +180,9 @@ def load_resizer_module(path: str | os.PathLike) -> tuple[nn.Module, dict[str, A
             module = torch.jit.load(str(p), map_location="cpu")
             meta["format"] = "torchscript"
     except Exception as e:  # torch raises RuntimeError / zipfile errors / pickle errors here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(
-            f"{p}: not a TorchScript (torch.jit.save) or torch.export (.pt2) resizer: {e}"
+            f"{p}: not a TorchScript (torch.jit.save) or torch.export (.pt2) resizer: {first}"
         ) from e
     if not isinstance(meta.get("input_scale"), (int, float)) or meta["input_scale"] <= 0:
         raise ArtifactError(f"{side}: input_scale must be a positive number")

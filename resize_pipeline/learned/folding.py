@@ -4,8 +4,8 @@ Every conv -> BN pair becomes one conv with bias. The head's BN follows a LeakyR
 into a conv (the nonlinearity is in between, and pushing it forward would change the zero padding at
 the borders); it becomes a per-channel affine that is applied *after* the bottleneck interpolation,
 which is exact because interpolation weights sum to one and is 4x cheaper when downscaling 2x.
-The output de-normalisation (``y * std + mean``) goes into the last conv, so the image skip runs on
-the raw [0, 1] input.
+For the paper's RGB residual the per-channel ``std`` (normalised -> pixel units) goes into the last
+conv; the one-channel (``luma``, ``luma-hp``) residuals are already in pixel units.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from resize_pipeline.learned.model import LearnedResizerNet, ResBlock, ResizerConfig, interpolate
+from resize_pipeline.learned.model import LearnedResizerNet, ResBlock, ResizerConfig, highpass, interpolate
 
 
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,14 +62,18 @@ class FoldedResizerNet(nn.Module):
         self.head_shift = nn.Parameter(torch.zeros(1, n, 1, 1))
         self.blocks = nn.Sequential(*[FoldedBlock(n, s) for _ in range(config.blocks)])
         self.tail_conv = nn.Conv2d(n, n, 3, padding=1)
-        self.out_conv = nn.Conv2d(n, 3, 7, padding=3)
+        self.out_conv = nn.Conv2d(n, config.residual_channels, 7, padding=3)
+        self.highpass_kernel = config.highpass_kernel if config.residual == "luma-hp" else 0
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         skip = interpolate(x, size, self.interpolation)
         f = self.act(self.conv_mix(self.act(self.conv_in((x - self.mean) * self.inv_std))))  # type: ignore[operator]
         b = interpolate(f, size, self.interpolation) * self.head_scale + self.head_shift
         h = self.tail_conv(self.blocks(b)) + b
-        return self.out_conv(h) + skip
+        d = self.out_conv(h)
+        if self.highpass_kernel > 0:
+            d = highpass(d, self.highpass_kernel)
+        return skip + d
 
 
 @torch.no_grad()
@@ -89,7 +93,7 @@ def fold_batchnorm(net: LearnedResizerNet) -> FoldedResizerNet:
         dst.conv1 = _fold(src.conv1, src.bn1)
         dst.conv2 = _fold(src.conv2, src.bn2)
     folded.tail_conv = _fold(net.tail_conv, net.tail_bn)
-    std = torch.tensor(cfg.std, dtype=torch.float32)
-    folded.out_conv.weight.copy_(net.out_conv.weight * std.view(-1, 1, 1, 1))
-    folded.out_conv.bias.copy_(net.out_conv.bias * std)  # type: ignore[union-attr, operator]
+    scale = torch.tensor(cfg.std if cfg.residual == "rgb" else (1.0,), dtype=torch.float32)
+    folded.out_conv.weight.copy_(net.out_conv.weight * scale.view(-1, 1, 1, 1))
+    folded.out_conv.bias.copy_(net.out_conv.bias * scale)  # type: ignore[union-attr, operator]
     return folded.eval()

@@ -1,4 +1,5 @@
 import argparse
+import json
 
 import numpy as np
 import pytest
@@ -57,17 +58,30 @@ def test_train_run_tiny(tmp_path, capsys):
     assert (tmp_path / "r" / "model.safetensors").exists()
 
 
-def test_evaluate_tiny():
+def test_evaluate_tiny(tmp_path):
     cfg = EvaluateConfig(
         train=tiny_train_config(),
         seeds=(0, 1),
-        resizers=("bilinear", "learned"),
+        resizers=("bilinear", "bicubic-noaa", "learned"),
+        fidelity_photos=2,
+        fidelity_size=32,
+        json_out=str(tmp_path / "r.json"),
+        markdown_out=str(tmp_path / "r.md"),
     )
     report = evaluate(cfg)
-    assert len(report["runs"]) == 4 and set(report["summary"]) == {"bilinear", "learned"}
-    assert "learned" in format_summary(report)
+    assert len(report["runs"]) == 6 and set(report["summary"]) == {"bilinear", "bicubic-noaa", "learned"}
+    text = format_summary(report)
+    assert "learned" in text and "learned minus baseline" in text and "grey spread" in text
+    fid = report["fidelity"]
+    assert fid["photos"] == 2 and fid["grey_spread_mean"]["max"] == 0.0  # colour-safe default variant
+    assert [r for r in report["runs"] if r["resizer"] == "learned"][0]["fidelity"]["size"] == 32
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["learned"]["accuracies"]
+    md = (tmp_path / "r.md").read_text()
+    assert "| **learned** |" in md and "± " in md and "low-pass PSNR" in md
     with pytest.raises(ValueError, match="unknown resizer"):
         EvaluateConfig(resizers=("magic",))
+    with pytest.raises(ValueError, match="seeds must differ"):
+        EvaluateConfig(seeds=(1, 1))
 
 
 def test_preview_grid(tmp_path):

@@ -111,7 +111,9 @@ def test_readers_imagefolder_webdataset_parquet(tmp_path):
         data.open_dataset(str(tmp_path / "missing*"), 16)
 
 
-def test_resume_continues_from_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pretrain_epochs", [0, 1])
+def test_resume_continues_from_checkpoint(tmp_path, monkeypatch, pretrain_epochs):
+    """Interrupted after the first epoch (with a pretrain phase: between the phases), resumed: same run."""
     import shutil
 
     from resize_pipeline.learned import train as train_mod
@@ -125,22 +127,26 @@ def test_resume_continues_from_checkpoint(tmp_path, monkeypatch):
         device="cpu",
         progress=False,
         epochs=2,
+        pretrain_epochs=pretrain_epochs,
     )
     saved = []
     real_save = torch.save
 
     def save_and_keep_first(obj, path, *a, **kw):  # keep the epoch-1 checkpoint: the "interrupted" state
         real_save(obj, path, *a, **kw)
+        if "epoch" not in obj:  # backbone.pt at the end
+            return
         if not saved:
             (tmp_path / "b").mkdir()
             shutil.copy(path, tmp_path / "b" / "last.pt")
-        saved.append(obj["epoch"])
+        saved.append((obj["phase"], obj["epoch"]))
 
     monkeypatch.setattr(train_mod.torch, "save", save_and_keep_first)
     full = train(TrainConfig(out_dir=str(tmp_path / "a"), **cfg))
     monkeypatch.setattr(train_mod.torch, "save", real_save)
-    assert saved == [1, 2]
+    assert saved == [(0, 1), (0, 2)] if not pretrain_epochs else [(0, 1), (1, 1), (1, 2)]
     resumed = train(TrainConfig(out_dir=str(tmp_path / "b"), resume=True, **cfg))
-    assert resumed.steps == full.steps == 8
+    assert resumed.steps == full.steps == 4 * (2 + pretrain_epochs)
     assert resumed.losses == full.losses
     assert resumed.val_accuracy == full.val_accuracy
+    assert (tmp_path / "b" / "backbone.pt").exists()
