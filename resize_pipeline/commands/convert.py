@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     from resize_pipeline.conversion import convert
 
     config = config_from_args(args)
+    if config.resizer == "learned" and not config.quiet:  # the bundled checkpoint: say what it is
+        from resize_pipeline.learned import bundled_note
+
+        print(f"note: {bundled_note()}", file=sys.stderr)
     summary = convert(config)
     if summary.dry_run:  # its whole point is this output: printed even with --quiet
         print(summary.line())

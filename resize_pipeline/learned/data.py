@@ -296,10 +296,11 @@ def parquet_files(paths: Sequence[str], size: int) -> EncodedImages:
 def converted_output(dest: str, size: int) -> EncodedImages:
     """The complete shards of a ``resize-pipeline convert`` output folder (listed by its manifest)."""
     from resize_pipeline import readers
+    from resize_pipeline.errors import OutputError
 
     try:
         urls = readers.shard_urls(dest, "webdataset")
-    except ValueError:
+    except (ValueError, OutputError):  # no tars (a Parquet-only output): read its Parquet
         urls = []
     if urls:
         return webdataset_shards(urls, size)

@@ -36,3 +36,15 @@ def test_bundled_checkpoint_through_convert(image_folder, tmp_path):
                               encode="npy", workers=1, quiet=True))
     assert (s.written, s.failed) == (10, 0)
     assert s.manifest["components"]["resizer"]["name"] == "learned"
+
+
+def test_convert_with_the_bundled_checkpoint_says_what_it_is(image_folder, tmp_path, capsys):
+    from resize_pipeline.cli import main
+
+    assert main(["convert", str(image_folder), str(tmp_path / "out"), "--resizer", "learned", "--size", "32",
+                 "--precision", "fp32"]) == 0
+    err = capsys.readouterr().err
+    assert "note: bundled learned resizer" in err and "synthetic" in err and "grey spread" in err
+    assert main(["convert", str(image_folder), str(tmp_path / "q"), "--resizer", "learned", "--size", "32",
+                 "-q"]) == 0
+    assert "note:" not in capsys.readouterr().err
