@@ -134,19 +134,24 @@ def host_runner(src: str, dst: str, *, threads: int, fmt: str, jpeg_backend: str
 # -- one timed configuration, in a child process pinned to `cores` ----------------------------------
 def child(args) -> None:
     cores = int(args.child_cores)
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+    procs, index = int(args.child_procs or 1), int(args.child_index or 0)
+    cpus = sorted(os.sched_getaffinity(0))
+    # one process on `cores` cores, or process `index` of `procs` on its own core
+    os.sched_setaffinity(0, {cpus[index]} if procs > 1 else set(cpus[:cores]))
     from resize_pipeline.runner import TaskQueue
     from resize_pipeline.shards import plan_shards
     from resize_pipeline.sources import list_source
 
     arrays = make_arrays()
     items = list_source(args.src).items
-    runner, cfg = host_runner(args.src, args.child_dst, threads=cores, fmt=args.format,
+    runner, cfg = host_runner(args.src, args.child_dst, threads=1 if procs > 1 else cores, fmt=args.format,
                               jpeg_backend=args.child_backend, batch=args.batch, per_shard=args.per_shard,
                               arrays=arrays, overlap=not args.no_overlap, probe=not args.no_probe)
     tasks = plan_shards(items, args.per_shard)
-    warm, timed = tasks[:1], tasks[1:]
+    warm, timed = tasks[:1], tasks[1:][index::procs]
     list(runner.run(TaskQueue.of(warm)))  # thread pools, writers, page cache
+    if args.start_at:  # several processes: start the timed part together
+        time.sleep(max(0.0, float(args.start_at) - time.time()))
     n = sum(len(t.items) for t in timed)
     w0 = run_queue_wait()
     c0, t0 = time.process_time(), time.perf_counter()
@@ -206,15 +211,33 @@ def calibrate_child(cores: int) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["speedup"] if out.returncode == 0 else float("nan")
 
 
-def run_child(args, cores: int, backend: str, dst: str) -> dict:
-    cmd = [sys.executable, __file__, "--child-cores", str(cores), "--child-backend", backend, "--child-dst", dst,
-           "--src", args.src, "--format", args.format, "--batch", str(args.batch),
-           "--per-shard", str(args.per_shard)] + (["--no-overlap"] if args.no_overlap else []) + \
-          (["--no-probe"] if args.no_probe else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TQDM_DISABLE="1"))
-    if out.returncode:
-        raise RuntimeError(f"child failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_child(args, cores: int, backend: str, dst: str, procs: int = 1) -> dict:
+    """One timed configuration: one process on `cores` cores, or `procs` processes (one per core,
+    each on its share of the shards, as ``convert --workers N`` runs N worker processes on one GPU);
+    their figures are summed (images, CPU) over the slowest one's wall time."""
+    base = [sys.executable, __file__, "--child-cores", str(cores), "--child-backend", backend,
+            "--src", args.src, "--format", args.format, "--batch", str(args.batch),
+            "--per-shard", str(args.per_shard)] + (["--no-overlap"] if args.no_overlap else []) + \
+           (["--no-probe"] if args.no_probe else [])
+    env = dict(os.environ, TQDM_DISABLE="1")
+    if procs == 1:
+        cmds = [base + ["--child-dst", dst]]
+    else:
+        start = time.time() + 8.0  # after every process's start-up and warm-up shard
+        cmds = [base + ["--child-dst", f"{dst}_{i}", "--child-procs", str(procs), "--child-index", str(i),
+                        "--start-at", str(start)] for i in range(procs)]
+    running = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for c in cmds]
+    outs = []
+    for p in running:
+        stdout, stderr = p.communicate()
+        if p.returncode:
+            raise RuntimeError(f"child failed:\n{stderr[-3000:]}")
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    r = dict(outs[0])
+    r.update(n=sum(o["n"] for o in outs), seconds=max(o["seconds"] for o in outs),
+             cpu_s=sum(o["cpu_s"] for o in outs), runq_s=sum(o["runq_s"] for o in outs),
+             peak_rss_mib=max(o["peak_rss_mib"] for o in outs))
+    return r
 
 
 # -- each host stage alone, one thread --------------------------------------------------------------
@@ -299,12 +322,17 @@ def main() -> int:
     ap.add_argument("--no-probe", action="store_true", help="no header pre-screen in the read stage "
                     "(default: on, as in front of DALI)")
     ap.add_argument("--skip-stages", action="store_true")
+    ap.add_argument("--procs", action="store_true", help="also run each core count above 1 as that many "
+                    "single-core worker processes (how --workers N feeds one GPU)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--src", help=argparse.SUPPRESS)
     ap.add_argument("--child-cores", help=argparse.SUPPRESS)
     ap.add_argument("--child-backend", help=argparse.SUPPRESS)
     ap.add_argument("--child-dst", help=argparse.SUPPRESS)
     ap.add_argument("--calibrate", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--child-procs", help=argparse.SUPPRESS)
+    ap.add_argument("--child-index", help=argparse.SUPPRESS)
+    ap.add_argument("--start-at", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.calibrate:
         print(json.dumps(calibrate(args.calibrate)))
@@ -325,6 +353,8 @@ def main() -> int:
                 print(f"| {k} | {v:.0f} | {1e6 / v:,.0f} |")
         cores = [int(c) for c in args.cores.split(",")]
         backends = args.backends.split(",")
+        # (cores, processes): one process on c cores; with --procs also c processes of one core each
+        configs = [(c, 1) for c in cores] + ([(c, c) for c in cores if c > 1] if args.procs else [])
         best: dict[tuple[int, str], dict] = {}
         calib: list[float] = []
         per_repeat: list[dict] = []
@@ -332,10 +362,10 @@ def main() -> int:
             calib.append(calibrate_child(max(cores)))
             per_repeat.append({"machine_check": calib[-1]})
             for b in backends:
-                for c in cores:
-                    r = run_child(args, c, b, os.path.join(tmp, f"out_{c}_{b}"))
-                    per_repeat[-1][f"{b} {c} cores"] = r["n"] / r["seconds"]
-                    key = (c, b)
+                for c, k in configs:
+                    r = run_child(args, c, b, os.path.join(tmp, f"out_{c}_{k}_{b}"), procs=k)
+                    per_repeat[-1][f"{b} {c} cores" + (f" as {k} processes" if k > 1 else "")] = r["n"] / r["seconds"]
+                    key = (c, k, b)
                     if key not in best or r["seconds"] < best[key]["seconds"]:
                         best[key] = dict(r, peak_rss_mib=max(r["peak_rss_mib"], best.get(key, {}).get("peak_rss_mib", 0)))
         report["load_after"] = os.getloadavg()[0]
@@ -347,23 +377,23 @@ def main() -> int:
             print(f"  repeat {k + 1}: " + ", ".join(f"{name} {v:.2f}x" if name == "machine_check" else f"{name} {v:,.0f}"
                                                    for name, v in rep.items()))
         print(f"\nhost path, read -> pass-through 224x224 -> encode jpg q95 -> {args.format}, "
-              f"{best[(cores[0], backends[0])]['n']} images, batch {args.batch}, best of {args.repeats} "
+              f"{best[(cores[0], 1, backends[0])]['n']} images, batch {args.batch}, best of {args.repeats} "
               f"(load {report['load_before']:.1f} -> {report['load_after']:.1f})")
-        print("| JPEG codec | cores | img/s | img/s per core | CPU ms/img | cores busy | run-queue wait | "
-              "peak RSS MiB | x 1 core |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| JPEG codec | cores | processes | img/s | img/s per core | CPU ms/img | cores busy | "
+              "run-queue wait | peak RSS MiB (per process) | x 1 core |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         rows = []
         for b in backends:
             base = None
-            for c in cores:
-                r = best[(c, b)]
+            for c, k in configs:
+                r = best[(c, k, b)]
                 rate = r["n"] / r["seconds"]
                 base = base or rate
                 busy, runq = r["cpu_s"] / r["seconds"], r["runq_s"] / r["seconds"]
-                rows.append({"backend": r["encoder"]["backend"], "cores": c, "img_s": rate,
+                rows.append({"backend": r["encoder"]["backend"], "cores": c, "processes": k, "img_s": rate,
                              "cpu_ms_per_img": r["cpu_s"] / r["n"] * 1e3, "cores_busy": busy,
                              "run_queue_wait": runq, "peak_rss_mib": r["peak_rss_mib"], "speedup": rate / base})
-                print(f"| {r['encoder']['backend']} | {c} | {rate:,.0f} | {rate / c:,.0f} | "
+                print(f"| {r['encoder']['backend']} | {c} | {k} | {rate:,.0f} | {rate / c:,.0f} | "
                       f"{r['cpu_s'] / r['n'] * 1e3:.3f} | {busy:.2f} | {runq:.2f} | {r['peak_rss_mib']:.0f} | "
                       f"{rate / base:.2f} |")
         report["runs"] = rows

@@ -17,8 +17,9 @@ it measured:
 3. **convert**, classical (``bilinear`` -> DALI linear, fused) and ``learned`` (DALI 448 -> CNN fp16
    with CUDA graphs), through the local engine as ``convert`` runs it on one GPU: one in-process
    worker (read threads with the header probe, DALI two runs ahead, CNN one batch ahead, one pinned
-   copy per batch, OpenCV JPEG q95 in threads, tar shards on local disk), then two worker processes
-   sharing the GPU (``--workers 2``: twice the host side, which one process's GIL bounds). Steady
+   copy per batch, OpenCV JPEG q95 in threads, tar shards on local disk), then the default of a GPU
+   job: one worker process per 4 cores sharing the GPU (at least 2; 4 on a 16-core machine: more
+   host side, which one process's GIL bounds). Steady
    rate from the first shard result to the last; start-up and end-to-end rate reported apart.
 4. **CNN alone** (bundled resizer, 448 -> 224, batch ``--batch``, real pixels from DALI): eager fp32,
    eager fp16 channels_last, fp16 + CUDA graphs (the product path), bf16 + CUDA graphs, fp16 +
@@ -447,12 +448,15 @@ class Suite:
                      needs=30, kind="convert_classical")
             self.row("convert learned (DALI 448 -> CNN), jpg q95, tar", lambda: self.convert(src, "learned"),
                      needs=45, kind="convert_learned")
-            # the host side of one process is bounded by the GIL (docs/benchmarks.md): two worker
-            # processes on the one GPU double it
-            self.row("convert bilinear, 2 worker processes on the GPU", lambda: self.convert(src, "bilinear", 2),
-                     needs=45, kind="convert_classical_2w")
-            self.row("convert learned, 2 worker processes on the GPU", lambda: self.convert(src, "learned", 2),
-                     needs=60, kind="convert_learned_2w")
+            # the host side of one process is bounded by the GIL (docs/benchmarks.md): the default on a
+            # GPU job is one worker process per 4 cores (engine.local.CORES_PER_GPU_WORKER) on the GPU
+            from resize_pipeline.engine.local import CORES_PER_GPU_WORKER
+
+            k = max(2, (os.cpu_count() or 1) // CORES_PER_GPU_WORKER)
+            self.row(f"convert bilinear, {k} worker processes on the GPU (the default)",
+                     lambda: self.convert(src, "bilinear", k), needs=45, kind="convert_classical_2w")
+            self.row(f"convert learned, {k} worker processes on the GPU (the default)",
+                     lambda: self.convert(src, "learned", k), needs=60, kind="convert_learned_2w")
         x = self.cnn_input()
         ref = None
         cnn_rows = [("fp32", False, False)] + ([("fp16", False, False), ("fp16", True, False), ("bf16", True, False)]

@@ -20,8 +20,9 @@ and this process polls it for finished shards.
 Knobs (config fields and flags; the environment variables, read on the driver, override them, so
 they also work through ``ray job submit``; ``--workers N`` sets the actor count):
 
-- ``ray_gpus_per_actor`` / ``RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR``: GPUs per actor (default 1 when the
-  job uses a GPU, else 0).
+- ``ray_gpus_per_actor`` / ``RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR``: GPUs per actor (default, when the
+  job uses a GPU: a share of one, one actor per 4 CPUs of the smallest GPU node's CPUs per GPU, e.g.
+  0.25 on 16-CPU one-GPU nodes, since one process's host side is GIL-bound; else 0).
 - ``ray_cpus_per_actor`` / ``RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR``: CPUs reserved per actor, also its
   decode/torch thread count (default 1 on CPU-only clusters; on GPU clusters the CPUs per GPU of the
   smallest GPU node, at most 8).
@@ -47,6 +48,7 @@ from typing import Any
 
 import ray
 
+from resize_pipeline.engine.local import CORES_PER_GPU_WORKER
 from resize_pipeline.errors import ConfigError, OutputError
 from resize_pipeline.shards import ShardResult, ShardTask
 from resize_pipeline.urls import is_in_process_url, is_local_url
@@ -107,21 +109,25 @@ def plan_actors(config, resolved, n_tasks: int) -> ActorPlan:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     total_cpus = sum(n["Resources"].get("CPU", 0.0) for n in nodes)
     total_gpus = sum(n["Resources"].get("GPU", 0.0) for n in nodes)
-    gpus = config.ray_gpus_per_actor
+    per_gpu = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in nodes
+               if n["Resources"].get("GPU", 0.0) > 0]
+    gpus, cpus = config.ray_gpus_per_actor, config.ray_cpus_per_actor
     if gpus is None:
         gpus = 1.0 if resolved.uses_gpu and total_gpus >= 1 else 0.0
-    cpus = config.ray_cpus_per_actor
+        if gpus and cpus is None and per_gpu:
+            # one process's host side is bounded by its GIL: as on the local engine, a GPU is shared
+            # by one actor per CORES_PER_GPU_WORKER of its node's CPUs (fractional num_gpus)
+            split = max(1, int(min(per_gpu)) // CORES_PER_GPU_WORKER)
+            gpus, cpus = 1.0 / split, float(max(1, int(min(per_gpu)) // split))
     if cpus is None:
         if gpus > 0:
-            per_gpu = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in nodes
-                       if n["Resources"].get("GPU", 0.0) > 0]
             cpus = float(max(1, min(8, int(min(per_gpu) * gpus)))) if per_gpu else 1.0
         else:
             cpus = 1.0
     if config.workers:
         concurrency = config.workers
     elif gpus > 0:
-        concurrency = max(1, int(total_gpus // gpus))
+        concurrency = max(1, int(round(total_gpus / gpus, 6)))
     else:
         concurrency = max(1, int(total_cpus // max(cpus, 1e-3)))
     concurrency = max(1, min(concurrency, n_tasks))

@@ -2,8 +2,8 @@
 
 The engine only schedules: each worker builds one `ShardRunner` and streams the shards it is given
 (two in flight per worker, so its stream never drains between shards). ``workers=1`` runs in this
-process. On a GPU job the default is one worker process per visible GPU, each seeing its own GPU
-(``CUDA_VISIBLE_DEVICES``). A worker process that dies (the OOM killer, a decoder crash) is
+process. On a GPU job the default is, for each visible GPU, one worker process per four cores of its
+share (`CORES_PER_GPU_WORKER`), each process seeing only its GPU (``CUDA_VISIBLE_DEVICES``). A worker process that dies (the OOM killer, a decoder crash) is
 replaced and its unfinished shards are run again; a shard present at `SHARD_ATTEMPTS` such deaths
 is recorded as failed (it may be what kills them).
 """
@@ -95,13 +95,22 @@ def _mp_context():
     return mp.get_context("spawn")
 
 
+#: on a GPU job, one worker process per this many CPU cores of each GPU's share: one process's host
+#: side (read, probe, encode, write) is capped by its GIL near 3k img/s on the 2-core sandbox (1 -> 2
+#: threads: 0.84x; 1 -> 2 processes: 1.83x, docs/benchmarks.md), far below what one GPU decodes, so a
+#: GPU is fed by several processes (each its own CUDA context, DALI pipeline and CNN)
+CORES_PER_GPU_WORKER = 4
+
+
 def plan_workers(config, resolved, n_tasks: int) -> tuple[int, str]:
-    """(worker count, ``process`` | ``thread``): one per CPU core, or one per GPU on a GPU job."""
+    """(worker count, ``process`` | ``thread``): one per CPU core; on a GPU job, for each GPU one
+    worker process per `CORES_PER_GPU_WORKER` cores of its share (at least one)."""
     workers = config.workers
     if not workers:
         if resolved.uses_gpu:
             _, index = parse_device(resolved.device)
-            workers = 1 if index is not None else max(1, gpu_count())
+            gpus = 1 if index is not None else max(1, gpu_count())
+            workers = gpus * max(1, (os.cpu_count() or 1) // gpus // CORES_PER_GPU_WORKER)
         else:
             workers = config.num_workers
     workers = max(1, min(workers, n_tasks))

@@ -26,12 +26,16 @@ def _config(src="/in", dst="/out", **kw):
     return ConvertConfig(str(src), str(dst), quiet=True, **kw)
 
 
-def test_one_worker_process_per_gpu(two_gpus):
+def test_worker_processes_per_gpu(two_gpus, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # this sandbox: one process per GPU
     assert plan_workers(_config(), GPU_JOB, 10) == (2, "process")
     assert plan_workers(_config(), GPU_JOB, 1) == (1, "process")  # never more workers than shards
     assert plan_workers(_config(), Resolved("cuda:1", "pillow", False), 10)[0] == 1  # one named GPU
+    monkeypatch.setattr("os.cpu_count", lambda: 16)  # the GPU box: 16 cores, so 2 GPUs x 2 processes
+    assert plan_workers(_config(), GPU_JOB, 100) == (4, "process")
+    assert plan_workers(_config(), Resolved("cuda:1", "pillow", False), 100)[0] == 4  # one GPU, 4 processes
     assert plan_workers(_config(workers=3), GPU_JOB, 10)[0] == 3  # asked for: round-robin below
-    assert plan_workers(_config(workers=0), Resolved("cpu", "pillow", False), 10)[0] == _config().num_workers
+    assert plan_workers(_config(workers=0), Resolved("cpu", "pillow", False), 100)[0] == _config().num_workers
 
 
 def test_placements(two_gpus):

@@ -156,6 +156,13 @@ def test_plan_on_a_gpu_cluster(monkeypatch):
     plan = ray_engine.plan_actors(cfg, gpu, 100)
     assert (plan.concurrency, plan.num_gpus, plan.num_cpus, plan.threads) == (4, 1.0, 6.0, 6)
     assert ray_engine.plan_actors(cfg, gpu, 3).concurrency == 3
+    # 16 CPUs per GPU: the GPU is shared by 4 actors of 4 CPUs (one process's host side is GIL-bound)
+    big = {"Alive": True, "Resources": {"CPU": 32.0, "GPU": 2.0}}
+    monkeypatch.setattr(ray_engine.ray, "nodes", lambda: [head, big])
+    plan = ray_engine.plan_actors(cfg, gpu, 100)
+    assert (plan.concurrency, plan.num_gpus, plan.num_cpus, plan.threads) == (8, 0.25, 4.0, 4)
+    assert ray_engine.plan_actors(cfg.replace(ray_cpus_per_actor=15.0), gpu, 100).num_gpus == 1.0  # asked for
+    monkeypatch.setattr(ray_engine.ray, "nodes", lambda: [head, gpu_node, dict(gpu_node), dead])
     # a job that uses no GPU asks for none, even on a GPU cluster
     cpu_plan = ray_engine.plan_actors(cfg, Resolved("cpu", "pillow", False), 100)
     assert (cpu_plan.num_gpus, cpu_plan.num_cpus) == (0.0, 1.0)
