@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from resize_pipeline.errors import OutputError
-from resize_pipeline.readers.output import ERRORS_FILE, IMAGE_EXTS, Output, ShardRef, open_output, split_key
+from resize_pipeline.readers.output import ERRORS_FILE, IMAGE_EXTS, Output, ShardRef, open_output, tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,7 @@ def _human(n: float) -> str:
 def _tar_infos(out: Output, ref: ShardRef) -> Iterator[SampleInfo]:
     """Each sample of a tar: sizes from the headers, label and size from the small members. Local
     files are read by seeking over image data; remote ones are streamed (one request, not one a sample)."""
-    def flush(key: str | None, parts: dict[str, Any]) -> SampleInfo | None:
-        if key is None:
-            return None
+    def flush(key: str, parts: dict[str, Any]) -> SampleInfo | None:
         img = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
         if img is None:
             return None
@@ -140,32 +138,22 @@ def _tar_infos(out: Output, ref: ShardRef) -> Iterator[SampleInfo]:
 
     mode = "r:" if out.is_local else "r|"
     with out.fs.open(ref.path, "rb") as fh, tarfile.open(fileobj=fh, mode=mode) as tf:  # type: ignore[call-overload]
-        key: str | None = None
-        parts: dict[str, Any] = {}
-        for m in tf:
-            if not m.isfile():
-                continue
-            k, ext = split_key(m.name)
-            if k is None:
-                continue
-            if k != key:
-                s = flush(key, parts)
-                if s is not None:
-                    yield s
-                key, parts = k, {}
-            ext = ext.lower()
-            if ext in ("json", "cls"):
-                data = tf.extractfile(m)
-                raw = data.read() if data else b""
-                try:
-                    parts[ext] = json.loads(raw) if ext == "json" else raw.strip()
-                except ValueError:
-                    parts[ext] = None
-            else:
-                parts[ext] = (m.offset_data, m.size)
-        s = flush(key, parts)
-        if s is not None:
-            yield s
+        for key, members in tar_samples(tf):
+            parts: dict[str, Any] = {}
+            for ext, m in members:
+                ext = ext.lower()
+                if ext in ("json", "cls"):
+                    data = tf.extractfile(m)
+                    raw = data.read() if data else b""
+                    try:
+                        parts[ext] = json.loads(raw) if ext == "json" else raw.strip()
+                    except ValueError:
+                        parts[ext] = None
+                else:
+                    parts[ext] = (m.offset_data, m.size)
+            s = flush(key, parts)
+            if s is not None:
+                yield s
 
 
 def _parquet_infos(out: Output, ref: ShardRef) -> Iterator[SampleInfo]:

@@ -19,7 +19,7 @@ import tarfile
 from typing import Any
 
 from resize_pipeline.errors import OutputError
-from resize_pipeline.readers.output import Output, ShardRef, open_output, split_key
+from resize_pipeline.readers.output import Output, ShardRef, open_output, tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +39,14 @@ def tar_index(fileobj) -> str:
     as wds2idx does (a new sample starts when the name up to the first dot of the basename changes).
     """
     samples: list[list[str]] = []
-    last = None
     with tarfile.open(fileobj=fileobj, mode="r:") as tf:
-        for m in tf:
-            if not m.isreg():
-                continue
-            base, ext = split_key(m.name)
-            if base is None:
-                continue
-            if any(c.isspace() for c in m.name):
-                raise ValueError(f"member {m.name!r}: DALI's index format cannot hold names with spaces")
-            part = f"{ext} {m.offset_data} {m.size} {m.name}"
-            if base != last:
-                samples.append([part])
-                last = base
-            else:
-                samples[-1].append(part)
+        for _, members in tar_samples(tf):
+            parts = []
+            for ext, m in members:
+                if any(c.isspace() for c in m.name):
+                    raise ValueError(f"member {m.name!r}: DALI's index format cannot hold names with spaces")
+                parts.append(f"{ext} {m.offset_data} {m.size} {m.name}")
+            samples.append(parts)
     if not samples:
         raise ValueError("empty tar: DALI cannot index a tar without samples")
     return f"{INDEX_VERSION} {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,24 @@ def split_key(member: str) -> tuple[str | None, str]:
     if dot <= slash:
         return None, ""
     return member[:dot], member[dot + 1 :]
+
+
+def tar_samples(tf) -> Iterator[tuple[str, Iterator[tuple[str, Any]]]]:
+    """The samples of an open tar, in order: ``(key, members)`` where `members` yields ``(ext, TarInfo)``
+    for the regular members of that key (grouped as webdataset and wds2idx group them: consecutive
+    members whose names agree up to the first dot of the basename). Lazy, so it works on a streamed
+    tar (mode ``r|``) as long as each sample's members are used before the next sample."""
+    from itertools import groupby
+
+    def members() -> Iterator[tuple[str, str, Any]]:
+        for m in tf:
+            if m.isreg():
+                key, ext = split_key(m.name)
+                if key is not None:
+                    yield key, ext, m
+
+    for key, group in groupby(members(), key=lambda t: t[0]):
+        yield key, ((ext, m) for _, ext, m in group)
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,31 +58,16 @@ def _tar_samples(fs, path: str, start: int, stop: int) -> Iterator[dict[str, Any
     """Samples `start` .. `stop`-1 of a tar: members grouped by key as webdataset does; members of
     skipped samples are passed by their headers (tarfile seeks over the data)."""
     import tarfile
+    from itertools import islice
 
-    from webdataset.tariterators import base_plus_ext
+    from resize_pipeline.readers.output import tar_samples
 
-    index, current, sample = -1, None, None
     with fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tf:
-        for member in tf:
-            if not member.isfile():
-                continue
-            key, ext = base_plus_ext(member.name)
-            if key is None:
-                continue
-            if key != current:
-                if sample is not None:
-                    yield sample
-                    sample = None
-                current = key
-                index += 1
-                if index >= stop:
-                    return
-                if index >= start:
-                    sample = {"__key__": key, "__url__": path}
-            if sample is not None:
+        for key, members in islice(tar_samples(tf), start, stop):
+            sample: dict[str, Any] = {"__key__": key, "__url__": path}
+            for ext, member in members:
                 data = tf.extractfile(member)
                 sample[ext.lower()] = data.read() if data else b""
-        if sample is not None:
             yield sample
 
 
