@@ -464,7 +464,9 @@ class ConvertConfig:
         return {k: v for k, v in self.to_dict().items() if options[k].output and k != "dest"}
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.output_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """The digest of `output_dict`. A run's own fingerprint (``_run.json``, the resume guard) also
+        covers the driver's resolved choices: `manifest.run_record`."""
+        return digest(self.output_dict())
 
     def replace(self, **changes: Any) -> ConvertConfig:
         return dataclasses.replace(self, **changes)
@@ -554,6 +556,11 @@ def ray_knobs_from_env(config: ConvertConfig, environ: Mapping[str, str] | None 
             continue
         changes[name] = options[name].parse(var, raw.strip())
     return config.replace(**changes) if changes else config
+
+
+def digest(data: Any) -> str:
+    """A short, stable digest of JSON-able `data` (key order does not matter)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_config_file(path: str) -> dict[str, Any]:

@@ -229,8 +229,7 @@ def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progr
         dest, config, run, results,
         listing_kind=listing.kind, list_errors=listing.errors, classes=listing.classes,
         skipped=listing.skipped, seconds=seconds,
-        components=_components(built, config, resolved) if built else previous
-        or _components(built, config, resolved),
+        components=previous if previous and not built else _components(built, config, resolved),
         converted=converted,
     )
     c = manifest["counts"]

@@ -11,7 +11,6 @@ or changed inputs is refused (one line, exit 2) unless ``--overwrite``.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resize_pipeline import jsontext
+from resize_pipeline.config import digest
 from resize_pipeline.errors import OutputError
 from resize_pipeline.ownership import (
     ERRORS_FILE,
@@ -64,7 +64,7 @@ def run_record(config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
         output.pop("hw_decoder_load", None)
     output["resolved"] = resolved.output_dict()
     return {
-        "fingerprint": hashlib.sha256(json.dumps(output, sort_keys=True).encode()).hexdigest()[:16],
+        "fingerprint": digest(output),
         "listing": listing_digest(items),
         "stamps": getattr(items, "stamps_digest", None),
         "inputs": len(items),

@@ -133,7 +133,8 @@ class _Shard:
     t0: float = field(default_factory=time.perf_counter)
     errors: list[dict[str, str]] = field(default_factory=list)
     written: int = 0
-    dead: bool = False
+    #: shared with the attempt's works: once failed, its remaining batches skip every step
+    state: Attempt = field(default_factory=Attempt)
 
 
 class ShardRunner:
@@ -157,10 +158,6 @@ class ShardRunner:
         self.built = dict(self.stages.built, pid=os.getpid(), overlap=self.overlap,
                           cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
         log.info("worker %d built %s", os.getpid(), self.built)
-
-    def convert(self, tasks, on_progress: Callable[[int], None] | None = None) -> list[ShardResult]:
-        """Convert `tasks` (an iterable of `ShardTask`), returning the results in completion order."""
-        return list(self.run(TaskQueue.of(tasks), on_progress))
 
     def run(self, tasks: TaskQueue, on_progress: Callable[[int], None] | None = None) -> Iterator[ShardResult]:
         """Yield each shard's result as it is committed (or finally fails), until `tasks` is closed
@@ -190,8 +187,8 @@ class ShardRunner:
             key = (w.task.index, w.attempt)
             shard = open_.get(key)
             if shard is None:
-                shard = open_[key] = _Shard(w.task, w.attempt, [])
-            if not shard.dead:
+                shard = open_[key] = _Shard(w.task, w.attempt, [], state=w.state or Attempt())
+            if not shard.state.failed:
                 try:
                     if not shard.writers:
                         shard.writers = self._writers(w.task)
@@ -212,9 +209,7 @@ class ShardRunner:
                         raise DestinationFull(f"no space left for the local spool of shard {w.task.name} "
                                               f"({type(exc).__name__}: {exc}); free some space and rerun the "
                                               "same command to resume") from exc
-                    shard.dead = True  # its remaining batches are skipped as they arrive
-                    if w.state is not None:
-                        w.state.failed = True
+                    shard.state.failed = True  # its remaining batches are skipped as they arrive
                     self._abort(shard)
                     if shard.attempt < SHARD_ATTEMPTS:
                         log.warning("shard %s failed (%s: %s); retrying", w.task.name, type(exc).__name__, exc)

@@ -103,17 +103,6 @@ def _table(rels: list[str], urls: list[str], *, stamps: list[int] | None = None,
     return ItemTable(text, rule, classes=columns.get("classes"), stamps=st, **ints, **texts).finish()
 
 
-def _build_items(
-    rels: list[str],
-    urls: list[str],
-    labels: list[int] | None = None,
-    names: list[str] | None = None,
-    metas: list[str] | None = None,
-    **extra: list[int],
-) -> ItemTable:
-    return _table(rels, urls, label=labels, names=names, meta=metas, **extra)
-
-
 def list_source(
     source: str,
     *,
