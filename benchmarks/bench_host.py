@@ -254,9 +254,10 @@ def per_image_us(fn, items: list, min_seconds: float = 0.5) -> float:
 
 
 def stage_costs(src: str, tmp: str, fmt: str) -> dict[str, float]:
+    from resize_pipeline import formats
     from resize_pipeline.batch import items_to_batch
     from resize_pipeline.encode import Encoder, opencv_available
-    from resize_pipeline.sinks import WRITERS, RollingShardWriter
+    from resize_pipeline.sinks import RollingShardWriter
     from resize_pipeline.sinks.dest import Dest
     from resize_pipeline.sources import list_source
     from resize_pipeline.stages import ReadStage
@@ -299,7 +300,7 @@ def stage_costs(src: str, tmp: str, fmt: str) -> dict[str, float]:
         from resize_pipeline.runner import _Shard
 
         def write(_, f=f):
-            w = RollingShardWriter(dest, "bench", f, WRITERS[f], None, {"row_group_size": 512})
+            w = RollingShardWriter(dest, "bench", f, formats.get(f).load("writer"), None, {"row_group_size": 512})
             shard = _Shard(None, 1, [w])  # type: ignore[arg-type]
             for _ in range(8):
                 runner._write(shard, batch)

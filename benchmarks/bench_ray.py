@@ -27,7 +27,8 @@ import time
 def _run(items, dest: str, engine: str, workers: int, args) -> tuple[float, float]:
     """(end-to-end img/s, steady img/s) of one engine call over `items`."""
     from resize_pipeline.config import ConvertConfig
-    from resize_pipeline.shards import STATS_DIR, plan_shards
+    from resize_pipeline.layout import STATS_DIR
+    from resize_pipeline.shards import plan_shards
 
     shutil.rmtree(dest, ignore_errors=True)
     os.makedirs(os.path.join(dest, STATS_DIR))

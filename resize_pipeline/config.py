@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from resize_pipeline import formats
 from resize_pipeline.errors import ConfigError
 from resize_pipeline.geometry import MODES
 
-FORMATS = ("webdataset", "parquet", "both")
 ENCODINGS = ("jpg", "png", "webp", "npy")
 ENGINES = ("local", "ray")
 PARALLELISM = ("process", "thread")
@@ -376,7 +376,7 @@ class ConvertConfig:
     resizer: str = _opt("bilinear", kind=Str(validate=_resizer_problem), metavar="NAME", help=(
         "nearest, bilinear, bicubic, lanczos, area (Pillow filters), learned (the bundled CNN) or "
         "learned:PATH (an exported checkpoint)"))
-    format: str = _opt("webdataset", kind=Str(choices=FORMATS), help="shard format")
+    format: str = _opt("webdataset", kind=Str(choices=formats.CHOICES), help="shard format")
     encode: str = _opt("jpg", kind=Str(choices=ENCODINGS), help="image encoding (npy: raw uint8 HWC, lossless)")
     quality: int = _opt(95, kind=Int(1, 100), help="jpg/webp quality")
     samples_per_shard: int = _opt(1000, kind=Int(1), help="inputs per shard")
@@ -448,7 +448,7 @@ class ConvertConfig:
 
     @property
     def formats(self) -> tuple[str, ...]:
-        return ("webdataset", "parquet") if self.format == "both" else (self.format,)
+        return formats.expand(self.format)
 
     def to_dict(self) -> dict[str, Any]:
         out = {}

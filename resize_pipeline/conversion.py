@@ -17,16 +17,9 @@ from typing import Any
 
 from resize_pipeline.config import ConvertConfig, ray_knobs_from_env
 from resize_pipeline.errors import ConfigError, OutputError, SourceError
-from resize_pipeline.manifest import (
-    ERRORS_FILE,
-    MANIFEST_FILE,
-    completed_shards,
-    finalize,
-    inspect_dest,
-    prepare_dest,
-    run_record,
-)
-from resize_pipeline.ownership import OutputNames, check_overlap, remove_partials
+from resize_pipeline.layout import ERRORS_FILE, MANIFEST_FILE, OutputNames
+from resize_pipeline.manifest import completed_shards, finalize, inspect_dest, prepare_dest, run_record
+from resize_pipeline.ownership import check_overlap, remove_partials
 from resize_pipeline.shards import ShardResult, ShardTask, plan_shards
 from resize_pipeline.sources import list_source
 from resize_pipeline.urls import normalise

@@ -21,8 +21,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from resize_pipeline import formats
 from resize_pipeline.errors import OutputError
-from resize_pipeline.readers.output import ERRORS_FILE, IMAGE_EXTS, Output, ShardRef, open_output, tar_samples
+from resize_pipeline.layout import ERRORS_FILE
+from resize_pipeline.readers.output import IMAGE_EXTS, Output, ShardRef, open_output, tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ def _human(n: float) -> str:
 # --------------------------------------------------------------------------------------------- scan
 
 
-def _tar_infos(out: Output, ref: ShardRef) -> Iterator[SampleInfo]:
+def tar_infos(out: Output, ref: ShardRef) -> Iterator[SampleInfo]:
     """Each sample of a tar: sizes from the headers, label and size from the small members. Local
     files are read by seeking over image data; remote ones are streamed (one request, not one a sample)."""
     def flush(key: str, parts: dict[str, Any]) -> SampleInfo | None:
@@ -156,7 +158,7 @@ def _tar_infos(out: Output, ref: ShardRef) -> Iterator[SampleInfo]:
                 yield s
 
 
-def _parquet_infos(out: Output, ref: ShardRef) -> Iterator[SampleInfo]:
+def parquet_infos(out: Output, ref: ShardRef) -> Iterator[SampleInfo]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -238,7 +240,7 @@ def inspect_output(
     m = out.manifest
     tars, parquets = out.shards("webdataset"), out.shards("parquet")
     refs, scanned = (tars, "webdataset") if tars else (parquets, "parquet")
-    read = _tar_infos if tars else _parquet_infos
+    read = formats.get(scanned).load("infos")
     classes = [str(c) for c in m.get("classes", [])]
     labels: Counter = Counter()
     sizes: Counter = Counter()

@@ -20,23 +20,16 @@ from typing import Any
 from resize_pipeline import jsontext
 from resize_pipeline.config import digest
 from resize_pipeline.errors import OutputError
-from resize_pipeline.ownership import (
-    ERRORS_FILE,
-    MANIFEST_FILE,
-    RUN_FILE,
-    OutputNames,
-    check_foreign,
-    check_not_in_the_way,
-    clear_dest,
-)
-from resize_pipeline.shards import STATS_DIR, ShardResult, ShardTask, stats_name
+from resize_pipeline.layout import ERRORS_FILE, MANIFEST_FILE, RUN_FILE, STATS_DIR, OutputNames, stats_name
+from resize_pipeline.ownership import check_foreign, check_not_in_the_way, clear_dest
+from resize_pipeline.shards import ShardResult, ShardTask
 from resize_pipeline.sinks.dest import Dest
 from resize_pipeline.sources.base import SourceItem
 from resize_pipeline.version import __version__
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ERRORS_FILE", "MANIFEST_FILE", "RUN_FILE", "DestState", "completed_shards", "finalize",
+__all__ = ["DestState", "completed_shards", "finalize",
            "inspect_dest", "listing_digest", "prepare_dest", "run_record"]
 
 

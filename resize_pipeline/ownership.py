@@ -1,4 +1,5 @@
-"""What in DEST belongs to this tool, and what it may therefore replace or delete.
+"""What in DEST belongs to this tool, and what it may therefore replace or delete (the names
+themselves are `layout`'s).
 
 The tool deletes only what its own records say it wrote: the files listed by ``_stats/*.json``,
 shard files named by the ``outputs`` pattern recorded in ``_run.json`` (prefix, digits, formats,
@@ -17,84 +18,21 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from resize_pipeline.errors import ConfigError, OutputError
-from resize_pipeline.shards import STATS_DIR, shard_width
-from resize_pipeline.sinks.dest import TEMP_RE, Dest
-from resize_pipeline.sinks.lock import LOCK_FILE
-
-RUN_FILE = "_run.json"
-MANIFEST_FILE = "_manifest.json"
-ERRORS_FILE = "_errors.jsonl"
-#: DALI index files' record, written by ``inspect --dali-index`` (`readers.dali.write_dali_indexes`)
-DALI_INDEX_RECORD = "_dali_index.json"
-#: this tool's own documents at the top of DEST
-DOCUMENTS = (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, LOCK_FILE, DALI_INDEX_RECORD)
-EXTENSIONS = {"webdataset": "tar", "parquet": "parquet"}
-
-
-@dataclass(frozen=True, slots=True)
-class OutputNames:
-    """The shard file names a run writes: ``{prefix}-{index:0{width}d}[-{part:03d}].{ext}``."""
-
-    prefix: str
-    width: int
-    shards: int
-    exts: tuple[str, ...]
-    parts: bool
-
-    @classmethod
-    def of(cls, config, n_inputs: int) -> OutputNames:
-        n_shards = -(-n_inputs // config.samples_per_shard)
-        return cls(config.shard_prefix, shard_width(n_inputs, config.samples_per_shard), n_shards,
-                   tuple(EXTENSIONS[f] for f in config.formats), config.max_shard_bytes is not None)
-
-    @classmethod
-    def from_record(cls, run: dict[str, Any]) -> OutputNames | None:
-        """From ``_run.json`` (its ``outputs``; for records of release 0.1.0, its config)."""
-        out = run.get("outputs")
-        try:
-            if isinstance(out, dict):
-                return cls(str(out["prefix"]), int(out["width"]), int(out["shards"]),
-                           tuple(str(e) for e in out["exts"]), bool(out["parts"]))
-            cfg, n = run.get("config", {}), int(run.get("inputs", 0))
-            per = int(cfg["samples_per_shard"])
-            fmt = cfg["format"]
-            exts = ("tar", "parquet") if fmt == "both" else (EXTENSIONS[fmt],)
-            return cls(str(cfg.get("shard_prefix", "shard")), shard_width(n, per), -(-n // per), exts,
-                       cfg.get("max_shard_bytes") is not None)
-        except (KeyError, TypeError, ValueError):
-            return None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["exts"] = list(self.exts)
-        return d
-
-    def _pattern(self) -> re.Pattern[str]:
-        part = r"(?:-\d{3})?" if self.parts else ""
-        exts = "|".join(re.escape(e) for e in self.exts)
-        return re.compile(rf"^{re.escape(self.prefix)}-(\d{{{self.width}}}){part}\.(?:{exts})$")
-
-    def matches(self, name: str) -> bool:
-        """Whether `name` is one of this run's shard file names."""
-        m = self._pattern().match(name)
-        return m is not None and int(m.group(1)) < self.shards
-
-
-def _ours(name: str, names: list[OutputNames], in_stats: bool = False) -> bool:
-    """A name this tool writes (a temp file of such a name included)."""
-    m = TEMP_RE.match(name)
-    if m:
-        name = m.group("final")
-    if in_stats:
-        return name.endswith(".json") and any(n.matches(f"{name[:-5]}.{n.exts[0]}") for n in names)
-    if name.endswith(".idx"):  # a DALI index beside one of our tars
-        return any(n.matches(f"{name[:-4]}.tar") for n in names if "tar" in n.exts)
-    return name in DOCUMENTS or any(n.matches(name) for n in names)
+from resize_pipeline.layout import (
+    DOCUMENTS,
+    ERRORS_FILE,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    RUN_FILE,
+    STATS_DIR,
+    TEMP_RE,
+    OutputNames,
+    is_ours,
+)
+from resize_pipeline.sinks.dest import Dest
 
 
 def _few(names: list[str], n: int = 4) -> str:
@@ -119,7 +57,7 @@ def check_foreign(dest: Dest, entries: dict[str, str], names: OutputNames, overw
     """DEST without ``_run.json``: nothing in it is ours. ``--overwrite`` is refused if it holds
     anything (it would have nothing of ours to replace); a plain run if a file is in its way."""
     leftovers = {LOCK_FILE}  # a run killed before it wrote _run.json leaves its lock at most
-    present = sorted(e for e in entries if e not in leftovers and not (TEMP_RE.match(e) and _ours(e, [names])))
+    present = sorted(e for e in entries if e not in leftovers and not (TEMP_RE.match(e) and is_ours(e, [names])))
     if overwrite and present:
         raise OutputError(f"--overwrite: {dest.url} holds files this tool did not write (no {RUN_FILE}): "
                           f"{_few(present)}; it only replaces its own output: choose an empty or new destination")
@@ -135,7 +73,7 @@ def clear_dest(dest: Dest, old: dict[str, Any], names: OutputNames) -> int:
     files. ``_run.json`` stays until the caller replaces it (DEST is never without its record), the
     lock is the caller's. Returns the number of files removed."""
     recorded = [n for n in (OutputNames.from_record(old), names) if n is not None]
-    stats = {b for b, kind in dest.entries(STATS_DIR).items() if kind == "file" and _ours(b, recorded, in_stats=True)}
+    stats = {b for b, kind in dest.entries(STATS_DIR).items() if kind == "file" and is_ours(b, recorded, in_stats=True)}
     listed: set[str] = set()
     for base in sorted(stats):
         if TEMP_RE.match(base):
@@ -149,7 +87,7 @@ def clear_dest(dest: Dest, old: dict[str, Any], names: OutputNames) -> int:
                    and "/" not in f["name"] and f["name"] not in DOCUMENTS}
     removed = 0
     for base, kind in sorted(dest.entries().items()):
-        if kind == "file" and base not in (RUN_FILE, LOCK_FILE) and (base in listed or _ours(base, recorded)):
+        if kind == "file" and base not in (RUN_FILE, LOCK_FILE) and (base in listed or is_ours(base, recorded)):
             dest.remove(base)
             removed += 1
     for base in sorted(stats):  # the records last: a crash in between leaves them to be redone
@@ -164,10 +102,10 @@ def remove_partials(dest: Dest, names: list[OutputNames]) -> None:
     """Temporary files of a killed run (a worker killed in the middle of a commit): ours only, by
     their exact temp-name pattern and a final name this tool writes."""
     for base, kind in dest.entries().items():
-        if kind == "file" and TEMP_RE.match(base) and _ours(base, names):
+        if kind == "file" and TEMP_RE.match(base) and is_ours(base, names):
             dest.remove(base)
     for base, kind in dest.entries(STATS_DIR).items():
-        if kind == "file" and TEMP_RE.match(base) and _ours(base, names, in_stats=True):
+        if kind == "file" and TEMP_RE.match(base) and is_ours(base, names, in_stats=True):
             dest.remove(STATS_DIR, base)
 
 

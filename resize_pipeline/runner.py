@@ -29,10 +29,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from resize_pipeline import formats
 from resize_pipeline.devices import Placement
 from resize_pipeline.errors import ResizePipelineError, error_record
-from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard, stats_name
-from resize_pipeline.sinks import WRITERS, RollingShardWriter, Sample
+from resize_pipeline.layout import stats_name
+from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard
+from resize_pipeline.sinks import RollingShardWriter, Sample
 from resize_pipeline.sinks.dest import Dest, DestinationFull, is_full
 from resize_pipeline.stream import IDLE, Attempt, Work, chain
 from resize_pipeline.urls import is_remote_url
@@ -223,7 +225,7 @@ class ShardRunner:
 
     def _writers(self, task: ShardTask) -> list[RollingShardWriter]:
         c = self.config
-        return [RollingShardWriter(self.dest, task.name, fmt, WRITERS[fmt], c.max_shard_bytes,
+        return [RollingShardWriter(self.dest, task.name, fmt, formats.get(fmt).load("writer"), c.max_shard_bytes,
                                    {"row_group_size": c.row_group_size}) for fmt in c.formats]
 
     def _write(self, shard: _Shard, batch: dict) -> None:

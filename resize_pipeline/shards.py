@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resize_pipeline.errors import error_record
+from resize_pipeline.layout import shard_name, shard_width
 from resize_pipeline.sources.base import SourceItem
 
-STATS_DIR = "_stats"
 #: how many times a shard is attempted (a failure inside it, or its worker process dying) before its
 #: inputs are recorded as failed (stage ``shard``); a rerun tries it again
 SHARD_ATTEMPTS = 3
@@ -103,24 +103,14 @@ class ShardResult:
         return cls(**{k: d[k] for k in ("index", "name", "total", "written", "failed", "files", "errors")})
 
 
-def shard_width(n: int, samples_per_shard: int) -> int:
-    """Digits in the shard names of a listing of `n` inputs (at least 5)."""
-    return max(5, len(str(max(0, (n - 1) // samples_per_shard))))
-
-
 def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefix: str = "shard") -> list[ShardTask]:
     """Shard *i* = inputs ``[i*N, (i+1)*N)``; each task refers to its slice of `items` (no copy)."""
     n = len(items)
     width = shard_width(n, samples_per_shard)
     return [
-        ShardTask(i, f"{prefix}-{i:0{width}d}", items, s, min(n, s + samples_per_shard))
+        ShardTask(i, shard_name(prefix, i, width), items, s, min(n, s + samples_per_shard))
         for i, s in enumerate(range(0, n, samples_per_shard))
     ]
-
-
-def stats_name(name: str) -> tuple[str, str]:
-    """Where a shard's stats file lives, relative to DEST."""
-    return STATS_DIR, f"{name}.json"
 
 
 def failed_shard(task: ShardTask, exc: BaseException | str, built: dict[str, Any] | None = None) -> ShardResult:

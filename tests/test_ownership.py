@@ -7,7 +7,8 @@ import pytest
 
 from resize_pipeline.config import ConvertConfig
 from resize_pipeline.errors import ConfigError
-from resize_pipeline.ownership import OutputNames, check_overlap
+from resize_pipeline.layout import OutputNames
+from resize_pipeline.ownership import check_overlap
 
 
 def test_output_names_claim_only_this_runs_shards():

@@ -19,17 +19,13 @@ import tarfile
 from typing import Any
 
 from resize_pipeline.errors import OutputError
+from resize_pipeline.layout import DALI_INDEX_RECORD as INDEX_RECORD
+from resize_pipeline.layout import dali_index_name as index_name
 from resize_pipeline.readers.output import Output, ShardRef, open_output, tar_samples
 
 log = logging.getLogger(__name__)
 
-INDEX_RECORD = "_dali_index.json"
 INDEX_VERSION = "v1.2"  # the format DALI's wds2idx writes
-
-
-def index_name(shard_name: str) -> str:
-    """``shard-00000.tar`` -> ``shard-00000.idx`` (wds2idx's default: the name up to its first dot)."""
-    return shard_name.split(".", 1)[0] + ".idx"
 
 
 def tar_index(fileobj) -> str:

@@ -13,12 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from resize_pipeline import formats
 from resize_pipeline.errors import OutputError
+from resize_pipeline.layout import MANIFEST_FILE, RUN_FILE
 
-MANIFEST_FILE = "_manifest.json"  # the names `resize_pipeline.manifest` writes
-RUN_FILE = "_run.json"
-ERRORS_FILE = "_errors.jsonl"
-FORMATS = ("webdataset", "parquet")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "npy")  # the image member of a sample, by extension
 
 
@@ -74,8 +72,8 @@ class Output:
 
     def shards(self, fmt: str | None = None) -> list[ShardRef]:
         """The complete shard files, in order; only those of `fmt` ("webdataset" or "parquet") when given."""
-        if fmt is not None and fmt not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        if fmt is not None:
+            formats.get(fmt)  # ValueError naming the formats
         out = []
         for s in self.manifest.get("shards", []):
             if fmt is not None and s["format"] != fmt:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from resize_pipeline import formats
 from resize_pipeline.readers.output import IMAGE_EXTS, Output, ShardRef, open_output
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _tar_samples(fs, path: str, start: int, stop: int) -> Iterator[dict[str, Any]]:
+def read_tar_samples(fs, path: str, start: int, stop: int) -> Iterator[dict[str, Any]]:
     """Samples `start` .. `stop`-1 of a tar: members grouped by key as webdataset does; members of
     skipped samples are passed by their headers (tarfile seeks over the data)."""
     import tarfile
@@ -71,7 +72,7 @@ def _tar_samples(fs, path: str, start: int, stop: int) -> Iterator[dict[str, Any
             yield sample
 
 
-def _parquet_samples(fs, path: str, start: int, stop: int) -> Iterator[dict[str, Any]]:
+def read_parquet_samples(fs, path: str, start: int, stop: int) -> Iterator[dict[str, Any]]:
     """Rows `start` .. `stop`-1 of one of our Parquet shards as webdataset-style samples."""
     import pyarrow.parquet as pq
 
@@ -211,8 +212,7 @@ class ShardDataset(IterableDataset):
 
         def raw() -> Iterator[dict[str, Any]]:
             for ref, a, b in pieces:
-                read = _tar_samples if ref.format == "webdataset" else _parquet_samples
-                yield from read(self.fs, ref.path, a, b)
+                yield from formats.get(ref.format).load("samples")(self.fs, ref.path, a, b)
 
         if not self.shuffle:
             return raw()

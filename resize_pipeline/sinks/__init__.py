@@ -4,6 +4,4 @@ from resize_pipeline.sinks.base import FormatWriter, RollingShardWriter, Sample,
 from resize_pipeline.sinks.parquet import ParquetWriter
 from resize_pipeline.sinks.webdataset import WebDatasetWriter
 
-WRITERS: dict[str, type[FormatWriter]] = {"webdataset": WebDatasetWriter, "parquet": ParquetWriter}
-
-__all__ = ["FormatWriter", "RollingShardWriter", "Sample", "ShardFile", "WRITERS", "WebDatasetWriter", "ParquetWriter"]
+__all__ = ["FormatWriter", "RollingShardWriter", "Sample", "ShardFile", "WebDatasetWriter", "ParquetWriter"]

@@ -10,6 +10,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from resize_pipeline.layout import shard_file
+
 log = logging.getLogger(__name__)
 
 
@@ -136,8 +138,7 @@ class RollingShardWriter:
         self._open()
 
     def _name(self) -> str:
-        ext = self.writer_cls.ext
-        return f"{self.base}-{self._part:03d}.{ext}" if self.max_bytes else f"{self.base}.{ext}"
+        return shard_file(self.base, self.writer_cls.ext, self._part if self.max_bytes else None)
 
     def _open(self) -> None:
         self._out = self.dest.part(self._name())

@@ -28,10 +28,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import posixpath
-import re
-import secrets
 import shutil
 import tempfile
 import time
@@ -40,6 +37,7 @@ from typing import IO, Any, TypeVar
 
 from resize_pipeline import jsontext
 from resize_pipeline.errors import OutputError
+from resize_pipeline.layout import temp_name
 from resize_pipeline.urls import is_local_fs, url_to_fs, writes_visibly
 
 log = logging.getLogger(__name__)
@@ -50,8 +48,6 @@ T = TypeVar("T")
 PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 _UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
-#: how a temporary file is named: ``.{final name}.partial-{pid}-{token}``
-TEMP_RE = re.compile(r"^\.(?P<final>.+)\.partial-\d+-[0-9a-f]{8}$")
 #: shard parts above this size spill from memory to a local temporary file while they are built
 SPOOL_MEMORY = 64 << 20
 
@@ -66,10 +62,6 @@ class DestinationUnwritable(OutputError):
 
 def is_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _FULL
-
-
-def temp_name(name: str) -> str:
-    return f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _reason(exc: BaseException) -> str:

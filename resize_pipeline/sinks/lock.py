@@ -30,11 +30,11 @@ import time
 from typing import Any
 
 from resize_pipeline.errors import OutputError
+from resize_pipeline.layout import LOCK_FILE
 from resize_pipeline.version import __version__
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = "_lock.json"
 HEARTBEAT = 10.0
 STALE_AFTER = 6
 SETTLE = 1.0

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from resize_pipeline.layout import LOCK_FILE
 from resize_pipeline.sinks.dest import Dest
-from resize_pipeline.sinks.lock import LOCK_FILE, DestLock, DestLocked
+from resize_pipeline.sinks.lock import DestLock, DestLocked
 
 
 def test_acquire_refuse_release(tmp_path):

@@ -1,0 +1,160 @@
+"""DEST's layout: every name this tool writes in DEST, what each file means, and which names are ours.
+
+    DEST/
+      {prefix}-{index}.{ext}         a shard file (``shard-00000.tar``); with ``--max-shard-bytes``
+      {prefix}-{index}-{part}.{ext}  its parts (``shard-00000-001.parquet``); ext per `formats`
+      {shard}.idx                    DALI index of a tar (``inspect --dali-index``)
+      _stats/{shard}.json            a shard's commit record (counts, files with sha256, failed
+                                     inputs), written after its files: a shard is complete only with it
+      _run.json                      the job's record, written before any shard: config fingerprint,
+                                     listing and stamp digests, the shard names it writes (`OutputNames`)
+      _manifest.json                 written last, from the commit records: what readers read
+      _errors.jsonl                  every failed input with its reason (written with the manifest)
+      _lock.json                     only while a job runs (`sinks.lock`)
+      _dali_index.json               which tar each DALI index describes (``inspect --dali-index``)
+      .{name}.partial-{pid}-{token}  a file being written (local disks; renamed when complete)
+
+This module only names things. Who may delete what follows from these names (`ownership`); what the
+records hold is `manifest`'s (run record, commit records, manifest) and `sinks.lock`'s; how files
+are written is `sinks.dest`'s.
+
+What is *ours* in DEST (`is_ours`): our documents, shard files matching a recorded `OutputNames`
+pattern, commit records of such shards, DALI indexes beside our tars, and temp files whose final
+name is one of those. Nothing else is ever replaced or deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from resize_pipeline import formats
+
+MANIFEST_FILE = "_manifest.json"
+RUN_FILE = "_run.json"
+ERRORS_FILE = "_errors.jsonl"
+LOCK_FILE = "_lock.json"
+#: DALI index files' record, written by ``inspect --dali-index`` (`readers.dali.write_dali_indexes`)
+DALI_INDEX_RECORD = "_dali_index.json"
+STATS_DIR = "_stats"
+#: this tool's own documents at the top of DEST
+DOCUMENTS = (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, LOCK_FILE, DALI_INDEX_RECORD)
+
+#: a file being written: ``.{final name}.partial-{pid}-{token}`` (`temp_name`)
+TEMP_RE = re.compile(r"^\.(?P<final>.+)\.partial-\d+-[0-9a-f]{8}$")
+
+
+def temp_name(name: str) -> str:
+    """A fresh temporary name for final name `name` (hidden, unique per process and call)."""
+    return f".{name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def final_name(name: str) -> str | None:
+    """The final name a temporary file `name` stands for; None when it is not one of ours."""
+    m = TEMP_RE.match(name)
+    return m.group("final") if m else None
+
+
+# ----------------------------------------------------------------------------------------- shards
+def shard_width(n: int, samples_per_shard: int) -> int:
+    """Digits in the shard names of a listing of `n` inputs (at least 5)."""
+    return max(5, len(str(max(0, (n - 1) // samples_per_shard))))
+
+
+def shard_name(prefix: str, index: int, width: int) -> str:
+    """Shard `index`'s name without extension: ``shard-00042``."""
+    return f"{prefix}-{index:0{width}d}"
+
+
+def shard_file(shard: str, ext: str, part: int | None = None) -> str:
+    """A shard's file name: ``{shard}.{ext}``, or part `part` of it: ``{shard}-{part:03d}.{ext}``."""
+    return f"{shard}.{ext}" if part is None else f"{shard}-{part:03d}.{ext}"
+
+
+def stats_name(shard: str) -> tuple[str, str]:
+    """Where shard `shard`'s commit record lives, relative to DEST."""
+    return STATS_DIR, f"{shard}.json"
+
+
+def dali_index_name(shard_file_name: str) -> str:
+    """``shard-00000.tar`` -> ``shard-00000.idx`` (DALI's wds2idx default: the name up to its first dot)."""
+    return shard_file_name.split(".", 1)[0] + ".idx"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputNames:
+    """The shard file names a run writes: ``{prefix}-{index:0{width}d}[-{part:03d}].{ext}`` for
+    ``index < shards``. Recorded in ``_run.json`` (``outputs``): what ``--overwrite`` and a resume may
+    later remove."""
+
+    prefix: str
+    width: int
+    shards: int
+    exts: tuple[str, ...]
+    parts: bool
+
+    def __post_init__(self) -> None:
+        # a record is read back from DEST: refuse what no run of ours writes (it would match nothing,
+        # or everything), so that a hand-edited or foreign record can never widen what is deleted
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix):
+            raise ValueError(f"shard prefix {self.prefix!r}")
+        if not 5 <= self.width <= 19 or not 0 <= self.shards < 10**self.width:
+            raise ValueError(f"width {self.width} / shards {self.shards}")
+        if not self.exts or any(e not in {f.ext for f in formats.REGISTRY.values()} for e in self.exts):
+            raise ValueError(f"extensions {self.exts}")
+
+    @classmethod
+    def of(cls, config, n_inputs: int) -> OutputNames:
+        n_shards = -(-n_inputs // config.samples_per_shard)
+        return cls(config.shard_prefix, shard_width(n_inputs, config.samples_per_shard), n_shards,
+                   formats.extensions(config.formats), config.max_shard_bytes is not None)
+
+    @classmethod
+    def from_record(cls, run: dict[str, Any]) -> OutputNames | None:
+        """From ``_run.json`` (its ``outputs``; for records of release 0.1.0, its config); None when
+        the record does not hold a valid pattern."""
+        out = run.get("outputs")
+        try:
+            if isinstance(out, dict):
+                if not all(isinstance(out.get(k), int) and not isinstance(out.get(k), bool)
+                           for k in ("width", "shards")):
+                    return None
+                return cls(str(out["prefix"]), out["width"], out["shards"], tuple(str(e) for e in out["exts"]),
+                           bool(out["parts"]))
+            cfg, n = run.get("config", {}), int(run.get("inputs", 0))
+            per = int(cfg["samples_per_shard"])
+            return cls(str(cfg.get("shard_prefix", "shard")), shard_width(n, per), -(-n // per),
+                       formats.extensions(formats.expand(cfg["format"])), cfg.get("max_shard_bytes") is not None)
+        except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError):
+            return None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["exts"] = list(self.exts)
+        return d
+
+    def _pattern(self) -> re.Pattern[str]:
+        part = r"(?:-\d{3})?" if self.parts else ""
+        exts = "|".join(re.escape(e) for e in self.exts)
+        return re.compile(rf"^{re.escape(self.prefix)}-(\d{{{self.width}}}){part}\.(?:{exts})$")
+
+    def matches(self, name: str) -> bool:
+        """Whether `name` is one of this run's shard file names."""
+        m = self._pattern().match(name)
+        return m is not None and int(m.group(1)) < self.shards
+
+
+def is_ours(name: str, names: Iterable[OutputNames], in_stats: bool = False) -> bool:
+    """Whether `name` (a file at the top of DEST, or in ``_stats/`` with `in_stats`) is one this tool
+    writes under the recorded `names` (a temp file of such a name included)."""
+    names = list(names)
+    name = final_name(name) or name
+    if in_stats:
+        return name.endswith(".json") and any(n.matches(shard_file(name[:-5], n.exts[0])) for n in names)
+    if name.endswith(".idx"):  # a DALI index beside one of our tars
+        return any(n.matches(f"{name[:-4]}.tar") for n in names if "tar" in n.exts)
+    return name in DOCUMENTS or any(n.matches(name) for n in names)
