@@ -100,9 +100,13 @@ class FolderStamps:
         return {posixpath.basename(e["name"].rstrip("/")): stamp_info(e) for e in entries
                 if e.get("type") != "directory"}
 
+    #: whether `result` starts with one stamp per row (False when the rows' folders were not listed)
+    per_row = True
+
     def result(self) -> np.ndarray:
         extra = np.asarray(self.extra, dtype=np.int32)
         if self.ids is None:
+            self.per_row = False
             return extra
         ids, names = self.ids, list(self.folders)
         self.ids = None

@@ -202,6 +202,8 @@ class ItemTable:
         self.key_overrides: dict[int, str] = dict(key_overrides or {})
         self.digest = ""
         self.stamps_digest: str | None = None
+        #: whether `stamps` begins with one stamp per row (what `columns` hands out as ``stamp``)
+        self.row_stamps = stamps is not None and len(stamps) >= self.n
 
     # -- building -----------------------------------------------------------------------------
     def finish(self, stamper: Any = None) -> ItemTable:
@@ -228,6 +230,7 @@ class ItemTable:
         self.digest = h.hexdigest()[:16]
         if stamper is not None:
             self.stamps = stamper.result()
+            self.row_stamps = getattr(stamper, "per_row", True) and len(self.stamps) >= self.n
         if self.stamps is not None:
             self.stamps_digest = hashlib.sha256(self.stamps.astype("<i4").tobytes()).hexdigest()[:16]
         return self
@@ -283,6 +286,7 @@ class ItemTable:
             "offset": self._ints(self.offset, a, b),
             "length": self._ints(self.length, a, b),
             "row": self._ints(self.row, a, b),
+            "stamp": self.stamps[a:b].tolist() if self.row_stamps and self.stamps is not None else [0] * (b - a),
         }
 
     def _meta(self, a: int, b: int) -> list[str]:
