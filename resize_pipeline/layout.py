@@ -6,8 +6,15 @@
       {shard}.idx                    DALI index of a tar (``inspect --dali-index``)
       _stats/{shard}.json            a shard's commit record (counts, files with sha256, failed
                                      inputs), written after its files: a shard is complete only with it
+      _listing/part-{p}.parquet      the listing, in order, in parts of whole shards (`listing_part`): the
+                                     rows (`sources.base.ROW_COLUMNS`) each worker reads for its shard
+                                     (a shard task is a row range of a part), with their digests
+      _listing/run-{t}-{k}.parquet   sorted runs of a folder listed in parallel (Ray), merged into the
+                                     parts, then removed (`listing_run`)
+      _listing/_index.json           written when the listing is complete: its parts, rows and digests
       _run.json                      the job's record, written before any shard: config fingerprint,
-                                     listing and stamp digests, the shard names it writes (`OutputNames`)
+                                     the listing's extent and source stamp, the shard names it writes
+                                     (`OutputNames`)
       _manifest.json                 written last, from the commit records: what readers read
       _errors.jsonl                  every failed input with its reason (written with the manifest)
       _lock.json                     only while a job runs (`sinks.lock`)
@@ -19,8 +26,9 @@ records hold is `manifest`'s (run record, commit records, manifest) and `sinks.l
 are written is `sinks.dest`'s.
 
 What is *ours* in DEST (`is_ours`): our documents, shard files matching a recorded `OutputNames`
-pattern, commit records of such shards, DALI indexes beside our tars, and temp files whose final
-name is one of those. Nothing else is ever replaced or deleted.
+pattern, commit records of such shards, DALI indexes beside our tars, listing parts, runs and index
+in `_listing/`, and temp files whose final name is one of those. Nothing else is ever replaced or
+deleted.
 """
 
 from __future__ import annotations
@@ -41,6 +49,10 @@ LOCK_FILE = "_lock.json"
 #: DALI index files' record, written by ``inspect --dali-index`` (`readers.dali.write_dali_indexes`)
 DALI_INDEX_RECORD = "_dali_index.json"
 STATS_DIR = "_stats"
+#: the listing of the job (`listing_part`, `listing_run`, `LISTING_INDEX`)
+LISTING_DIR = "_listing"
+#: in `LISTING_DIR`: the record of a complete listing
+LISTING_INDEX = "_index.json"
 #: this tool's own documents at the top of DEST
 DOCUMENTS = (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, LOCK_FILE, DALI_INDEX_RECORD)
 
@@ -78,6 +90,20 @@ def shard_file(shard: str, ext: str, part: int | None = None) -> str:
 def stats_name(shard: str) -> tuple[str, str]:
     """Where shard `shard`'s commit record lives, relative to DEST."""
     return STATS_DIR, f"{shard}.json"
+
+
+# ---------------------------------------------------------------------------------------- listing
+_LISTING_RE = re.compile(r"^(?:part-\d{5,}|run-\d{5,}-\d{5,})\.parquet$")
+
+
+def listing_part(index: int) -> tuple[str, str]:
+    """Where listing part `index` lives, relative to DEST (``_listing/part-00000.parquet``)."""
+    return LISTING_DIR, f"part-{index:05d}.parquet"
+
+
+def listing_run(task: int, run: int) -> tuple[str, str]:
+    """Where sorted run `run` of listing task `task` lives, relative to DEST."""
+    return LISTING_DIR, f"run-{task:05d}-{run:05d}.parquet"
 
 
 def dali_index_name(shard_file_name: str) -> str:
@@ -148,11 +174,14 @@ class OutputNames:
         return m is not None and int(m.group(1)) < self.shards
 
 
-def is_ours(name: str, names: Iterable[OutputNames], in_stats: bool = False) -> bool:
-    """Whether `name` (a file at the top of DEST, or in ``_stats/`` with `in_stats`) is one this tool
-    writes under the recorded `names` (a temp file of such a name included)."""
+def is_ours(name: str, names: Iterable[OutputNames], in_stats: bool = False, in_listing: bool = False) -> bool:
+    """Whether `name` (a file at the top of DEST, in ``_stats/`` with `in_stats`, in ``_listing/``
+    with `in_listing`) is one this tool writes under the recorded `names` (a temp file of such a
+    name included). Listing files are ours whatever the record says: their names are ours alone."""
     names = list(names)
     name = final_name(name) or name
+    if in_listing:
+        return name == LISTING_INDEX or _LISTING_RE.match(name) is not None
     if in_stats:
         return name.endswith(".json") and any(n.matches(shard_file(name[:-5], n.exts[0])) for n in names)
     if name.endswith(".idx"):  # a DALI index beside one of our tars

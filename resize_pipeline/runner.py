@@ -33,7 +33,7 @@ from resize_pipeline import formats
 from resize_pipeline.devices import Placement
 from resize_pipeline.errors import ResizePipelineError, error_record
 from resize_pipeline.layout import stats_name
-from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard
+from resize_pipeline.shards import ShardResult, ShardTask, failed_shard, shard_attempts
 from resize_pipeline.sinks import RollingShardWriter, Sample
 from resize_pipeline.sinks.dest import Dest, DestinationFull, is_full
 from resize_pipeline.stream import IDLE, Attempt, Work, chain
@@ -47,7 +47,9 @@ _WRITE_COLUMNS = ("key", "url", "payload", "width", "height", "orig_width", "ori
 
 
 class TaskQueue:
-    """Shard tasks for a runner: `put` them, `close` when no more will come."""
+    """Shard tasks for a runner: `put` them, `close` when no more will come. An item may be a
+    ``(task, attempt)`` pair: a shard already attempted elsewhere (a Ray actor that died) starts at
+    that attempt."""
 
     def __init__(self, tasks: list[ShardTask] | None = None, *, closed: bool = False) -> None:
         self._items: deque[Any] = deque(tasks or [])
@@ -96,7 +98,8 @@ class _Feed:
             return self._retries.popleft()
         if self.tasks._items:
             self._open += 1
-            return self.tasks._items.popleft(), 1
+            item = self.tasks._items.popleft()
+            return item if isinstance(item, tuple) else (item, 1)
         return None
 
     def _ended(self) -> bool:
@@ -159,6 +162,9 @@ class ShardRunner:
         self.overlap = should_overlap(config, resolved)
         self.built = dict(self.stages.built, pid=os.getpid(), overlap=self.overlap,
                           cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+        self.attempts = shard_attempts(config)
+        #: told of every retry of a shard (``(task, attempt)``): the Ray engine's attempt ledger
+        self.on_retry: Callable[[ShardTask, int], None] | None = None
         log.info("worker %d built %s", os.getpid(), self.built)
 
     def run(self, tasks: TaskQueue, on_progress: Callable[[int], None] | None = None) -> Iterator[ShardResult]:
@@ -213,12 +219,14 @@ class ShardRunner:
                                               "same command to resume") from exc
                     shard.state.failed = True  # its remaining batches are skipped as they arrive
                     self._abort(shard)
-                    if shard.attempt < SHARD_ATTEMPTS:
+                    if shard.attempt < self.attempts:
                         log.warning("shard %s failed (%s: %s); retrying", w.task.name, type(exc).__name__, exc)
+                        if self.on_retry is not None:
+                            self.on_retry(w.task, shard.attempt + 1)
                         feed.retry(w.task, shard.attempt + 1)
                     else:
                         log.error("shard %s failed %d times, its %d inputs are recorded as failed: %s: %s",
-                                  w.task.name, SHARD_ATTEMPTS, w.task.size, type(exc).__name__, exc)
+                                  w.task.name, shard.attempt, w.task.size, type(exc).__name__, exc)
                         yield finish(shard, failed_shard(w.task, exc, self.built))
             if w.last:
                 open_.pop(key, None)
@@ -308,14 +316,15 @@ class ShardService:
             for fut in pending:
                 fut.set_exception(exc)
 
-    def submit(self, task: ShardTask) -> Future:
+    def submit(self, task: ShardTask, attempt: int = 1) -> Future:
+        """Queue `task` (as its `attempt`-th attempt) on the runner's stream; a Future of its result."""
         fut: Future = Future()
         with self._lock:
             if self._error is not None:
                 fut.set_exception(self._error)
                 return fut
             self._futures[task.index] = fut
-        self.tasks.put(task)
+        self.tasks.put(task if attempt == 1 else (task, attempt))  # type: ignore[arg-type]
         return fut
 
     def close(self, timeout: float | None = None) -> None:

@@ -1,10 +1,12 @@
 """Local engine: `ShardRunner` workers on one machine, in-process, in threads or in processes.
 
 The engine only schedules: each worker builds one `ShardRunner` and streams the shards it is given
-(two in flight per worker, so its stream never drains between shards). ``workers=1`` runs in this
+(two in flight per worker, so its stream never drains between shards). Tasks arrive as a stream
+(`shards.TaskStream`: the planner releases each listing part's shards as the listing is read), so
+the first shard starts while SOURCE is still being listed. ``workers=1`` runs in this
 process. On a GPU job the default is, for each visible GPU, one worker process per four cores of its
 share (`CORES_PER_GPU_WORKER`), each process seeing only its GPU (``CUDA_VISIBLE_DEVICES``). A worker process that dies (the OOM killer, a decoder crash) is
-replaced and its unfinished shards are run again; a shard present at `SHARD_ATTEMPTS` such deaths
+replaced and its unfinished shards are run again; a shard present at `shard_attempts` such deaths
 is recorded as failed (it may be what kills them).
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from resize_pipeline.devices import Placement, gpu_count, parse_device, place_workers
 from resize_pipeline.errors import OutputError, ResizePipelineError
-from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard
+from resize_pipeline.shards import ShardResult, ShardTask, TaskStream, failed_shard, shard_attempts
 from resize_pipeline.urls import is_in_process_url
 
 log = logging.getLogger(__name__)
@@ -134,28 +136,43 @@ class _Slot:
 def run_local(
     config,
     resolved,
-    tasks: Sequence[ShardTask],
+    tasks: TaskStream | Sequence[ShardTask],
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[ShardResult]:
-    """Convert `tasks`, yielding each shard's result as it completes (in completion order); each
-    result carries what its worker built."""
-    if not tasks:
+    """Convert `tasks` (a stream, or a list), yielding each shard's result as it completes (in
+    completion order); each result carries what its worker built."""
+    stream = tasks if isinstance(tasks, TaskStream) else TaskStream.of(tasks)
+    if not stream.expected:
+        for _ in stream:  # nothing to convert (every shard complete); the stream still ends
+            pass
         return
-    workers, parallelism = plan_workers(config, resolved, len(tasks))
+    workers, parallelism = plan_workers(config, resolved, stream.expected)
     threads = max(1, (os.cpu_count() or 1) // workers)
     placements = place_workers(resolved.device, workers, isolate=parallelism == "process" and workers > 1)
-    log.info("local engine: %d %s worker(s), %d thread(s) each, on %s", workers,
-             "in-process" if workers == 1 else parallelism, threads, [p.device for p in placements])
     if workers == 1:
+        first = stream.get()  # a runner is built only when there is something to convert
+        if first is None:
+            return
+        log.info("local engine: 1 in-process worker, %d thread(s), on %s", os.cpu_count() or 1, placements[0].device)
         from resize_pipeline.runner import ShardRunner, TaskQueue
 
         runner = ShardRunner(config, resolved, placements[0], os.cpu_count() or 1)
-        yield from runner.run(TaskQueue.of(tasks), on_progress)
+        queue_ = TaskQueue([first])
+
+        def pump() -> None:
+            for t in stream:
+                queue_.put(t)
+            queue_.close()
+
+        threading.Thread(target=pump, daemon=True, name="task-pump").start()
+        yield from runner.run(queue_, on_progress)
         return
-    yield from _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress)
+    log.info("local engine: %d %s worker(s), %d thread(s) each, on %s", workers, parallelism, threads,
+             [p.device for p in placements])
+    yield from _run_pool(config, resolved, stream, workers, parallelism, threads, placements, on_progress)
 
 
-def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress):
+def _run_pool(config, resolved, stream: TaskStream, workers, parallelism, threads, placements, on_progress):
     """Workers in threads or processes; each gets its shards through its own inbox (two queued).
 
     Worker processes report through their own pipe (never a shared queue: a process killed while
@@ -181,12 +198,27 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
         t.start()
         return _Slot(wid, t, inbox)
 
-    pending: deque[ShardTask] = deque(tasks)
-    attempts: dict[int, int] = {t.index: 1 for t in tasks}
+    pending: deque[ShardTask] = deque()
+    attempts: dict[int, int] = {}
     slots = [start(w) for w in range(workers)]
-    remaining = len(tasks)
+    remaining = 0  # taken from the stream, not finished
+
+    def refill() -> None:
+        """Take what the stream has released (never waits)."""
+        nonlocal remaining
+        while not stream.ended:
+            try:
+                t = stream.get(timeout=0)
+            except queue.Empty:
+                return
+            if t is None:
+                return
+            attempts[t.index] = 1
+            pending.append(t)
+            remaining += 1
 
     def assign(slot: _Slot) -> None:
+        refill()
         while pending and len(slot.tasks) < WINDOW:
             t = pending.popleft()
             slot.tasks[t.index] = t
@@ -199,7 +231,7 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
                     slot.wid, why, len(slot.tasks))
         for t in sorted(slot.tasks.values(), key=lambda t: t.index, reverse=True):
             attempts[t.index] += 1
-            if attempts[t.index] > SHARD_ATTEMPTS:
+            if attempts[t.index] > shard_attempts(config):
                 res = failed_shard(t, f"a worker process died while converting it ({why})")
                 remaining -= 1
                 if on_progress:
@@ -247,8 +279,10 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
     for s in slots:
         assign(s)
     try:
-        while remaining:
-            for slot, msg in messages(0.5):
+        while remaining or not stream.ended:
+            for s in slots:
+                assign(s)  # shards the planner released since
+            for slot, msg in messages(0.5 if remaining else 0.05):
                 if slots[slot.wid] is not slot:
                     continue  # a report of a worker already replaced
                 if msg is None:

@@ -103,7 +103,7 @@ def _install_os_faults() -> None:
 
     def scandir(path="."):
         target = _faults().get("unreadable")
-        if target and os.path.abspath(os.fspath(path)) == os.path.abspath(target):
+        if target and not isinstance(path, int) and os.path.abspath(os.fspath(path)) == os.path.abspath(target):
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
         return real_scandir(path)
 
