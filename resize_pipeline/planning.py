@@ -27,9 +27,16 @@ from typing import Any
 
 from resize_pipeline.errors import OutputError
 from resize_pipeline.layout import LISTING_DIR, LISTING_INDEX, STATS_DIR, shard_name, shard_width, stats_name
-from resize_pipeline.parts import PartInfo, encode_part, part_name, read_info, rows_per_group, rows_per_part
 from resize_pipeline.shards import ShardResult, ShardTask
 from resize_pipeline.sources.base import ROW_COLUMNS
+from resize_pipeline.sources.parts import (
+    PartInfo,
+    encode_part,
+    part_name,
+    read_info,
+    rows_per_group,
+    rows_per_part,
+)
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ class ShardTask:
         from resize_pipeline.batch import columns_to_batch, items_to_batch
 
         if a == 0 and self.on_part:
-            self.rows.prefetch(self.start, self.stop)  # the shard's rows, read once
+            self.rows.prefetch(self.start, self.stop)  # type: ignore[union-attr]  # the shard's rows, read once
         a, b = self.start + a, min(self.stop, self.start + b)
         if hasattr(self.rows, "columns"):
             return columns_to_batch(self.rows.columns(a, b))
@@ -79,7 +79,8 @@ class ShardTask:
 
     def descriptor(self) -> dict[str, Any]:
         """A task on a listing part as a small row (what a Ray task row carries)."""
-        return {"index": self.index, "name": self.name, "part": self.rows.name, "start": self.start,
+        return {"index": self.index, "name": self.name, "part": self.rows.name,  # type: ignore[union-attr]
+                "start": self.start,
                 "stop": self.stop}
 
     def __reduce__(self) -> tuple:

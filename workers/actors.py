@@ -141,9 +141,9 @@ class ShardConverter:
             if attempt > self.cap:
                 log.error("shard %s: its actor died %d times while converting it; its %d inputs are recorded "
                           "as failed", task.name, attempt - 1, task.size)
-                fut: Future = Future()
-                fut.set_result(failed_shard(task, f"a Ray actor died while converting it ({attempt - 1} attempts)"))
-                futures.append(fut)
+                failed: Future = Future()
+                failed.set_result(failed_shard(task, f"a Ray actor died while converting it ({attempt - 1} attempts)"))
+                futures.append(failed)
                 continue
             futures.append(self.service.submit(task, attempt))
         out = []

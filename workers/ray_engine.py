@@ -214,9 +214,6 @@ class ShardTasks(ray.data.datasource.Datasource):
     def get_name(self) -> str:
         return "ShardTasks"
 
-    def supports_distributed_reads(self) -> bool:
-        return True
-
     def get_read_tasks(self, parallelism: int, *args: Any, **kwargs: Any) -> list:
         from ray.data.block import BlockMetadata
         from ray.data.datasource import ReadTask
@@ -229,7 +226,7 @@ class ShardTasks(ray.data.datasource.Datasource):
             def read(chunk: np.ndarray = chunk) -> Iterator[Any]:
                 import pyarrow as pa
 
-                from resize_pipeline.parts import part_name
+                from resize_pipeline.sources.parts import part_name
 
                 for i in chunk.tolist():
                     start, stop = layout.rows_of(i)

@@ -18,14 +18,13 @@ import os
 import posixpath
 import re
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from resize_pipeline.errors import SourceError
 from resize_pipeline.sources.base import IMAGE_EXTENSIONS
 from resize_pipeline.sources.common import BLOCK, Listing, ext, list_error, raw_block
-from resize_pipeline.sources.runs import RUN_ROWS, RunStore, merged
+from resize_pipeline.sources.runs import RUN_ROWS, RunStore, merged, run_tasks
 from resize_pipeline.sources.stamps import stamp_info, stamp_stat
 
 #: listing tasks at most (top-level folders are grouped beyond that)
@@ -233,16 +232,6 @@ def _tasks(source: str, so: dict[str, Any], files, dirs, ids, pattern, maxdepth,
     return tasks
 
 
-def run_tasks(runner: Callable[[Callable, list[tuple]], list] | None, fn: Callable, args: list[tuple], threads: int) -> list:
-    """Run the listing tasks: `runner(fn, args)` (Ray), else threads here; results in task order."""
-    if runner is not None:
-        return runner(fn, args)
-    if len(args) == 1 or threads <= 1:
-        return [fn(*a) for a in args]
-    with ThreadPoolExecutor(min(threads, len(args))) as pool:
-        return list(pool.map(lambda a: fn(*a), args))
-
-
 # ---------------------------------------------------------------------------------------- listing
 def open_folder(fs: Any, root: str, source: str, storage_options: dict[str, Any], *,
                 glob: str | None = None) -> Listing:
@@ -286,17 +275,18 @@ def _prepare(listing: Listing, fs: Any, root: str, source: str, so: dict[str, An
     local = is_local_fs(fs)
     own_store = store is None
     store = store or RunStore()
-    pattern = maxdepth = None
+    pattern: str | None = None
+    maxdepth: int | None = None
+    walk_root: str | None
     if glob is not None:
-        walk_root, regex, maxdepth = _glob_parts(fs, glob)
-        pattern = regex
+        found, pattern, maxdepth = _glob_parts(fs, glob)
         rel_root = _glob_base(glob).rstrip("/")
-        walk_root = walk_root.rstrip("/") or ("/" if walk_root else "")
+        walk_root = found.rstrip("/") or ("/" if found else "")
         if not walk_root or not fs.isdir(walk_root):
             walk_root = None  # nothing to walk: no match
     else:
         walk_root = rel_root = root.rstrip("/") or "/"
-    files, dirs, ids = _top(fs, walk_root, local) if walk_root else ([], [], [])  # type: ignore[assignment]
+    files, dirs, ids = _top(fs, walk_root, local) if walk_root else ([], [], [])
     root_depth = walk_root.count("/") if walk_root else 0
     tasks = _tasks(source, so, files, dirs, ids, pattern, maxdepth, root_depth)
     results: list[PrefixResult] = run_tasks(runner, list_prefixes, [(t, store, rel_root) for t in tasks],

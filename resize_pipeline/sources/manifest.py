@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from resize_pipeline.errors import SourceError
-from resize_pipeline.sources.common import Listing, ext, list_error, raw_block, unstrip
+from resize_pipeline.sources.common import BLOCK, Listing, ext, list_error, raw_block, unstrip
 from resize_pipeline.sources.stamps import RowStamper, stamp_info
 
 log = logging.getLogger(__name__)
@@ -350,45 +350,50 @@ def open_manifest(fs, path: str, path_column: str | None, label_column: str | No
     listing = Listing("manifest", bound=bound, classes=classes or [], source_stamps=(stamp_info(fs.info(path)),),
                       stamps_complete=lambda: not stamper.stopped)
 
+    warn = [False]
+
     def blocks() -> Iterator[dict[str, list]]:
+        row0 = 0
+        for big in _Batches(fs, path, pcol):
+            for a in range(0, big.num_rows, BLOCK):  # a block of Python values at a time
+                batch = big.slice(a, BLOCK)
+                block = _block(batch, row0)
+                row0 += batch.num_rows
+                if block is not None:
+                    yield block
+        _release_arrow_memory()
+
+    def _block(batch, row0: int) -> dict[str, list] | None:
         import pyarrow.compute as pc
 
-        row0 = 0
-        warn = [False]
-        for batch in _Batches(fs, path, pcol):
-            n = batch.num_rows
-            paths = batch.column(pcol)
-            if pa.types.is_dictionary(paths.type):
-                paths = paths.cast(paths.type.value_type)
-            if pa.types.is_null(paths.type):
-                paths = paths.cast(pa.string())
-            if not (pa.types.is_string(paths.type) or pa.types.is_large_string(paths.type)):
-                raise SourceError(f"{path}: the path column {pcol!r} holds {paths.type} values from row {row0} on, "
-                                  "not text paths")
-            valid = pc.and_kleene(pc.is_valid(paths), pc.not_equal(paths, "")) if n else None
-            if valid is not None and not pc.all(valid).as_py():
-                missing = np.flatnonzero(~valid.fill_null(False).to_numpy(zero_copy_only=False))
-                for i in missing.tolist():
-                    listing.errors.add(list_error(f"row {row0 + i}", url, f"row {row0 + i} of the manifest has no path"))
-                batch = batch.filter(valid)
-                paths = batch.column(pcol)
-                if pa.types.is_dictionary(paths.type):
-                    paths = paths.cast(paths.type.value_type)
-            row0 += n
-            if not batch.num_rows:
-                continue
-            texts = paths.to_pylist()
-            urls = rule.urls(texts)
-            labels = names = None
-            if lcol is not None:
-                labels, names = _label_columns(batch.column(lcol), classes, warn)
-            metas = None
-            if extra:
-                metas = [json.dumps(r, sort_keys=True, default=str, ensure_ascii=False)
-                         for r in batch.select(extra).to_pylist()]
-            yield raw_block(rule.rels(texts), urls, label=labels, label_name=names, meta=metas,
-                            stamp=stamper.stamps(urls))
-        _release_arrow_memory()
+        paths = batch.column(pcol)
+        if pa.types.is_dictionary(paths.type):
+            paths = paths.cast(paths.type.value_type)
+        if pa.types.is_null(paths.type):
+            paths = paths.cast(pa.string())
+        if not (pa.types.is_string(paths.type) or pa.types.is_large_string(paths.type)):
+            raise SourceError(f"{path}: the path column {pcol!r} holds {paths.type} values from row {row0} on, "
+                              "not text paths")
+        valid = pc.and_kleene(pc.is_valid(paths), pc.not_equal(paths, ""))
+        if not pc.all(valid).as_py():
+            missing = np.flatnonzero(~valid.fill_null(False).to_numpy(zero_copy_only=False))
+            for i in missing.tolist():
+                listing.errors.add(list_error(f"row {row0 + i}", url, f"row {row0 + i} of the manifest has no path"))
+            batch = batch.filter(valid)
+            paths = paths.filter(valid)
+        if not batch.num_rows:
+            return None
+        texts = paths.to_pylist()
+        urls = rule.urls(texts)
+        labels = names = None
+        if lcol is not None:
+            labels, names = _label_columns(batch.column(lcol), classes, warn)
+        metas = None
+        if extra:
+            metas = [json.dumps(r, sort_keys=True, default=str, ensure_ascii=False)
+                     for r in batch.select(extra).to_pylist()]
+        return raw_block(rule.rels(texts), urls, label=labels, label_name=names, meta=metas,
+                         stamp=stamper.stamps(urls))
 
     listing.set_blocks(blocks)
     return listing

@@ -95,7 +95,7 @@ class PartRows:
         return {k: v[lo:lo + (b - a)] for k, v in c[2].items()}
 
     def prefetch(self, a: int, b: int) -> None:
-        from resize_pipeline.parts import read_rows
+        from resize_pipeline.sources.parts import read_rows
 
         self._cache = (a, b, read_rows(self.dest_url, self.storage_options, self.name, a, b))
 

@@ -18,7 +18,8 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from typing import Any
 
@@ -145,3 +146,13 @@ def sort_and_write(store: RunStore, task: int, first_run: int, rows: list[tuple]
         chunk = rows[a:a + RUN_ROWS]
         out.append(store.write(task, first_run + k, {c: [r[i] for r in chunk] for i, c in enumerate(columns)}))
     return out
+
+
+def run_tasks(runner: Callable[[Callable, list[tuple]], list] | None, fn: Callable, args: list[tuple], threads: int) -> list:
+    """Run the listing tasks: `runner(fn, args)` (Ray), else threads here; results in task order."""
+    if runner is not None:
+        return runner(fn, args)
+    if len(args) == 1 or threads <= 1:
+        return [fn(*a) for a in args]
+    with ThreadPoolExecutor(min(threads, len(args))) as pool:
+        return list(pool.map(lambda a: fn(*a), args))

@@ -17,7 +17,7 @@ from typing import Any
 
 from resize_pipeline.sources.base import IMAGE_EXTENSIONS
 from resize_pipeline.sources.common import BLOCK, Listing, list_error, raw_block
-from resize_pipeline.sources.runs import RUN_ROWS, RunStore
+from resize_pipeline.sources.runs import RUN_ROWS, RunStore, run_tasks
 from resize_pipeline.sources.stamps import stamp_info
 
 #: tars listed by one task at most (a task per tar when there are few)
@@ -71,8 +71,6 @@ def prepare_tars(listing: Listing, fs: Any, tars: list[str], base: str, source: 
                  storage_options: dict[str, Any], runner: Any = None, store: RunStore | None = None,
                  errors: list[dict[str, str]] | None = None) -> None:
     """List `tars` (sorted) into `listing` (kind ``webdataset``): rows stream tar after tar."""
-    from resize_pipeline.sources.folder import run_tasks
-
     own = store is None
     store = store or RunStore()
     groups = max(1, min(MAX_TASKS, len(tars)))

@@ -120,7 +120,7 @@ def info_of(metadata: Any, index: int) -> PartInfo | None:
     """The `PartInfo` a part's Parquet metadata records (None: not a part of ours)."""
     raw = (metadata.metadata or {}).get(META_KEY)
     try:
-        d = json.loads(raw)
+        d = json.loads(raw or b"")
         return PartInfo(index, int(d["rows"]), str(d["digest"]), str(d["stamps"]))
     except (TypeError, ValueError, KeyError):
         return None

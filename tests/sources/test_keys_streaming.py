@@ -1,0 +1,119 @@
+"""Keys of a streamed listing (`StreamingKeys`): exactly `unique_keys`' rule (a row's key depends only on
+the rows before it), a block at a time, with the keys given so far in memory and then on local disk
+(`KeyIndex`), whose pages do not stay in the process's resident memory."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from resize_pipeline.sources import keys
+from resize_pipeline.sources.keyindex import KeyIndex, key_hashes
+from resize_pipeline.sources.keys import StreamingKeys, sanitize_key, unique_keys
+
+
+def _streamed(rels: list[str], block: int, spill: int) -> list[str]:
+    sk = StreamingKeys(len(rels), spill=spill)
+    try:
+        out: list[str] = []
+        for a in range(0, len(rels), block):
+            out += sk.assign(rels[a:a + block])
+        return out
+    finally:
+        sk.close()
+
+
+def _hostile(seed: int, n: int) -> list[str]:
+    """Paths that collide after sanitising, repeat, and name earlier rows' suffixed keys."""
+    rng = random.Random(seed)
+    base = ["a b.jpg", "a_b.jpg", "a..b.jpg", "x/y.png", "x__y.png", "c.jpg", "C.JPG", "d/e f.jpg"]
+    rels: list[str] = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.5:
+            rels.append(rng.choice(base))
+        elif r < 0.7 and rels:
+            rels.append(rng.choice(rels))
+        elif r < 0.85:  # the key an earlier collision got: `plain_<sha1>` or `plain_<sha1>_<n>`
+            p = rng.choice(base)
+            suffix = f"_{rng.randrange(3)}" if rng.random() < 0.5 else ""
+            rels.append(f"{sanitize_key(p)}_{keys._digest(p)}{suffix}.jpg")
+        else:
+            rels.append(f"f{rng.randrange(50)}/{rng.randrange(50)}.jpg")
+    return rels
+
+
+@pytest.mark.parametrize("spill", [10**9, 0, 7])  # memory only; disk from the start; moving mid-way
+@pytest.mark.parametrize("block", [1, 5, 64, 10_000])
+def test_streamed_keys_equal_the_reference_rule(block, spill):
+    for seed in range(4):
+        rels = _hostile(seed, 400)
+        got = _streamed(rels, block, spill)
+        assert got == unique_keys(rels), (seed, block, spill)
+        assert len(set(got)) == len(got)
+
+
+def test_the_issue_example_and_100k_copies_of_one_path_on_disk():
+    rels = ["a b.jpg", "a_b.jpg", "a..b.jpg", "a b.jpg", "a b.jpg", "x/y.png", "x__y.png", "a_b_" + keys._digest("a b.jpg")]
+    assert _streamed(rels, 3, 0) == unique_keys(rels)
+    many = ["imgs/same.jpg"] * 100_000
+    got = _streamed(many, 8192, 1000)
+    assert got[0] == "imgs__same" and got[-1].endswith("_99998") and len(set(got)) == len(got)
+
+
+def test_key_index_is_exact_when_hashes_collide(monkeypatch):
+    """Two different keys with one hash: the text read back from the log tells them apart."""
+    from resize_pipeline.sources import keyindex
+
+    def one_hash(ks):
+        return np.full(len(ks), 12345, dtype=np.uint64)
+
+    monkeypatch.setattr(keyindex, "key_hashes", one_hash)
+    idx = KeyIndex(16, spill=0)
+    try:
+        idx.add(["a"], one_hash(["a"]))
+        idx.add(["b"], one_hash(["b"]))  # same slot chain
+        idx.add(["c"], one_hash(["c"]))
+        assert idx.on_disk and idx.maybe(["z"], one_hash(["z"])).all()  # the hash is there...
+        assert not idx.contains("z", 12345) and idx.contains("b", 12345) and idx.contains("c", 12345)
+    finally:
+        idx.close()
+
+
+def test_key_index_grows_and_keeps_every_key():
+    idx = KeyIndex(0, spill=100)  # a small table on disk, doubled several times
+    try:
+        ks = [f"k{i}" for i in range(300_000)]
+        for a in range(0, len(ks), 50_000):
+            chunk = ks[a:a + 50_000]
+            h = key_hashes(chunk)
+            assert not idx.maybe(chunk, h).any()
+            idx.add(chunk, h)
+        probe = ks[::997] + ["nope", "k300000"]
+        found = [idx.contains(k) for k in probe]
+        assert found == [True] * (len(probe) - 2) + [False, False]
+        assert len(idx) == 300_000
+    finally:
+        idx.close()
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+def test_key_index_on_disk_does_not_stay_resident():
+    """1M keys: a Python set of them would hold ~100 MB; the index on disk leaves < 40 MB resident
+    (its table's pages go back to the page cache after each block)."""
+    sk = StreamingKeys(1_000_000, spill=10_000)
+    try:
+        before = _rss_kib()
+        for a in range(0, 1_000_000, 65_536):
+            sk.assign([f"train/n{i // 1000:05d}/img_{i:09d}.JPEG" for i in range(a, min(1_000_000, a + 65_536))])
+        grown = (_rss_kib() - before) / 1024
+        assert sk.index.on_disk and len(sk.index) == 1_000_000
+        assert grown < 40, f"{grown:.0f} MiB resident"
+    finally:
+        sk.close()
