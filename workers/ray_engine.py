@@ -242,7 +242,7 @@ def build_dataset(config, resolved, indices: np.ndarray, layout: Any, plan: Acto
     """The lazy Ray Dataset: one row (and one block) per shard task, mapped by the actor pool."""
     source = ShardTasks(indices, layout)
     # one read task at a time: they only do arithmetic, and must not take the actors' CPUs
-    ds = ray.data.read_datasource(source, concurrency=1, ray_remote_args={"num_cpus": 0})
+    ds = ray.data.read_datasource(source, concurrency=1, num_cpus=0)
     retries = config.ray_max_task_retries
     extra: dict[str, Any] = {}
     if retries is not None:

@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray")
 
 from helpers_ray import PER_SHARD, SAMPLES, assert_same_output, base_config  # noqa: E402
 
-from workers.actors import decode_task, encode_task  # noqa: E402
+from workers.actors import task_row  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -56,15 +56,34 @@ def inject(faults):
     faults_plugin.set_faults(str(faults))
 
 
-def test_task_rows_round_trip():
-    from resize_pipeline.shards import plan_shards
-    from resize_pipeline.sources.base import SourceItem
+def _part_tasks(corpus, dest: Path, per: int = PER_SHARD) -> list:
+    """The shard tasks of `corpus` on listing parts written into `dest` (as a convert job plans them)."""
+    from resize_pipeline.planning import Layout, Planner
+    from resize_pipeline.sinks.dest import Dest
+    from resize_pipeline.sources import list_source
 
-    items = [SourceItem(f"k{i}", f"file:///x/ü {i}.jpg", i % 3, "cls", '{"a": 1}', 10 * i, 5, -1) for i in range(25)]
-    for task in plan_shards(items, 10):
-        row = encode_task(task)
-        assert decode_task(row["index"], row["name"], row["items"]) == task
-        assert len(row["items"]) < 400  # compact: thousands of shards stream through the object store
+    listing = list_source(str(corpus))
+    tasks: list = []
+    Planner(listing, Layout(listing.bound, per), Dest(str(dest))).run(lambda ev: tasks.extend(ev.tasks))
+    return tasks
+
+
+def test_task_rows_are_small_descriptors(corpus, tmp_path):
+    """A Ray task row is the shard's index, name and row range of a listing part: well under 1 KB,
+    whatever the shard size; the actor reads the rows back from the part."""
+    import pyarrow as pa
+
+    from resize_pipeline.shards import ShardTask
+    from resize_pipeline.sources.rows import PartRows
+
+    for per in (2, 20):
+        tasks = _part_tasks(corpus, tmp_path / f"d{per}", per)
+        for task in tasks:
+            row = task_row(**task.descriptor())
+            assert pa.Table.from_pylist([row]).nbytes < 1024
+            back = ShardTask(row["index"], row["name"], PartRows(str(tmp_path / f"d{per}"), {}, row["part"]),
+                             row["start"], row["stop"])
+            assert back.items == task.items
 
 
 def test_ray_output_equals_local(ray_cluster, corpus, local_reference, tmp_path):
@@ -233,21 +252,21 @@ def test_shard_converter_retries_then_records_like_the_local_engine(corpus, tmp_
     """The actor class on its own (no Ray): a shard that raises is tried 3 times, then every input is
     recorded as failed, with no stats file (a rerun redoes it)."""
     from resize_pipeline.preflight import resolve
-    from resize_pipeline.shards import failed_shard, plan_shards
-    from resize_pipeline.sources import list_source
+    from resize_pipeline.shards import failed_shard
     from workers.actors import ShardConverter, result_from_json
 
-    task = plan_shards(list_source(str(corpus)).items, PER_SHARD)[1]
-    (tmp_path / "out" / "_stats").mkdir(parents=True)
+    out = tmp_path / "out"
+    task = _part_tasks(corpus, out)[1]
+    (out / "_stats").mkdir(parents=True)
     calls = _fail_writes_of(monkeypatch, task.name)
-    config = base_config(corpus, tmp_path / "out")
+    config = base_config(corpus, out)
     actor = ShardConverter(config, resolve(config), threads=1)
-    row = encode_task(task)
-    out = actor({k: np.array([v], dtype=object) for k, v in row.items()})
-    res = result_from_json(out["result"][0])
+    row = task_row(**task.descriptor())
+    result = actor({k: np.array([v], dtype=object) for k, v in row.items()})
+    res = result_from_json(result["result"][0])
     assert calls["n"] == 3
     assert res.to_dict() == failed_shard(task, OSError(f"injected write failure in {task.name}")).to_dict()
-    assert not list((tmp_path / "out" / "_stats").iterdir())
+    assert not list((out / "_stats").iterdir())
 
 
 def test_shard_level_failure_recorded_like_local_and_redone(ray_cluster, inject, corpus, local_reference, tmp_path,
@@ -286,3 +305,30 @@ def test_ray_data_reads_our_shards_back(ray_cluster, local_reference):
     samples = ray_dataset(str(local_reference), "webdataset").take_all()
     assert len(samples) == written
     assert sorted(s["__key__"] for s in samples) == sorted(r["key"] for r in rows)
+
+
+@pytest.mark.parametrize("attempts", [["crash", "crash", "crash"], ["raise", "crash", "crash"]])
+def test_attempt_cap_holds_on_ray_whatever_ends_an_attempt(ray_cluster, inject, corpus, local_reference, tmp_path,
+                                                           attempts):
+    """A shard whose actor dies every time (or that raises, then kills its actor) is attempted 3 times
+    in all, counted in the job's ledger whatever the cause, then recorded as failed (stage "shard"):
+    the job finishes (Ray Data alone would restart the actor and retry it forever). A rerun converts it."""
+    from resize_pipeline import convert
+
+    log = tmp_path / "attempts.log"
+    inject(attempts={"shard-00001": attempts + ["crash"] * 5}, log=str(log))
+    dest = tmp_path / "ray"
+    config = base_config(corpus, dest, engine="ray", format="webdataset")
+    summary = convert(config)
+    tried = [line for line in log.read_text().splitlines() if line.startswith("shard-00001 ")]
+    assert len(tried) == 3, tried
+    failed = [e for e in (json.loads(x) for x in (dest / "_errors.jsonl").read_text().splitlines())
+              if e["stage"] == "shard"]
+    assert len(failed) == PER_SHARD and "died" in failed[0]["error"], failed[:1]
+    assert not (dest / "_stats" / "shard-00001.json").exists()
+    broken_there = json.loads((local_reference / "_stats" / "shard-00001.json").read_text())["failed"]
+    assert summary.failed == 3 - broken_there + PER_SHARD
+
+    inject()
+    again = convert(config)
+    assert again.resumed_shards == again.shards - 1 and again.written == SAMPLES
