@@ -332,3 +332,17 @@ def test_attempt_cap_holds_on_ray_whatever_ends_an_attempt(ray_cluster, inject, 
     inject()
     again = convert(config)
     assert again.resumed_shards == again.shards - 1 and again.written == SAMPLES
+
+
+def test_entrypoint_refuses_relative_paths_inside_a_job(monkeypatch, tmp_path, capsys):
+    from workers import entrypoint
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    assert entrypoint.main(["photos", str(tmp_path / "out"), "--size", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SOURCE 'photos' is a relative path" in err[0]
+    assert entrypoint.relative_paths(entrypoint.build_argv(["s3://b/in", str(tmp_path), "--size", "8"])) == []
+    assert entrypoint.relative_paths(entrypoint.build_argv(["--size", "8", "/abs/in", "out"])) == [("DEST", "out")]
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    monkeypatch.chdir(tmp_path)
+    assert not entrypoint.in_a_job()
