@@ -213,9 +213,12 @@ class Planner:
             n = len(rows["key"])
             if n == 0 and p > 0:
                 break
-            data, info = encode_part(p, rows, group)
-            self._settle(p, data, info)
-            out.parts.append(info.to_dict())
+            if self.dest is not None:  # (without a DEST there is nothing to write or compare with)
+                data, info = encode_part(p, rows, group)
+                self._settle(p, data, info)
+                out.parts.append(info.to_dict())
+            else:
+                out.parts.append({"name": part_name(p), "rows": n})
             out.inputs += n
             tasks, done = [], []
             from resize_pipeline.sources.rows import PartRows

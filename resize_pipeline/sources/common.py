@@ -23,7 +23,7 @@ from resize_pipeline.sources.keys import sanitize_key
 #: a raw block's columns: `base.ROW_COLUMNS` with ``rel`` (the key's source text) in place of ``key``
 RAW_COLUMNS: tuple[str, ...] = ("rel",) + ROW_COLUMNS[1:]
 #: rows per raw block a source hands out (at most)
-BLOCK = 1 << 16
+BLOCK = 1 << 14
 #: what listing a source may raise, turned into one line (`one_line`)
 LISTING_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, TypeError, tarfile.TarError,
                                                    UnicodeError, EOFError)

@@ -31,7 +31,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: keys held in a Python set before the set moves to the local disk
-SPILL = 200_000
+SPILL = 1 << 16
+#: keys probed or placed in the disk table between two releases of its pages (each may touch a page)
+CHUNK = 2048
 _EMPTY = np.uint64(0)
 
 
@@ -72,6 +74,8 @@ class _DiskSet:
     # -- lookups --------------------------------------------------------------------------------
     def maybe(self, h: np.ndarray) -> np.ndarray:
         """Whether each hash is in the table (a hit is confirmed by `contains`)."""
+        if len(h) > CHUNK:
+            return np.concatenate([self.maybe(h[a:a + CHUNK]) for a in range(0, len(h), CHUNK)])
         found = np.zeros(len(h), dtype=bool)
         active = np.arange(len(h))
         pos = h & self.mask
@@ -83,6 +87,7 @@ class _DiskSet:
             go_on = ~(hit | (slot == _EMPTY))
             active = active[go_on]
             pos[active] = (pos[active] + np.uint64(1)) & self.mask
+        self.release()
         return found
 
     def contains(self, key: str, h: int) -> bool:
@@ -118,7 +123,10 @@ class _DiskSet:
         while written < len(blob):
             written += os.pwrite(self.log_fd, blob[written:], self.log_size + written)
         self.log_size += len(blob)
-        self._place(h, (offsets << np.uint64(16)) | lengths)
+        values = (offsets << np.uint64(16)) | lengths
+        for a in range(0, len(h), CHUNK):
+            self._place(h[a:a + CHUNK], values[a:a + CHUNK])
+            self.release()
         self.count += len(keys)
 
     def _place(self, h: np.ndarray, values: np.ndarray) -> None:

@@ -11,6 +11,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+#: a stem the rule below leaves as it is, but for its separators (the common case, ~3x faster)
+_PART = r"(?:[A-Za-z0-9-]|[A-Za-z0-9-][A-Za-z0-9_-]*[A-Za-z0-9-])"
+_CLEAN = re.compile(rf"{_PART}(?:/{_PART})*")
 MAX_KEY_LEN = 160
 
 
@@ -24,8 +27,11 @@ def sanitize_key(rel_path: str) -> str:
     stem, ext = posixpath.splitext(rel)
     if not ext or "/" in ext:
         stem = rel
-    parts = [(_UNSAFE.sub("_", p).strip("_") or "_") for p in stem.split("/") if p not in ("", ".")]
-    key = "__".join(parts) or "_"
+    if _CLEAN.fullmatch(stem):
+        key = stem.replace("/", "__")
+    else:
+        parts = [(_UNSAFE.sub("_", p).strip("_") or "_") for p in stem.split("/") if p not in ("", ".")]
+        key = "__".join(parts) or "_"
     if len(key) > MAX_KEY_LEN:
         key = key[: MAX_KEY_LEN - 9] + "_" + _digest(rel)
     return key

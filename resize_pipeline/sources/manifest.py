@@ -35,10 +35,12 @@ log = logging.getLogger(__name__)
 MANIFEST_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
 PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "image_path", "url", "uri")
 LABEL_COLUMNS = ("label", "cls", "class", "target")
-#: bytes of CSV/JSONL text parsed at a time (column types are inferred from the first block)
+#: bytes of CSV/JSONL text the column types are inferred from (the first block, as pyarrow's reader does)
 CSV_BLOCK = 32 << 20
+#: bytes of CSV/JSONL text parsed at a time after that (the types fixed: the memory of a small block)
+READ_BLOCK = 4 << 20
 #: rows per Parquet batch
-PARQUET_BATCH = 1 << 16
+PARQUET_BATCH = 1 << 14
 
 
 # ------------------------------------------------------------------------------------------ URLs
@@ -61,11 +63,14 @@ class ManifestPaths:
         # a local manifest: fsspec's unstrip_protocol of a normalised absolute path is ``file://`` + it
         # (checked by `_local_prefix`); the same strings as above, ~5x faster on millions of rows
         out = []
+        prefix = local + (base.rstrip("/") or "") + "/"
         for t in texts:
             if "://" in t:
                 out.append(t)
             elif t.startswith("/"):
                 out.append(local + t if norm(t) == t else fs.unstrip_protocol(t))
+            elif "//" not in t and "/." not in t and not t.startswith(".") and not t.endswith("/") and t:
+                out.append(prefix + t)  # what normpath(join(base, t)) gives for a plain relative path
             else:
                 out.append(local + norm(join(base, t)))
         return out
@@ -96,13 +101,41 @@ def _csv_header(fs, path: str, delimiter: str) -> list[str]:
 
 
 def count_lines(fs, path: str) -> int:
-    """Lines in a text file (a final line without a newline counts): the rows' upper bound."""
-    n, last = 0, b"\n"
-    with fs.open(path, "rb") as fh:
-        while chunk := fh.read(16 << 20):
-            n += chunk.count(b"\n")
-            last = chunk[-1:]
-    return n + (last != b"\n")
+    """Lines in a text file (a final line without a newline counts): the rows' upper bound. One
+    buffer, reused (no heap that grows with the file)."""
+    n, last = 0, 10
+    buf = bytearray(16 << 20)
+    with _open(fs, path) as fh:
+        while got := fh.readinto(buf):
+            n += buf.count(b"\n", 0, got)
+            last = buf[got - 1]
+    return n + (last != 10)
+
+
+class _BytesFS:
+    """A filesystem of one file's bytes (the first block of a manifest, `_Batches.infer`)."""
+
+    protocol = "bytes"
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def open(self, path: str, mode: str = "rb"):
+        import io
+
+        return io.BytesIO(self.data)
+
+
+def _open(fs, path: str):
+    """`path` for reading: a local file natively (its reads then never go through Python bytes, which
+    would leave the driver's heap fragmented by blocks of megabytes), anything else through fsspec."""
+    from resize_pipeline.urls import is_local_fs
+
+    if is_local_fs(fs):
+        import pyarrow as pa
+
+        return pa.OSFile(path, "rb")
+    return fs.open(path, "rb")
 
 
 class _Batches:
@@ -112,17 +145,43 @@ class _Batches:
     first one, it reads on from that row with every column as text. JSONL: pyarrow's streaming
     reader. JSON: the whole list, then its batches. Parquet: row-group batches."""
 
-    def __init__(self, fs, path: str, path_column: str | None, columns: list[str] | None = None) -> None:
+    def __init__(self, fs, path: str, path_column: str | None, columns: list[str] | None = None,
+                 schema: Any = None) -> None:
         self.fs, self.path, self.kind = fs, path, ext(path)
         self.path_column, self.columns = path_column, columns
+        #: a text manifest's column types (`infer`); None: inferred from the first block read
+        self.schema = schema
         #: the row of the manifest (0-based) from which CSV columns are read as text (None: not)
         self.text_from: int | None = None
+
+    def infer(self) -> Any:
+        """The column types (a text manifest: inferred from its first `CSV_BLOCK` bytes, as pyarrow's
+        reader does; the memory that took is given back); None for a manifest without rows."""
+        if self.kind == ".parquet":
+            import pyarrow.parquet as pq
+
+            with self.fs.open(self.path, "rb") as fh:
+                return pq.ParquetFile(fh).schema_arrow
+        if self.kind == ".json":
+            return _json_list(self.fs, self.path).schema
+        # the first block's text (up to its last complete line) parsed alone: what the streaming reader
+        # infers its types from, without its read-ahead of the next block
+        with _open(self.fs, self.path) as fh:
+            head = fh.read(CSV_BLOCK)
+            more = bool(fh.read(1))
+        if more:
+            head = head[: head.rfind(b"\n") + 1] or head
+        first = next(iter(_Batches(_BytesFS(head), self.path, self.path_column, self.columns)), None)
+        schema = first.schema if first is not None else None
+        del first, head
+        _release_arrow_memory()
+        return schema
 
     def __iter__(self) -> Iterator[Any]:
         if self.kind == ".parquet":
             import pyarrow.parquet as pq
 
-            with self.fs.open(self.path, "rb") as fh:
+            with _open(self.fs, self.path) as fh:
                 pf = pq.ParquetFile(fh)
                 yield from pf.iter_batches(batch_size=PARQUET_BATCH, columns=self.columns)
             return
@@ -145,11 +204,15 @@ class _Batches:
         header = _csv_header(self.fs, self.path, delimiter)
         wanted = {self.path_column} if self.path_column else {c for c in header if c.lower() in PATH_COLUMNS}
         types: dict[str, Any] = {c: pa.string() for c in wanted}
+        block = CSV_BLOCK
+        if self.schema is not None:  # the types are known: small blocks
+            types = {f.name: f.type for f in self.schema}
+            block = READ_BLOCK
         skip = emitted = 0
         while True:
             conv = pcsv.ConvertOptions(strings_can_be_null=False, column_types=types, include_columns=self.columns)
-            with self.fs.open(self.path, "rb") as fh:
-                reader = pcsv.open_csv(fh, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
+            with _open(self.fs, self.path) as fh:
+                reader = pcsv.open_csv(fh, read_options=pcsv.ReadOptions(block_size=block, use_threads=False),
                                        parse_options=pcsv.ParseOptions(delimiter=delimiter), convert_options=conv)
                 try:
                     for batch in reader:
@@ -175,8 +238,13 @@ class _Batches:
         import pyarrow as pa
         import pyarrow.json as pjson
 
-        with self.fs.open(self.path, "rb") as fh:
-            reader = pjson.open_json(fh, read_options=pjson.ReadOptions(block_size=CSV_BLOCK))
+        opts = pjson.ParseOptions()
+        block = CSV_BLOCK
+        if self.schema is not None:  # the types are known: small blocks
+            opts, block = pjson.ParseOptions(explicit_schema=self.schema), READ_BLOCK
+        with _open(self.fs, self.path) as fh:
+            reader = pjson.open_json(fh, read_options=pjson.ReadOptions(block_size=block, use_threads=False),
+                                     parse_options=opts)
             rows = 0
             try:
                 for batch in reader:
@@ -303,7 +371,8 @@ def _classes(batches: _Batches, path_column: str, column: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------- listing
 def _schema(fs, path: str, path_column: str | None):
-    """The manifest's columns and their types (text manifests: from the first block)."""
+    """The manifest's columns and their types (text manifests: from the first block), and the count
+    of its rows (text manifests: of its lines, an upper bound)."""
     kind = ext(path)
     if kind == ".parquet":
         import pyarrow.parquet as pq
@@ -311,18 +380,19 @@ def _schema(fs, path: str, path_column: str | None):
         with fs.open(path, "rb") as fh:
             pf = pq.ParquetFile(fh)
             return pf.schema_arrow, pf.metadata.num_rows
-    first = next(iter(_Batches(fs, path, path_column)), None)
-    if first is None:  # a header and no rows
+    if kind == ".json":
+        table = _json_list(fs, path)
+        return table.schema, table.num_rows
+    schema = _Batches(fs, path, path_column).infer()
+    if schema is None:  # a header and no rows
         import pyarrow as pa
 
         if kind in (".csv", ".tsv"):
             header = _csv_header(fs, path, "\t" if kind == ".tsv" else ",")
             return pa.schema([(c, pa.string()) for c in header]), 0
         return pa.schema([]), 0
-    if kind == ".json":
-        return first.schema, len(_json_list(fs, path))
     lines = count_lines(fs, path)
-    return first.schema, max(0, lines - 1) if kind in (".csv", ".tsv") else lines
+    return schema, max(0, lines - 1) if kind in (".csv", ".tsv") else lines
 
 
 def open_manifest(fs, path: str, path_column: str | None, label_column: str | None) -> Listing:
@@ -342,7 +412,7 @@ def open_manifest(fs, path: str, path_column: str | None, label_column: str | No
     lcol = _pick(cols, label_column, LABEL_COLUMNS, "label", path)
     classes: list[str] | None = None
     if lcol is not None and not _is_int_labels(schema.field(lcol).type):
-        classes = _classes(_Batches(fs, path, pcol, [pcol, lcol]), pcol, lcol)
+        classes = _classes(_Batches(fs, path, pcol, [pcol, lcol], schema), pcol, lcol)
     extra = [c for c in cols if c not in (pcol, lcol)]
     url = unstrip(fs, path)
     rule = ManifestPaths(fs, posixpath.dirname(path))
@@ -354,14 +424,15 @@ def open_manifest(fs, path: str, path_column: str | None, label_column: str | No
 
     def blocks() -> Iterator[dict[str, list]]:
         row0 = 0
-        for big in _Batches(fs, path, pcol):
+        for big in _Batches(fs, path, pcol, schema=schema if ext(path) != ".parquet" else None):
             for a in range(0, big.num_rows, BLOCK):  # a block of Python values at a time
                 batch = big.slice(a, BLOCK)
                 block = _block(batch, row0)
                 row0 += batch.num_rows
                 if block is not None:
                     yield block
-        _release_arrow_memory()
+            del big, batch
+            _release_arrow_memory()  # a block of text at a time, not a heap that only grows
 
     def _block(batch, row0: int) -> dict[str, list] | None:
         import pyarrow.compute as pc
@@ -388,15 +459,55 @@ def open_manifest(fs, path: str, path_column: str | None, label_column: str | No
         labels = names = None
         if lcol is not None:
             labels, names = _label_columns(batch.column(lcol), classes, warn)
-        metas = None
-        if extra:
-            metas = [json.dumps(r, sort_keys=True, default=str, ensure_ascii=False)
-                     for r in batch.select(extra).to_pylist()]
+        metas = _metas(batch.select(extra)) if extra else None
         return raw_block(rule.rels(texts), urls, label=labels, label_name=names, meta=metas,
                          stamp=stamper.stamps(urls))
 
     listing.set_blocks(blocks)
     return listing
+
+
+def _metas(table) -> list[str]:
+    """Each row of `table` as ``json.dumps(row, sort_keys=True, default=str, ensure_ascii=False)``,
+    built column by column (the same text, several times faster) when every value is text, a
+    number, a bool or null; row by row otherwise."""
+    from json.encoder import encode_basestring  # type: ignore[attr-defined]
+
+    names = sorted(table.column_names)
+    columns = []
+    for name in names:
+        values = table.column(name).to_pylist()
+        kinds = {type(v) for v in values}
+        if not kinds <= {str, int, float, bool, type(None)}:
+            return [json.dumps(r, sort_keys=True, default=str, ensure_ascii=False) for r in table.to_pylist()]
+        head = encode_basestring(name) + ": "
+        if kinds <= {str}:
+            columns.append([head + x for x in map(encode_basestring, values)])
+        else:
+            columns.append([head + _json_scalar(v) for v in values])
+    if not columns:
+        return ["{}"] * table.num_rows
+    return ["{" + ", ".join(row) + "}" for row in zip(*columns, strict=True)]
+
+
+def _json_scalar(v: Any) -> str:
+    from json.encoder import encode_basestring  # type: ignore[attr-defined]
+
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, str):
+        return encode_basestring(v)
+    if isinstance(v, float):
+        if v != v:
+            return "NaN"
+        if v in (float("inf"), float("-inf")):
+            return "Infinity" if v > 0 else "-Infinity"
+        return float.__repr__(v)
+    return int.__repr__(v)
 
 
 def _release_arrow_memory() -> None:

@@ -31,7 +31,7 @@ from resize_pipeline.layout import LISTING_DIR, listing_part
 from resize_pipeline.sources.base import ROW_COLUMNS, arrow_schema
 
 #: rows a part aims at (rounded to whole shards): small enough that the first shard starts soon
-PART_ROWS = 1 << 16
+PART_ROWS = 1 << 14
 #: rows per Parquet row group inside a part aim at this (rounded to whole shards)
 GROUP_ROWS = 1 << 12
 META_KEY = b"resize_pipeline.part"
@@ -96,11 +96,13 @@ def encode_part(index: int, block: dict[str, list], group_rows: int) -> tuple[by
     arrays = []
     for c in ROW_COLUMNS:
         values = block[c]
-        if c in _TEXT:
-            if _needs_escape(values):
-                values = _escape_all(values)
-                escaped.append(c)
-        arrays.append(pa.array(values, type=schema.field(c).type))
+        try:
+            arrays.append(pa.array(values, type=schema.field(c).type))
+        except UnicodeEncodeError:  # a name that is not UTF-8 (surrogateescape): stored escaped
+            if c not in _TEXT or not _needs_escape(values):
+                raise
+            arrays.append(pa.array(_escape_all(values), type=schema.field(c).type))
+            escaped.append(c)
     table = pa.Table.from_arrays(arrays, schema=schema)
     h, hs = hashlib.sha256(), hashlib.sha256()
     h.update(json.dumps(escaped).encode())

@@ -88,31 +88,35 @@ class RowStamper:
         out = [0] * len(urls)
         if self.stopped:
             return out
-        places: list[tuple[int, str, str] | None] = []
+        places: list[tuple[int, str, str]] = []
         wanted: list[str] = []
-        dirname, basename, prefixes = posixpath.dirname, posixpath.basename, self.prefixes
-        for u in urls:
+        prefixes, seen, cache, path_of = self.prefixes, self.seen, self.cache, self.path_of
+        last = None
+        for i, u in enumerate(urls):
             if not u.startswith(prefixes):
-                places.append(None)
                 continue
-            path = self.path_of(u)
-            d = dirname(path)
-            if d not in self.seen:
-                if len(self.seen) >= self.limit:
-                    log.warning("the manifest's rows point into more than %d folders: rows beyond them are not "
-                                "checked for changes on resume (the manifest file itself still is)", self.limit)
-                    self.stopped = True
-                    break
-                self.seen.add(d)
-            if d not in self.cache and d not in wanted:
-                wanted.append(d)
-            places.append((0, d, basename(path)))
+            d, _, base = path_of(u).rpartition("/")
+            d = d or "/"
+            if d != last:
+                if d not in seen:
+                    if len(seen) >= self.limit:
+                        log.warning("the manifest's rows point into more than %d folders: rows beyond them are not "
+                                    "checked for changes on resume (the manifest file itself still is)", self.limit)
+                        self.stopped = True
+                        break
+                    seen.add(d)
+                if d not in cache and d not in wanted:
+                    wanted.append(d)
+                last = d
+            places.append((i, d, base))
         self._fill(wanted)
-        for i, place in enumerate(places):
-            if place is not None:
-                listing = self.cache.get(place[1])
-                if listing is not None:
-                    out[i] = listing.get(place[2], 0)
+        listing: dict[str, int] | None = None
+        last = None
+        for i, d, base in places:
+            if d != last:
+                listing, last = cache.get(d), d
+            if listing:
+                out[i] = listing.get(base, 0)
         return out
 
     def _fill(self, folders: list[str]) -> None:

@@ -97,6 +97,7 @@ def test_planning_memory_does_not_grow_with_inputs_even_with_metadata(tmp_path, 
     monkeypatch.setattr(common, "BLOCK", 1000)
     monkeypatch.setattr(manifest, "BLOCK", 1000)
     monkeypatch.setattr(manifest, "CSV_BLOCK", 1 << 16)
+    monkeypatch.setattr(manifest, "READ_BLOCK", 1 << 16)
     monkeypatch.setattr(parts, "PART_ROWS", 2000)
     monkeypatch.setattr(keyindex, "SPILL", 3000)
     small = _plan(tmp_path, _captioned(tmp_path, 20_000))
