@@ -34,18 +34,25 @@ def in_a_job() -> bool:
 
 def relative_paths(argv: list[str]) -> list[tuple[str, str]]:
     """(``SOURCE``/``DEST``, value) for the positional paths of a convert command line that are
-    relative local paths."""
-    import argparse
+    relative local paths (the flags that take a value are the config's, `config.cli_options`)."""
+    from resize_pipeline.config import Bool, cli_options, flag_names
 
-    from resize_pipeline.commands.convert import add_arguments
-
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
-    try:
-        known, _ = parser.parse_known_args(argv[1:])
-    except SystemExit:
-        return []  # the CLI reports the usage error itself
-    return [(what, v) for what, v in (("SOURCE", known.source), ("DEST", known.dest))
+    valued = {"--config"}
+    for name, option in cli_options().items():
+        if not isinstance(option.kind, Bool):
+            valued.update(flag_names(name, option))
+    positional: list[str] = []
+    tokens = iter(argv[1:])
+    for tok in tokens:
+        if tok == "--":
+            positional += list(tokens)
+            break
+        if tok.startswith("-") and tok != "-":
+            if tok in valued:
+                next(tokens, None)
+            continue
+        positional.append(tok)
+    return [(what, v) for what, v in zip(("SOURCE", "DEST"), positional[:2], strict=False)
             if "://" not in v and not os.path.isabs(v)]
 
 

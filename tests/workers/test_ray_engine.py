@@ -346,3 +346,15 @@ def test_entrypoint_refuses_relative_paths_inside_a_job(monkeypatch, tmp_path, c
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     monkeypatch.chdir(tmp_path)
     assert not entrypoint.in_a_job()
+
+
+def test_help_and_docs_agree_on_the_ray_defaults():
+    """The defaults `convert --help` prints for the Ray knobs are the ones docs/ray.md's table gives."""
+    from resize_pipeline.config import ConvertConfig
+
+    doc = " ".join((Path(__file__).resolve().parents[2] / "docs" / "ray.md").read_text().split())
+    options = ConvertConfig.options()
+    for name in ("ray_gpus_per_actor", "ray_cpus_per_actor", "ray_max_task_retries"):
+        flag = "--" + name.replace("_", "-")
+        row = next(line for line in doc.split("| `")[1:] if line.startswith(flag + "`"))
+        assert " ".join(options[name].default_text.split()) in row, (flag, options[name].default_text)
