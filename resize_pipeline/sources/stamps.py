@@ -91,11 +91,12 @@ class RowStamper:
         places: list[tuple[int, str, str]] = []
         wanted: list[str] = []
         prefixes, seen, cache, path_of = self.prefixes, self.seen, self.cache, self.path_of
+        local = self.local
         last = None
         for i, u in enumerate(urls):
             if not u.startswith(prefixes):
                 continue
-            d, _, base = path_of(u).rpartition("/")
+            d, _, base = (u[7:] if local and u.startswith("file:///") else path_of(u)).rpartition("/")
             d = d or "/"
             if d != last:
                 if d not in seen:
