@@ -350,9 +350,12 @@ class PlanThread:
         assert self.outcome is not None
         return self.outcome
 
-    def stop(self) -> None:
-        """Stop after the part being made (the job ended early)."""
+    def stop(self, timeout: float = 120.0) -> None:
+        """Stop after the part being made (the job ended early), and wait for that: no part is written
+        once the caller lets DEST's lock go."""
         self._stop.set()
+        if self._started:
+            self._thread.join(timeout)
 
 
 class _Stopped(Exception):

@@ -7,14 +7,14 @@ so that the driver's memory does not grow with the listing:
 
 - an open-addressing hash table (linear probing, at most half full, doubled when needed) of
   16-byte slots ``(hash, where the key's text is in the log)``, memory-mapped and probed with numpy
-  a block of keys at a time; after each block the mapped pages are handed back to the page cache
-  (``MADV_DONTNEED``), so they never count in the process's resident memory;
+  a block of keys at a time; every `CHUNK` keys the mapped pages are handed back to the page cache
+  (``MADV_DONTNEED``), so at most a few MB of them count in the process's resident memory;
 - a log of the keys' text (UTF-8; `keys.sanitize_key` makes them ASCII), appended once per block: a hash
   found in the table is confirmed by reading the text back (``os.pread``), so the answer is exact.
 
 It costs the local disk ~16-32 bytes per key for the table plus the keys' length for the log (about
 80 bytes per input for typical paths), in a temporary folder removed when the listing ends
-(``TMPDIR`` chooses where).
+(``TMPDIR`` chooses where; the folder of a process that was killed is removed by the next one).
 """
 
 from __future__ import annotations
@@ -35,6 +35,29 @@ SPILL = 1 << 16
 #: keys probed or placed in the disk table between two releases of its pages (each may touch a page)
 CHUNK = 2048
 _EMPTY = np.uint64(0)
+
+
+def private_folder(prefix: str) -> str:
+    """A new temporary folder ``{prefix}-{pid}-...``; those a killed process of ours left (its pid
+    gone) are removed first."""
+    import re
+
+    base = tempfile.gettempdir()
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-")
+    try:
+        names = os.listdir(base)
+    except OSError:
+        names = []
+    for name in names:
+        m = pattern.match(name)
+        if m and int(m.group(1)) != os.getpid():
+            try:
+                os.kill(int(m.group(1)), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            except OSError:
+                pass
+    return tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-")
 
 
 def key_hashes(keys: Sequence[str]) -> np.ndarray:
@@ -230,7 +253,7 @@ class KeyIndex:
 
     def _to_disk(self) -> None:
         assert self._mem is not None
-        self._folder = tempfile.mkdtemp(prefix="resize-pipeline-keys-")
+        self._folder = private_folder("resize-pipeline-keys")
         log.info("key index: %d keys, moving to the local disk (%s)", len(self._mem), self._folder)
         keys = list(self._mem)
         self._disk = _DiskSet(self._folder, 2 * max(self.expected, 4 * len(keys)))

@@ -17,7 +17,6 @@ import heapq
 import io
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
@@ -47,7 +46,11 @@ class RunStore:
     def __init__(self, url: str | None = None, storage_options: dict[str, Any] | None = None,
                  subdir: str = "") -> None:
         self._temp = url is None
-        self.url = url if url is not None else tempfile.mkdtemp(prefix="resize-pipeline-runs-")
+        if url is None:
+            from resize_pipeline.sources.keyindex import private_folder
+
+            url = private_folder("resize-pipeline-runs")
+        self.url = url
         self.storage_options = dict(storage_options or {})
         self.subdir = subdir
         self._dest: Any = None

@@ -117,3 +117,19 @@ def test_key_index_on_disk_does_not_stay_resident():
         assert grown < 40, f"{grown:.0f} MiB resident"
     finally:
         sk.close()
+
+
+def test_a_killed_process_s_key_folder_is_removed_by_the_next(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from resize_pipeline.sources.keyindex import private_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f"resize-pipeline-keys-{int(dead.stdout)}-abc"
+    left.mkdir()
+    (left / "keys.log").write_bytes(b"x" * 10)
+    mine = private_folder("resize-pipeline-keys")
+    assert not left.exists() and mine.startswith(str(tmp_path))
