@@ -270,11 +270,18 @@ def _prepare_on_ray(config, resolved, dest, listing, state) -> dict[str, Any]:
 
     try:
         listing.prepare(ray_runner(config), RunStore.in_dest(dest.url, dest.storage_options))
-    except SourceError:
-        raise
-    except LISTING_ERRORS as exc:
+        _require_inputs(config, listing)
+    except (SourceError, *LISTING_ERRORS) as exc:
+        if state.old is None:  # nothing of ours was here: leave DEST as it was found
+            from resize_pipeline.layout import LISTING_DIR, STATS_DIR
+
+            dest.remove(RUN_FILE)
+            for folder in (LISTING_DIR, STATS_DIR):
+                if not dest.object_store and dest.isdir(folder) and not dest.entries(folder):
+                    dest.remove(folder, recursive=True)
+        if isinstance(exc, SourceError):
+            raise
         raise one_line(config.source, exc) from None
-    _require_inputs(config, listing)
     run = run_record(config, resolved, listing)
     if state.old is not None and not config.overwrite:
         check_listing(dest, config, state.old, run)

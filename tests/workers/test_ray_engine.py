@@ -358,3 +358,18 @@ def test_help_and_docs_agree_on_the_ray_defaults():
         flag = "--" + name.replace("_", "-")
         row = next(line for line in doc.split("| `")[1:] if line.startswith(flag + "`"))
         assert " ".join(options[name].default_text.split()) in row, (flag, options[name].default_text)
+
+
+def test_an_empty_folder_listed_on_ray_leaves_dest_as_it_was(ray_cluster, tmp_path):
+    """A folder is listed on Ray once DEST is locked (the listing tasks write into it); when it holds
+    no image the job says so in one line and what it wrote there is gone again."""
+    from resize_pipeline import convert
+    from resize_pipeline.errors import SourceError
+
+    src = tmp_path / "empty"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "notes.txt").write_text("not an image")
+    dest = tmp_path / "out"
+    with pytest.raises(SourceError, match="no images found"):
+        convert(base_config(src, dest, engine="ray"))
+    assert sorted(p.name for p in dest.iterdir()) == [] if dest.exists() else True
