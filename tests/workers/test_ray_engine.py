@@ -120,10 +120,29 @@ def test_killed_job_resumes_from_completed_shards(ray_cluster, corpus, local_ref
         (dest / f"{name}.tar").unlink()
         (dest / f"{name}.parquet").unlink()
     (dest / ".shard-00001.tar.partial-12345-0a1b2c3d").write_bytes(b"half a shard")
+    # and one whose stats survived but not all its files: not sent at first, found incomplete by the
+    # planner, converted in the second pass
+    (dest / "shard-00002.parquet").unlink()
     (dest / "_manifest.json").unlink()
     summary = convert(base_config(corpus, dest, engine="ray"))
-    assert summary.resumed_shards == summary.shards - 2
+    assert summary.resumed_shards == summary.shards - 3
     assert_same_output(dest, local_reference)
+
+
+def test_changed_inputs_are_refused_on_ray_too(ray_cluster, corpus, tmp_path):
+    from resize_pipeline import convert
+    from resize_pipeline.errors import OutputError
+
+    src = tmp_path / "src"
+    shutil.copytree(corpus, src)
+    dest = tmp_path / "ray"
+    convert(base_config(src, dest, engine="ray"))
+    (dest / "_manifest.json").unlink()
+    first = sorted(src.rglob("*.jpg"))[0]
+    os.utime(first, ns=(1, 1))
+    with pytest.raises(OutputError, match="changed since"):
+        convert(base_config(src, dest, engine="ray"))
+    assert not (dest / "_manifest.json").exists()
 
 
 def test_workers_sets_actor_count(ray_cluster, corpus):
