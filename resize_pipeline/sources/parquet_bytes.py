@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from resize_pipeline.sources.common import Listing, raw_block, unstrip
-from resize_pipeline.sources.manifest import LABEL_COLUMNS, PARQUET_BATCH, PATH_COLUMNS, _labels, _pick
+from resize_pipeline.sources.manifest import LABEL_COLUMNS, PATH_COLUMNS, _labels, _pick
+from resize_pipeline.sources.manifest_io import PARQUET_BATCH
 from resize_pipeline.sources.stamps import stamp_info
 
 

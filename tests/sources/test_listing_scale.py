@@ -92,12 +92,12 @@ def test_planning_memory_does_not_grow_with_inputs_even_with_metadata(tmp_path, 
     listing parts; 4x the rows (with a 60-character caption column, read into each row's metadata)
     plans in the same memory. Blocks, parts and the in-memory key set are made small here so that
     the rows span many of them."""
-    from resize_pipeline.sources import common, keyindex, manifest, parts
+    from resize_pipeline.sources import common, keyindex, manifest, manifest_io, parts
 
     monkeypatch.setattr(common, "BLOCK", 1000)
     monkeypatch.setattr(manifest, "BLOCK", 1000)
-    monkeypatch.setattr(manifest, "CSV_BLOCK", 1 << 16)
-    monkeypatch.setattr(manifest, "READ_BLOCK", 1 << 16)
+    monkeypatch.setattr(manifest_io, "CSV_BLOCK", 1 << 16)
+    monkeypatch.setattr(manifest_io, "READ_BLOCK", 1 << 16)
     monkeypatch.setattr(parts, "PART_ROWS", 2000)
     monkeypatch.setattr(keyindex, "SPILL", 3000)
     small = _plan(tmp_path, _captioned(tmp_path, 20_000))

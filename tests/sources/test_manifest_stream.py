@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from resize_pipeline.errors import SourceError
-from resize_pipeline.sources import list_source, manifest
+from resize_pipeline.sources import list_source, manifest, manifest_io
 from resize_pipeline.sources.manifest import ManifestPaths, _metas
 
 
@@ -20,9 +20,9 @@ def small_blocks(monkeypatch):
     """Blocks of a few rows, so that small manifests span many of them."""
     from resize_pipeline.sources import common
 
-    monkeypatch.setattr(manifest, "CSV_BLOCK", 256)
-    monkeypatch.setattr(manifest, "READ_BLOCK", 256)
-    monkeypatch.setattr(manifest, "PARQUET_BATCH", 7)
+    monkeypatch.setattr(manifest_io, "CSV_BLOCK", 256)
+    monkeypatch.setattr(manifest_io, "READ_BLOCK", 256)
+    monkeypatch.setattr(manifest_io, "PARQUET_BATCH", 7)
     monkeypatch.setattr(manifest, "BLOCK", 5)
     monkeypatch.setattr(common, "BLOCK", 5)
 
