@@ -68,8 +68,9 @@ from resize_pipeline.config import ConvertConfig
 s = convert(ConvertConfig(source=sys.argv[1], dest=sys.argv[2], samples_per_shard=int(sys.argv[4]), workers=1,
                           quiet=True, dry_run=sys.argv[5] == "dryrun"))
 hwm = int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) / 1024
+import resize_pipeline
 print(json.dumps({"total": s.total, "shards": s.shards, "first_shard_s": first[0] if first else None,
-                  "seconds": time.time() - t0, "peak_rss_mib": hwm}))
+                  "seconds": time.time() - t0, "peak_rss_mib": hwm, "code_path": resize_pipeline.__file__}))
 """
 
 
@@ -109,8 +110,8 @@ def measure(repo: Path, man: Path, dest: Path, per_shard: int, mode: str, timeou
     env = dict(os.environ, PYTHONPATH=str(repo), TQDM_DISABLE="1")
     t0 = time.time()
     try:
-        out = subprocess.run([sys.executable, "-c", _RUN, str(man), str(dest), str(t0), str(per_shard), mode],
-                             env=env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run([sys.executable, "-P", "-c", _RUN, str(man), str(dest), str(t0), str(per_shard), mode],
+                             env=env, capture_output=True, text=True, timeout=timeout, cwd=man.parent)
     except subprocess.TimeoutExpired:
         return {"error": f"not done after {timeout:.0f} s"}
     finally:

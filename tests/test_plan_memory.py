@@ -33,7 +33,7 @@ def _manifest(path: Path, rows: int) -> Path:
 
 def _peak_mib(man: Path, dest: Path) -> float:
     env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
-    argv = [sys.executable, "-m", "resize_pipeline.cli", "convert", str(man), str(dest), "--dry-run",
+    argv = [sys.executable, "-P", "-m", "resize_pipeline.cli", "convert", str(man), str(dest), "--dry-run",
             "--samples-per-shard", "1000"]
     pid = os.posix_spawn(argv[0], argv, env, file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
     _, status, usage = os.wait4(pid, 0)
