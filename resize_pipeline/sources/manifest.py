@@ -69,7 +69,8 @@ class ManifestPaths:
             if "://" in t:
                 out.append(t)
             elif t.startswith("/"):
-                out.append(local + t if norm(t) == t else fs.unstrip_protocol(t))
+                plain = "//" not in t and "/." not in t and not t.endswith("/")  # then normpath(t) == t
+                out.append(local + t if plain or norm(t) == t else fs.unstrip_protocol(t))
             elif "//" not in t and "/." not in t and not t.startswith(".") and not t.endswith("/") and t:
                 out.append(prefix + t)  # what normpath(join(base, t)) gives for a plain relative path
             else:
