@@ -5,15 +5,16 @@ streaming listing must ask, for every row, "was this key given before?" over eve
 Up to `SPILL` keys the answer comes from a Python set. Beyond that the set moves to the local disk,
 so that the driver's memory does not grow with the listing:
 
-- an open-addressing hash table (linear probing, at most half full, doubled when needed) of
+- an open-addressing hash table (linear probing, at most `LOAD` full, doubled when needed) of
   16-byte slots ``(hash, where the key's text is in the log)``, memory-mapped and probed with numpy
-  a block of keys at a time; every `CHUNK` keys the mapped pages are handed back to the page cache
-  (``MADV_DONTNEED``), so at most a few MB of them count in the process's resident memory;
+  a block of keys at a time; after each block the mapped pages are handed back to the page cache
+  (``MADV_DONTNEED``), so at most a block's pages (a page per key, ~64 MB) count in the process's
+  resident memory;
 - a log of the keys' text (UTF-8; `keys.sanitize_key` makes them ASCII), appended once per block: a hash
   found in the table is confirmed by reading the text back (``os.pread``), so the answer is exact.
 
-It costs the local disk ~16-32 bytes per key for the table plus the keys' length for the log (about
-80 bytes per input for typical paths), in a temporary folder removed when the listing ends
+It costs the local disk ~27 bytes per key for the table plus the keys' length for the log (about
+80 bytes per input for typical paths), and about one page fault per key, in a temporary folder removed when the listing ends
 (``TMPDIR`` chooses where; the folder of a process that was killed is removed by the next one).
 """
 
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 
 #: keys held in a Python set before the set moves to the local disk
 SPILL = 1 << 16
-#: keys probed or placed in the disk table between two releases of its pages (each may touch a page)
-CHUNK = 2048
+#: keys probed or placed at a time in the disk table
+CHUNK = 4096
+#: the disk table is grown past this share of its slots taken (linear probing stays short)
+LOAD = 0.6
 _EMPTY = np.uint64(0)
 
 
@@ -77,7 +80,7 @@ class _DiskSet:
         self.log_size = 0
         self.count = 0
         self._generation = 0
-        self._open_table(max(1 << 16, 1 << int(capacity - 1).bit_length()))
+        self._open_table(max(1 << 16, int(capacity / LOAD) + 1))
 
     def _open_table(self, capacity: int) -> None:
         self._generation += 1
@@ -89,7 +92,7 @@ class _DiskSet:
             self._mm = mmap.mmap(fh.fileno(), capacity * 16)
         # a plain array over the mapping (numpy's memmap class costs ~0.1 ms per indexing)
         self.table = np.frombuffer(self._mm, dtype=np.uint64).reshape(capacity, 2)
-        self.capacity, self.mask = capacity, np.uint64(capacity - 1)
+        self.capacity, self.size = capacity, np.uint64(capacity)
 
     def release(self) -> None:
         """Hand the mapped pages back to the page cache (they leave this process's resident set)."""
@@ -103,7 +106,7 @@ class _DiskSet:
             return np.concatenate([self.maybe(h[a:a + CHUNK]) for a in range(0, len(h), CHUNK)])
         found = np.zeros(len(h), dtype=bool)
         active = np.arange(len(h))
-        pos = h & self.mask
+        pos = h % self.size
         table = self.table
         while active.size:
             slot = table[pos[active], 0]
@@ -111,14 +114,13 @@ class _DiskSet:
             found[active[hit]] = True
             go_on = ~(hit | (slot == _EMPTY))
             active = active[go_on]
-            pos[active] = (pos[active] + np.uint64(1)) & self.mask
-        self.release()
+            pos[active] = (pos[active] + np.uint64(1)) % self.size
         return found
 
     def contains(self, key: str, h: int) -> bool:
         """Exact: some key in the table with hash `h` is `key` (its text read back from the log)."""
         hv = np.uint64(h)
-        i = int(hv & self.mask)
+        i = int(hv % self.size)
         table, data = self.table, key.encode("utf-8", "surrogatepass")
         while True:
             slot = table[i, 0]
@@ -129,14 +131,14 @@ class _DiskSet:
                 offset, length = v >> 16, v & 0xFFFF
                 if length == len(data) and os.pread(self.log_fd, length, offset) == data:
                     return True
-            i = (i + 1) & (self.capacity - 1)
+            i = (i + 1) % self.capacity
 
     # -- inserts --------------------------------------------------------------------------------
     def add(self, keys: Sequence[str], h: np.ndarray) -> None:
         """Insert `keys` (none of them present) with their hashes `h`."""
         if not len(keys):
             return
-        if (self.count + len(keys)) * 2 > self.capacity:
+        if self.count + len(keys) > self.capacity * LOAD:
             self._grow(self.count + len(keys))
         data = [k.encode("utf-8", "surrogatepass") for k in keys]
         lengths = np.fromiter((len(d) for d in data), dtype=np.uint64, count=len(data))
@@ -151,13 +153,12 @@ class _DiskSet:
         values = (offsets << np.uint64(16)) | lengths
         for a in range(0, len(h), CHUNK):
             self._place(h[a:a + CHUNK], values[a:a + CHUNK])
-            self.release()
         self.count += len(keys)
 
     def _place(self, h: np.ndarray, values: np.ndarray) -> None:
-        table, mask = self.table, self.mask
+        table, size = self.table, self.size
         pending = np.arange(len(h))
-        pos = h & mask
+        pos = h % size
         while pending.size:
             free = table[pos[pending], 0] == _EMPTY
             cand = pending[free]
@@ -170,12 +171,12 @@ class _DiskSet:
                 placed = np.zeros(len(h), dtype=bool)
                 placed[won] = True
                 pending = pending[~placed[pending]]
-            pos[pending] = (pos[pending] + np.uint64(1)) & mask
+            pos[pending] = (pos[pending] + np.uint64(1)) % size
 
     def _grow(self, need: int) -> None:
         old, old_mm, old_path = self.table, self._mm, self.table_path
         capacity = self.capacity
-        while need * 2 > capacity:
+        while need > capacity * LOAD:
             capacity *= 2
         self._open_table(capacity)
         for a in range(0, len(old), 1 << 16):
