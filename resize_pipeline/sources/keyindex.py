@@ -7,14 +7,16 @@ so that the driver's memory does not grow with the listing:
 
 - an open-addressing hash table (linear probing, at most `LOAD` full, doubled when needed) of
   16-byte slots ``(hash, where the key's text is in the log)``, memory-mapped and probed with numpy
-  a block of keys at a time; after each block the mapped pages are handed back to the page cache
-  (``MADV_DONTNEED``), so at most a block's pages (a page per key, ~64 MB) count in the process's
-  resident memory;
+  a block of keys at a time; the mapped pages are handed back to the page cache (``MADV_DONTNEED``)
+  after each block and during each flush, so they never add up in the process's resident memory;
+- in front of it, in memory of a fixed size (at most `FILTER_BYTES` + 32 x `FLUSH` bytes, ~130 MB):
+  a filter, three bits per key, that most new keys fail (no disk access for them), and the last
+  keys added, held sorted, placed into the table `FLUSH` at a time in slot order;
 - a log of the keys' text (UTF-8; `keys.sanitize_key` makes them ASCII), appended once per block: a hash
   found in the table is confirmed by reading the text back (``os.pread``), so the answer is exact.
 
 It costs the local disk ~27 bytes per key for the table plus the keys' length for the log (about
-80 bytes per input for typical paths), and about one page fault per key, in a temporary folder removed when the listing ends
+80 bytes per input for typical paths), in a temporary folder removed when the listing ends
 (``TMPDIR`` chooses where; the folder of a process that was killed is removed by the next one).
 """
 
@@ -35,6 +37,11 @@ log = logging.getLogger(__name__)
 SPILL = 1 << 16
 #: keys probed or placed at a time in the disk table
 CHUNK = 4096
+#: bytes of the in-memory filter in front of the disk table (fixed: it does not grow with the keys)
+FILTER_BYTES = 64 << 20
+#: keys held in memory (sorted; 32 bytes each with the merge buffers) before they go into the disk
+#: table all at once, in slot order
+FLUSH = 1 << 21
 #: the disk table is grown past this share of its slots taken (linear probing stays short)
 LOAD = 0.6
 _EMPTY = np.uint64(0)
@@ -71,7 +78,11 @@ def key_hashes(keys: Sequence[str]) -> np.ndarray:
 
 
 class _DiskSet:
-    """The hash table and key log on local disk (see the module docstring)."""
+    """The hash table and key log on local disk (see the module docstring), with two things of a
+    fixed size in memory in front of it: a filter (three bits per key: a key whose bits are not all
+    set was never added, so most new keys never touch the disk table), and the keys added last, held
+    sorted by hash, then placed into the table `FLUSH` at a time in slot order (a page of the table is
+    touched about once per flush, not once per key)."""
 
     def __init__(self, folder: str, capacity: int) -> None:
         self.folder = folder
@@ -81,6 +92,13 @@ class _DiskSet:
         self.count = 0
         self._generation = 0
         self._open_table(max(1 << 16, int(capacity / LOAD) + 1))
+        nbytes = int(min(FILTER_BYTES, max(1 << 16, 2 * capacity)))  # ~16 bits a key, up to the cap
+        self.bits = np.zeros(nbytes, dtype=np.uint8)
+        self.nbits = np.uint64(nbytes * 8)
+        size = min(FLUSH, max(1 << 16, capacity))
+        self._held = [np.empty(size, dtype=np.uint64) for _ in range(4)]  # hashes, values; twice (merging)
+        self._mask = np.empty(size, dtype=bool)
+        self.nheld = 0
 
     def _open_table(self, capacity: int) -> None:
         self._generation += 1
@@ -94,6 +112,58 @@ class _DiskSet:
         self.table = np.frombuffer(self._mm, dtype=np.uint64).reshape(capacity, 2)
         self.capacity, self.size = capacity, np.uint64(capacity)
 
+    # -- the filter -------------------------------------------------------------------------------
+    def _bits_of(self, h: np.ndarray) -> np.ndarray:
+        """Three bit positions per hash (double hashing), shape (3, n)."""
+        h2 = (h * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+        return np.stack([(h + np.uint64(i) * h2) % self.nbits for i in range(3)])
+
+    def _in_filter(self, h: np.ndarray) -> np.ndarray:
+        pos = self._bits_of(h)
+        got = (self.bits[(pos >> np.uint64(3)).astype(np.int64)] >> (pos & np.uint64(7)).astype(np.uint8)) & 1
+        return got.all(axis=0)
+
+    def _to_filter(self, h: np.ndarray) -> None:
+        pos = self._bits_of(h).ravel()
+        np.bitwise_or.at(self.bits, (pos >> np.uint64(3)).astype(np.int64),
+                         np.left_shift(1, (pos & np.uint64(7)).astype(np.uint8)).astype(np.uint8))
+
+    # -- the keys held in memory ------------------------------------------------------------------
+    def _hold(self, h: np.ndarray, v: np.ndarray) -> None:
+        """Merge (h, v) into the held keys, kept sorted by hash (two buffers, in turn)."""
+        order = np.argsort(h, kind="stable")
+        h, v = h[order], v[order]
+        n, m = self.nheld, len(h)
+        ch, cv, oh, ov = self._held
+        pos = np.searchsorted(ch[:n], h) + np.arange(m)
+        old = self._mask[:n + m]
+        old[:] = True
+        old[pos] = False
+        oh[pos], ov[pos] = h, v
+        oh[:n + m][old], ov[:n + m][old] = ch[:n], cv[:n]
+        self._held = [oh, ov, ch, cv]
+        self.nheld = n + m
+
+    def _held_range(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        held = self._held[0][:self.nheld]
+        return np.searchsorted(held, h, side="left"), np.searchsorted(held, h, side="right")
+
+    def flush(self) -> None:
+        """Place the held keys into the disk table, in slot order, and let their pages go."""
+        n = self.nheld
+        if not n:
+            return
+        if self.count > self.capacity * LOAD:
+            self._grow(self.count)
+        h, v = self._held[0][:n], self._held[1][:n]
+        order = np.argsort(h % self.size, kind="stable")
+        for a in range(0, n, 1 << 16):
+            part = order[a:a + (1 << 16)]
+            for b in range(0, len(part), CHUNK):
+                self._place(h[part[b:b + CHUNK]], v[part[b:b + CHUNK]])
+            self.release()
+        self.nheld = 0
+
     def release(self) -> None:
         """Hand the mapped pages back to the page cache (they leave this process's resident set)."""
         if hasattr(self._mm, "madvise"):
@@ -101,9 +171,19 @@ class _DiskSet:
 
     # -- lookups --------------------------------------------------------------------------------
     def maybe(self, h: np.ndarray) -> np.ndarray:
-        """Whether each hash is in the table (a hit is confirmed by `contains`)."""
+        """Whether each hash was added (no false negatives; a hit is confirmed by `contains`)."""
+        found = np.zeros(len(h), dtype=bool)
+        ask = np.flatnonzero(self._in_filter(h))
+        if ask.size:
+            hq = h[ask]
+            lo, hi = self._held_range(hq)
+            found[ask] = (hi > lo) | self._probe(hq)
+        return found
+
+    def _probe(self, h: np.ndarray) -> np.ndarray:
+        """Whether each hash is in the disk table."""
         if len(h) > CHUNK:
-            return np.concatenate([self.maybe(h[a:a + CHUNK]) for a in range(0, len(h), CHUNK)])
+            return np.concatenate([self._probe(h[a:a + CHUNK]) for a in range(0, len(h), CHUNK)])
         found = np.zeros(len(h), dtype=bool)
         active = np.arange(len(h))
         pos = h % self.size
@@ -117,29 +197,35 @@ class _DiskSet:
             pos[active] = (pos[active] + np.uint64(1)) % self.size
         return found
 
+    def _is(self, v: int, data: bytes) -> bool:
+        offset, length = v >> 16, v & 0xFFFF
+        return length == len(data) and os.pread(self.log_fd, length, offset) == data
+
     def contains(self, key: str, h: int) -> bool:
-        """Exact: some key in the table with hash `h` is `key` (its text read back from the log)."""
+        """Exact: some key added with hash `h` is `key` (its text read back from the log)."""
         hv = np.uint64(h)
+        hs = np.asarray([hv], dtype=np.uint64)
+        if not self._in_filter(hs)[0]:
+            return False
+        data = key.encode("utf-8", "surrogatepass")
+        lo, hi = self._held_range(hs)
+        if any(self._is(int(self._held[1][j]), data) for j in range(int(lo[0]), int(hi[0]))):
+            return True
         i = int(hv % self.size)
-        table, data = self.table, key.encode("utf-8", "surrogatepass")
+        table = self.table
         while True:
             slot = table[i, 0]
             if slot == _EMPTY:
                 return False
-            if slot == hv:
-                v = int(table[i, 1])
-                offset, length = v >> 16, v & 0xFFFF
-                if length == len(data) and os.pread(self.log_fd, length, offset) == data:
-                    return True
+            if slot == hv and self._is(int(table[i, 1]), data):
+                return True
             i = (i + 1) % self.capacity
 
     # -- inserts --------------------------------------------------------------------------------
     def add(self, keys: Sequence[str], h: np.ndarray) -> None:
-        """Insert `keys` (none of them present) with their hashes `h`."""
+        """Add `keys` (none of them present) with their hashes `h`."""
         if not len(keys):
             return
-        if self.count + len(keys) > self.capacity * LOAD:
-            self._grow(self.count + len(keys))
         data = [k.encode("utf-8", "surrogatepass") for k in keys]
         lengths = np.fromiter((len(d) for d in data), dtype=np.uint64, count=len(data))
         if int(lengths.max()) > 0xFFFF:
@@ -151,9 +237,14 @@ class _DiskSet:
             written += os.pwrite(self.log_fd, blob[written:], self.log_size + written)
         self.log_size += len(blob)
         values = (offsets << np.uint64(16)) | lengths
-        for a in range(0, len(h), CHUNK):
-            self._place(h[a:a + CHUNK], values[a:a + CHUNK])
-        self.count += len(keys)
+        self._to_filter(h)
+        room = len(self._mask)
+        for a in range(0, len(h), room):
+            piece = slice(a, a + room)
+            if self.nheld + len(h[piece]) > room:
+                self.flush()
+            self._hold(h[piece], values[piece])
+            self.count += len(h[piece])
 
     def _place(self, h: np.ndarray, values: np.ndarray) -> None:
         table, size = self.table, self.size
@@ -174,6 +265,7 @@ class _DiskSet:
             pos[pending] = (pos[pending] + np.uint64(1)) % size
 
     def _grow(self, need: int) -> None:
+        """A table twice as large (or more), holding what the old one held."""
         old, old_mm, old_path = self.table, self._mm, self.table_path
         capacity = self.capacity
         while need > capacity * LOAD:
@@ -257,7 +349,7 @@ class KeyIndex:
         self._folder = private_folder("resize-pipeline-keys")
         log.info("key index: %d keys, moving to the local disk (%s)", len(self._mem), self._folder)
         keys = list(self._mem)
-        self._disk = _DiskSet(self._folder, 2 * max(self.expected, 4 * len(keys)))
+        self._disk = _DiskSet(self._folder, max(self.expected, 4 * len(keys)))
         self._mem = None
         for a in range(0, len(keys), 1 << 16):
             chunk = keys[a:a + (1 << 16)]
