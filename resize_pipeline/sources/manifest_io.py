@@ -32,6 +32,13 @@ def _csv_header(fs, path: str, delimiter: str) -> list[str]:
     return next(csv.reader(io.StringIO(first), delimiter=delimiter), [])
 
 
+def parquet_batches(pf: Any, columns: list[str] | None) -> Iterator[Any]:
+    """A Parquet file's batches, one row group's reader at a time: a reader over the whole file keeps
+    what it read of every row group until the end (~the file's size in memory by then)."""
+    for g in range(pf.num_row_groups):
+        yield from pf.iter_batches(batch_size=PARQUET_BATCH, row_groups=[g], columns=columns)
+
+
 def count_lines(fs, path: str) -> int:
     """Lines in a text file (a final line without a newline counts): the rows' upper bound. One
     buffer, reused (no heap that grows with the file)."""
@@ -114,8 +121,7 @@ class Batches:
             import pyarrow.parquet as pq
 
             with _open(self.fs, self.path) as fh:
-                pf = pq.ParquetFile(fh)
-                yield from pf.iter_batches(batch_size=PARQUET_BATCH, columns=self.columns)
+                yield from parquet_batches(pq.ParquetFile(fh, pre_buffer=False), self.columns)
             return
         if self.kind in (".csv", ".tsv"):
             yield from self._csv()

@@ -11,7 +11,7 @@ from typing import Any
 
 from resize_pipeline.sources.common import Listing, raw_block, unstrip
 from resize_pipeline.sources.manifest import LABEL_COLUMNS, PATH_COLUMNS, _labels, _pick
-from resize_pipeline.sources.manifest_io import PARQUET_BATCH
+from resize_pipeline.sources.manifest_io import PARQUET_BATCH, parquet_batches
 from resize_pipeline.sources.stamps import stamp_info
 
 
@@ -31,7 +31,7 @@ def open_parquet_bytes(fs, path: str, image_column: str, label_column: str | Non
 
     def batches(columns: list[str]) -> Iterator[Any]:
         with fs.open(path, "rb") as fh:
-            yield from pq.ParquetFile(fh).iter_batches(batch_size=PARQUET_BATCH, columns=columns)
+            yield from parquet_batches(pq.ParquetFile(fh, pre_buffer=False), columns)
 
     # labels are numbers when every value is one, else class names indexed in sorted order: the
     # whole column decides, so it is read once (alone) before the rows stream
