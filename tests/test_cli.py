@@ -171,7 +171,8 @@ CONTRACT = ["--size", "--mode", "--resizer", "--format", "--encode", "--quality"
             "-q", "--quiet", "--config"]
 NEW = ["--precision", "--compile", "--no-compile", "--hw-decoder-load", "--ray-gpus-per-actor",
        "--ray-cpus-per-actor", "--ray-max-task-retries", "--ray-ship-code", "--no-ray-ship-code",
-       "--read-timeout", "--dry-run"]
+       "--read-timeout", "--dry-run",
+       "--max-batch-pixels", "--max-bytes", "--io-timeout"]  # issue 20: the names the issue spells out
 
 
 def test_flag_spellings():
