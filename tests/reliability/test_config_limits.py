@@ -69,8 +69,8 @@ def test_a_config_file_value_beyond_the_range_is_refused(src, tmp_path, capsys):
 
 @pytest.mark.parametrize("spelling", ["0", "none", "NONE"])
 def test_no_read_timeout_has_a_spelling(src, tmp_path, capsys, spelling):
-    from resize_pipeline.commands.convert import add_arguments, config_from_args
     from resize_pipeline.cli import Parser
+    from resize_pipeline.commands.convert import add_arguments, config_from_args
 
     p = Parser(prog="t")
     add_arguments(p)
