@@ -200,29 +200,39 @@ class Float(Kind):
 
 
 @dataclass(frozen=True)
-class Timeout(Float):
+class Timeout(Kind):
     """Seconds in ``(0, hi]``, or no timeout at all: ``0`` or ``none`` (also ``null`` in YAML), kept
-    as None. A huge number is refused rather than taken as "no timeout" (waits take seconds up to
-    what the platform's clocks hold, and ``1e10`` would overflow them)."""
+    as None. A huge number is refused rather than taken as "no timeout" (``1e10`` overflows the
+    platform's waits)."""
 
-    lo: float | None = 0.0
-    lo_open: bool = True
+    hi: float = 86_400.0
+
+    @property
+    def seconds(self) -> Float:
+        return Float(0.0, self.hi, lo_open=True)
 
     @property
     def expects(self) -> str:  # type: ignore[override]
-        return f"{super().expects} (or 0 / none for no timeout)"
+        return f"{self.seconds.expects} (or 0 / none for no timeout)"
 
     def check(self, label: str, value: Any, shown: str | None = None) -> float | None:
         if isinstance(value, str) and value.strip().lower() == "none":
             return None
-        if _is_int(value) and value == 0 or isinstance(value, float) and value == 0.0:
+        if (_is_int(value) or isinstance(value, float)) and value == 0:
             return None
-        return super().check(label, value, shown)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value) \
+                or not 0 < value <= self.hi:
+            raise self.refuse(label, value, None, shown)
+        return float(value)
 
     def parse(self, label: str, text: str) -> float | None:
         if text.strip().lower() == "none":
             return None
-        return super().parse(label, text)
+        try:
+            value = float(text)
+        except ValueError:
+            raise self.refuse(label, text, None, repr(text)) from None
+        return self.check(label, value, repr(text))
 
     def describe_default(self, value: Any) -> str:
         return "none" if value is None else f"{value:g}"
