@@ -228,7 +228,8 @@ def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progr
     manifest = finalize(
         dest, config, run, results,
         listing_kind=listing.kind, list_errors=listing.errors, classes=listing.classes,
-        skipped=listing.skipped, seconds=seconds,
+        skipped=listing.skipped, skipped_members=listing.skipped_members,
+        skipped_examples=listing.skipped_examples, seconds=seconds,
         components=previous if previous and not built else _components(built, config, resolved),
         converted=converted,
     )

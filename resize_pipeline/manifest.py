@@ -191,6 +191,8 @@ def finalize(
     list_errors: Sequence[dict[str, str]] = (),
     classes: Sequence[str],
     skipped: int,
+    skipped_members: dict[str, int] | None = None,
+    skipped_examples: Sequence[dict[str, str]] = (),
     seconds: float,
     components: dict[str, Any],
     converted: int | None = None,
@@ -213,7 +215,9 @@ def finalize(
         "source_kind": listing_kind,
         "classes": list(classes),
         "counts": {"total": total, "written": written, "failed": failed, "failed_by_stage": by_stage,
-                   "skipped_non_images": skipped},
+                   "skipped_non_images": skipped, **({"skipped_tar_members": dict(skipped_members),
+                                                      "skipped_examples": list(skipped_examples)}
+                                                     if skipped_members else {})},
         "shards": [dict(f, shard=r.name, index=r.index) for r in results for f in r.files],
         "shard_stats": [
             {"name": r.name, "index": r.index, "total": r.total, "written": r.written, "failed": r.failed}
