@@ -111,6 +111,12 @@ def read_run(dest: Dest, present: bool = True) -> dict[str, Any] | None:
         shape = f"a JSON {type(old).__name__}" if not isinstance(old, dict) else "an object without a fingerprint"
         raise OutputError(f"{where} holds {shape}, not a run record of this tool; move it away (with the rest "
                           "of DEST) or choose another destination")
+    problem = OutputNames.problem(old["outputs"]) if "outputs" in old else None
+    if problem is None and "outputs" not in old and OutputNames.from_record(old) is None:
+        problem = "no outputs, and a config that does not give them"
+    if problem is not None:
+        raise OutputError(f"{where} holds an invalid record ({problem}), not a run record of this tool; move it "
+                          "away (with the rest of DEST) or choose another destination")
     return old
 
 

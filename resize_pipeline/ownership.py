@@ -34,6 +34,8 @@ DALI_INDEX_RECORD = "_dali_index.json"
 #: this tool's own documents at the top of DEST
 DOCUMENTS = (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, LOCK_FILE, DALI_INDEX_RECORD)
 EXTENSIONS = {"webdataset": "tar", "parquet": "parquet"}
+#: digits in shard names: `shards.shard_width` gives at least 5; 20 hold any 64-bit count
+MIN_WIDTH, MAX_WIDTH = 5, 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,26 @@ class OutputNames:
                        cfg.get("max_shard_bytes") is not None)
         except (KeyError, TypeError, ValueError):
             return None
+
+    @staticmethod
+    def problem(out: Any) -> str | None:
+        """What is wrong with a recorded ``outputs`` (None: a record this tool could have written). A
+        torn or edited one must not decide what ``--overwrite`` deletes (a width of 0 matches names
+        without digits, a huge one breaks the pattern)."""
+        if not isinstance(out, dict):
+            return "outputs is not an object"
+        prefix, width, shards, exts = out.get("prefix"), out.get("width"), out.get("shards"), out.get("exts")
+        if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", prefix):
+            return "outputs.prefix is not a shard prefix"
+        if not isinstance(width, int) or isinstance(width, bool) or not MIN_WIDTH <= width <= MAX_WIDTH:
+            return f"outputs.width is not an integer in {MIN_WIDTH}..{MAX_WIDTH}"
+        if not isinstance(shards, int) or isinstance(shards, bool) or not 0 <= shards < 10**width:
+            return "outputs.shards is not a shard count"
+        if not isinstance(exts, list) or not exts or not all(e in EXTENSIONS.values() for e in exts):
+            return "outputs.exts is not a list of shard extensions"
+        if not isinstance(out.get("parts"), bool):
+            return "outputs.parts is not true or false"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
