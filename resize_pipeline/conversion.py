@@ -186,17 +186,18 @@ def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) 
     if config.dry_run:
         return _dry_run(config, dest, run, listing, tasks, t0)
     dest.makedirs()
-    with DestLock(dest):
+    with DestLock(dest) as lock:
         state = inspect_dest(dest, config, run)
         previous = _previous_components(dest, run) if state.old is not None else None
+        lock.check()
         prepare_dest(dest, config, run, state)
         records = [run] + ([state.old] if state.old is not None else [])
         names = [n for n in (OutputNames.from_record(r) for r in records) if n is not None]
         remove_partials(dest, names)
-        return _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress)
+        return _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress, lock)
 
 
-def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress) -> Summary:
+def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress, lock) -> Summary:
     done = completed_shards(dest, tasks)
     pending = [t for t in tasks if t.index not in done]
     if done:
@@ -219,10 +220,12 @@ def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progr
 
             stream = run_local(config, resolved, pending, on_progress=bar.update)
         for res in stream:
+            lock.check()  # another job took DEST over: stop now (workers ended), delete nothing
             if res.built and res.built not in built:
                 built.append(res.built)
             results.append(res)
     seconds = time.perf_counter() - t0
+    lock.check()
     remove_partials(dest, names)  # temp files of a worker that died mid-commit (its shard was redone)
     converted = sum(r.total for r in results) - sum(r.total for r in done.values())
     manifest = finalize(
