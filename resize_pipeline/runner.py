@@ -152,7 +152,7 @@ class ShardRunner:
 
         self.config, self.resolved = config, resolved
         self.placement = placement or Placement("cpu", {})
-        self.dest = Dest(config.dest, config.storage_options)
+        self.dest = Dest(config.dest, config.storage_options, io_timeout=config.io_timeout)
         self.stages = build_stages(config, resolved, self.placement.device, max(1, threads))
         self.overlap = should_overlap(config, resolved)
         self.built = dict(self.stages.built, pid=os.getpid(), overlap=self.overlap,

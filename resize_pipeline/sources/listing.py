@@ -40,7 +40,7 @@ from resize_pipeline.sources.image_column import find_image_column
 from resize_pipeline.sources.keys import sanitize_key
 from resize_pipeline.sources.stamps import FolderStamps, stamp_info, stamp_stat
 from resize_pipeline.sources.table import Explicit, Indexed, IntNames, ItemTable, Joined, ManifestPaths, Text
-from resize_pipeline.urls import is_local_fs
+from resize_pipeline.urls import is_local_fs, is_remote_url
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,13 @@ def list_source(
     storage_options: dict[str, Any] | None = None,
     path_column: str | None = None,
     label_column: str | None = None,
+    io_timeout: float | None = None,
 ) -> Listing:
-    """List SOURCE; raises `SourceError` with a one-line reason when it cannot be read at all."""
+    """List SOURCE; raises `SourceError` with a one-line reason when it cannot be read at all.
+
+    On an object store, the first look at SOURCE is given `io_timeout` seconds (an endpoint that
+    never answers is a one-line error, not a silent wait); the listing's own requests are bounded by
+    the filesystem's per-request timeouts (`urls.store_options`)."""
     try:
         fs, root = url_to_fs(source, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
@@ -131,9 +136,16 @@ def list_source(
     try:
         if _has_magic(root):
             return _list_glob(fs, root)
-        if not fs.exists(root):
+        if is_remote_url(source):
+            from resize_pipeline.waits import within
+
+            kind = within(io_timeout, lambda: fs.info(root).get("type") if fs.exists(root) else None,
+                          f"looking at {source}")
+        else:
+            kind = "directory" if fs.isdir(root) else "file" if fs.exists(root) else None
+        if kind is None:
             raise SourceError(f"source not found: {source}")
-        if fs.isdir(root):
+        if kind == "directory":
             return _list_dir(fs, root)
         ext = _ext(root)
         if ext in MANIFEST_EXTENSIONS:
