@@ -118,6 +118,7 @@ class Part:
     def __init__(self, dest: Dest, names: tuple[str, ...]) -> None:
         self.dest, self.names = dest, names
         self.final = dest.path(*names)
+        self.temp: str | None
         if dest.visible:
             dest._parent(self.final)
             self.temp = posixpath.join(posixpath.dirname(self.final), temp_name(posixpath.basename(self.final)))
@@ -328,11 +329,11 @@ class Dest:
                     buffered = 0
 
             try:
-                if src is None:
+                if isinstance(data, bytes | bytearray):
                     view = memoryview(data)
                     for i in range(0, len(view), UPLOAD_CHUNK):
                         write(view[i:i + UPLOAD_CHUNK])
-                else:
+                elif src is not None:
                     while piece := src.read(UPLOAD_CHUNK):
                         write(piece)
                 self.bounded(f"closing {final}", f.close, buffered)

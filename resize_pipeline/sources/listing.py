@@ -445,7 +445,7 @@ def _list_manifest(fs, path: str, path_column: str | None, label_column: str | N
     valid = pc.and_kleene(pc.is_valid(paths), pc.not_equal(paths.cast(pa.string()), "")) if len(paths) else None
     errors: list[dict[str, str]] = []
     url = _unstrip(fs, path)
-    if problems or (valid is not None and not pc.all(valid).as_py()):
+    if valid is not None and (problems or not pc.all(valid).as_py()):
         keep = valid.fill_null(False).to_numpy(zero_copy_only=False).copy()
         why = {int(i): f"row {i} of the manifest has no path" for i in np.flatnonzero(~keep)}
         why.update(problems)
