@@ -21,6 +21,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -158,7 +160,7 @@ def test_a_dev_zero_row_and_a_huge_sparse_file_are_read_errors(tmp_path):
     assert json.loads((dest / "_manifest.json").read_text())["counts"]["written"] == 3
 
 
-def test_inputs_over_max_bytes_fail_alone_in_folders_tars_and_parquet(tmp_path):
+def test_inputs_over_max_bytes_fail_alone_in_folders_tars_and_parquet_files(tmp_path):
     small = [Image.fromarray(textured(30, 20, i)) for i in range(2)]
     big = Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8))
     blobs = {}
@@ -176,7 +178,9 @@ def test_inputs_over_max_bytes_fail_alone_in_folders_tars_and_parquet(tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    for source in (folder, tar):
+    parquet = tmp_path / "images.parquet"
+    pq.write_table(pa.table({"key": [n[:-4] for n in blobs], "image": list(blobs.values())}), parquet)
+    for source in (folder, tar, parquet):
         dest = tmp_path / f"out-{source.name}"
         r = run_cli(str(source), str(dest), *ARGS, "--max-bytes", "4000")
         assert r.returncode == 0, r.stderr
