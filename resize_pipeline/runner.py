@@ -33,7 +33,7 @@ from resize_pipeline.devices import Placement
 from resize_pipeline.errors import ResizePipelineError, error_record
 from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard, stats_name
 from resize_pipeline.sinks import WRITERS, RollingShardWriter, Sample
-from resize_pipeline.sinks.dest import Dest, DestinationFull, is_full
+from resize_pipeline.sinks.dest import Dest, is_full
 from resize_pipeline.stream import IDLE, Attempt, Work, chain
 from resize_pipeline.urls import is_remote_url
 
@@ -204,11 +204,9 @@ class ShardRunner:
                     self._abort(shard)
                     raise
                 except Exception as exc:  # noqa: BLE001 - the shard attempt fails; retried or recorded below
-                    if is_full(exc):  # the local spool filled its disk: no retry can help
+                    if is_full(exc):  # DEST (or the local spool) filled its disk: no retry can help
                         self._abort(shard)
-                        raise DestinationFull(f"no space left for the local spool of shard {w.task.name} "
-                                              f"({type(exc).__name__}: {exc}); free some space and rerun the "
-                                              "same command to resume") from exc
+                        raise self.dest.full(f"writing shard {w.task.name}", exc) from exc
                     shard.state.failed = True  # its remaining batches are skipped as they arrive
                     self._abort(shard)
                     if shard.attempt < SHARD_ATTEMPTS:

@@ -296,6 +296,16 @@ class Dest:
         """Start building the file `names` (see `Part`)."""
         return Part(self, names)
 
+    def full(self, what: str, exc: BaseException) -> DestinationFull:
+        """The job error for a full disk while `what`: shard parts are built in DEST itself on a local
+        disk (and memory://), in the local spool (the temporary folder) for object stores."""
+        if self.visible:
+            return DestinationFull(f"no space left on {self.url} ({what}: {_reason(exc)}); free some space and "
+                                   "rerun the same command to resume")
+        return DestinationFull(f"no space left for the local spool in {tempfile.gettempdir()} ({what} for "
+                               f"{self.url}: {_reason(exc)}); free some space there (or set TMPDIR) and rerun "
+                               "the same command to resume")
+
     @staticmethod
     def spool() -> IO[bytes]:
         """A local buffer for a file being built (memory, spilling to a temporary file when large)."""
