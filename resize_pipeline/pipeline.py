@@ -71,7 +71,7 @@ def build_stages(config, resolved, device: str = "cpu", threads: int = 1) -> Sta
     built = {"decoder": decode.decoder.describe(), "resizer": resizer.describe(),
              "encoder": encode.encoder.describe(), "device": device}
     # decoded images are held in this process between decode and resize: bound their pixels per batch
-    budget = PixelBudget(config.max_batch_pixels,
-                         decode.size_request if config.draft and not dali else None)
+    budget = PixelBudget(config.max_batch_pixels, decode.size_request if config.draft and not dali else None,
+                         refused_above=config.max_pixels)
     steps = [map_step(read), split_step(budget), *(map_step(s) for s in (decode, resize, encode))]
     return Stages(steps, built, [read, decode, resize, encode])

@@ -160,6 +160,47 @@ def take(batch: Batch, rows: list[int]) -> Batch:
     return {k: v[idx] for k, v in batch.items()}
 
 
+#: JPEG start-of-frame markers (C4 DHT, C8 JPG and CC DAC are not frames)
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _declared_size(blob: bytes) -> tuple[tuple[int, int], bool] | None:
+    """((width, height), is JPEG) as the header declares it, or None. PNG and JPEG are read here (a few
+    microseconds: this runs for every input); other formats are opened lazily by Pillow."""
+    import struct
+
+    if blob[:8] == b"\x89PNG\r\n\x1a\n" and blob[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", blob[16:24])
+        return (w, h), False
+    if blob[:2] == b"\xff\xd8":
+        i, n = 2, len(blob)
+        while i + 4 <= n and blob[i] == 0xFF:
+            marker = blob[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # no length
+                i += 2
+                continue
+            (length,) = struct.unpack(">H", blob[i + 2:i + 4])
+            if marker in _SOF and i + 9 <= n:
+                h, w = struct.unpack(">HH", blob[i + 5:i + 9])
+                return (w, h), True
+            i += 2 + length
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(blob))
+            return img.size, img.format == "JPEG"
+    except Exception:  # noqa: BLE001 - not an image this budget can size: its decode says why
+        return None
+
+
 class PixelBudget:
     """Cut a batch whose images would decode to more than `max_pixels` pixels at once into consecutive
     smaller batches (``--max-batch-pixels``): a worker holds at most that many decoded pixels per batch
@@ -174,26 +215,23 @@ class PixelBudget:
         max_pixels: the budget.
         draft_request: for JPEG draft decoding, the (w, h) -> requested size of the decode stage
             (`DecodeStage.size_request`); None when the decoder decodes at full size.
+        refused_above: images declaring more pixels are refused by the decoder (``--max-pixels``):
+            they count as nothing.
     """
 
-    def __init__(self, max_pixels: int, draft_request: Callable[[int, int], tuple[int, int]] | None = None) -> None:
+    def __init__(self, max_pixels: int, draft_request: Callable[[int, int], tuple[int, int]] | None = None,
+                 refused_above: int | None = None) -> None:
         self.max_pixels = max(1, int(max_pixels))
         self.draft_request = draft_request
+        self.refused_above = refused_above
 
     def decoded_pixels(self, blob: bytes) -> int:
         """The pixels `blob` decodes to (0 when its header cannot be read)."""
-        import io
-        import warnings
-
-        from PIL import Image
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                img = Image.open(io.BytesIO(blob))
-                w, h = img.size
-                jpeg = img.format == "JPEG"
-        except Exception:  # noqa: BLE001 - not an image this budget can size: its decode says why
+        size = _declared_size(blob)
+        if size is None:
+            return 0
+        (w, h), jpeg = size
+        if self.refused_above is not None and w * h > self.refused_above:
             return 0
         if jpeg and self.draft_request is not None:
             rw, rh = self.draft_request(w, h)
