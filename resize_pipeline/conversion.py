@@ -22,7 +22,7 @@ from resize_pipeline.manifest import completed_shards, finalize, inspect_dest, p
 from resize_pipeline.ownership import check_overlap, remove_partials
 from resize_pipeline.shards import ShardResult, ShardTask, plan_shards
 from resize_pipeline.sources import list_source
-from resize_pipeline.urls import normalise
+from resize_pipeline.urls import normalise, store_options
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
 
     t0 = time.perf_counter()
     config = config.replace(source=normalise(config.source), dest=normalise(config.dest))
+    config = config.replace(storage_options=store_options(config.storage_options, [config.source, config.dest],
+                                                          config.io_timeout))
     checked = check(config)  # before anything else: a config error costs nothing and touches nothing
     check_overlap(config.source, config.dest, config.storage_options)
     if config.engine == "ray":
@@ -132,6 +134,7 @@ def _list(config):
         storage_options=config.storage_options,
         path_column=config.path_column,
         label_column=config.label_column,
+        io_timeout=config.io_timeout,
     )
     if not len(listing.items):
         why = f" ({len(listing.errors)} could not be listed: {listing.errors[0]['error']})" if listing.errors else ""
@@ -145,7 +148,7 @@ def _open_dest(config):
     from resize_pipeline.sinks.dest import Dest
 
     try:
-        dest = Dest(config.dest, config.storage_options)
+        dest = Dest(config.dest, config.storage_options, io_timeout=config.io_timeout)
     except (OSError, ValueError, ImportError) as exc:
         raise OutputError(f"cannot write to {config.dest}: {exc}") from None
     dest.check_bucket()
@@ -169,6 +172,49 @@ def _dry_run(config, dest, run: dict[str, Any], listing, tasks: list[ShardTask],
                    len(done), len(tasks), {}, 0, dry_run=True, list_failed=len(listing.errors), plan=plan)
 
 
+@contextlib.contextmanager
+def _document_step(dest, step: str, then: str):
+    """A DEST document the driver writes that still fails after `Dest`'s retries (a persistent S3 500
+    on ``_manifest.json``): a one-line job error. Shards already committed stay; a rerun reuses them."""
+    try:
+        yield
+    except (OutputError, ConfigError, SourceError):
+        raise
+    except OSError as exc:
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OutputError(f"cannot {step} {dest.url}: {text}; {then}") from None
+
+
+@contextlib.contextmanager
+def _show_waits(bar):
+    """While the bar is shown, its postfix says what this process is waiting on (an object store that
+    does not answer: `waits`), refreshed every second."""
+    if bar.disable:
+        yield
+        return
+    import threading
+
+    from resize_pipeline.waits import describe_waits
+
+    stop = threading.Event()
+
+    def tick() -> None:
+        shown = ""
+        while not stop.wait(1.0):
+            text = describe_waits()
+            if text != shown:
+                bar.set_postfix_str(text, refresh=True)
+                shown = text
+
+    thread = threading.Thread(target=tick, name="progress-waits", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) -> Summary:
     from resize_pipeline.sinks.lock import DestLock
 
@@ -179,17 +225,19 @@ def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) 
     if config.dry_run:
         return _dry_run(config, dest, run, listing, tasks, t0)
     dest.makedirs()
-    with DestLock(dest):
+    with DestLock(dest) as lock:
         state = inspect_dest(dest, config, run)
         previous = _previous_components(dest, run) if state.old is not None else None
-        prepare_dest(dest, config, run, state)
+        lock.check()
+        with _document_step(dest, "start", "nothing was converted yet"):
+            prepare_dest(dest, config, run, state)
         records = [run] + ([state.old] if state.old is not None else [])
         names = [n for n in (OutputNames.from_record(r) for r in records) if n is not None]
         remove_partials(dest, names)
-        return _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress)
+        return _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress, lock)
 
 
-def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress) -> Summary:
+def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress, lock) -> Summary:
     done = completed_shards(dest, tasks)
     pending = [t for t in tasks if t.index not in done]
     if done:
@@ -202,7 +250,7 @@ def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progr
 
     bar = tqdm(total=len(listing.items), initial=sum(r.total for r in results), unit="img",
                disable=not show, desc="convert", dynamic_ncols=True)
-    with bar:
+    with bar, _show_waits(bar):
         if config.engine == "ray":
             from workers.ray_engine import run_ray
 
@@ -212,19 +260,23 @@ def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progr
 
             stream = run_local(config, resolved, pending, on_progress=bar.update)
         for res in stream:
+            lock.check()  # another job took DEST over: stop now (workers ended), delete nothing
             if res.built and res.built not in built:
                 built.append(res.built)
             results.append(res)
     seconds = time.perf_counter() - t0
+    lock.check()
     remove_partials(dest, names)  # temp files of a worker that died mid-commit (its shard was redone)
     converted = sum(r.total for r in results) - sum(r.total for r in done.values())
-    manifest = finalize(
-        dest, config, run, results,
-        listing_kind=listing.kind, list_errors=listing.errors, classes=listing.classes,
-        skipped=listing.skipped, seconds=seconds,
-        components=previous if previous and not built else _components(built, config, resolved),
-        converted=converted,
-    )
+    with _document_step(dest, "finish", "the shards written so far are kept: rerun the same command to finish"):
+        manifest = finalize(
+            dest, config, run, results,
+            listing_kind=listing.kind, list_errors=listing.errors, classes=listing.classes,
+            skipped=listing.skipped, skipped_members=listing.skipped_members,
+            skipped_examples=listing.skipped_examples, seconds=seconds,
+            components=previous if previous and not built else _components(built, config, resolved),
+            converted=converted,
+        )
     c = manifest["counts"]
     return Summary(c["total"], c["written"], c["failed"], seconds, config.dest, len(done), len(tasks), manifest,
                    converted, list_failed=len(listing.errors))

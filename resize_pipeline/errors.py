@@ -26,6 +26,13 @@ class OutputError(ResizePipelineError):
     """The destination cannot be written or holds incompatible output."""
 
 
+class JobStopped(ResizePipelineError):
+    """The job was stopped from outside (another job took its lock, SIGTERM): its workers are ended at
+    once, not drained. `exit_code` is the CLI's exit status."""
+
+    exit_code = 2
+
+
 class SampleError(Exception):
     """A single sample failed; recorded, never fatal for the job."""
 

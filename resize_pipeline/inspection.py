@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import posixpath
 import random
 import re
 import tarfile
@@ -107,8 +108,10 @@ class Report:
                 lines.append(f"  {e['count']:>6} x {e['stage']}: {e['error_type']}: {e['error']}  (e.g. {e['example']})")
         if self.verify is not None:
             bad = [v for v in self.verify if not v["ok"]]
-            lines.append(f"verify: {len(self.verify) - len(bad)}/{len(self.verify)} shards match the manifest's sha256")
-            lines.extend(f"  MISMATCH {v['name']}: {v['reason']}" for v in bad)
+            listed = [v for v in self.verify if v.get("status") != "EXTRA"]
+            good = sum(1 for v in listed if v["ok"])
+            lines.append(f"verify: {good}/{len(listed)} shards match the manifest's sha256")
+            lines.extend(f"  {v.get('status', 'MISMATCH')} {v['name']}: {v['reason']}" for v in bad)
         if self.sheet:
             lines.append(f"contact sheet: {self.sheet} ({len(self.samples)} samples)")
         return "\n".join(lines)
@@ -295,27 +298,69 @@ def inspect_output(
 # ------------------------------------------------------------------------------------------- verify
 
 
+def _verify_one(out: Output, ref: ShardRef) -> dict[str, Any]:
+    """One manifest shard checked: ``{name, ok, status, reason}``; status ``ok``, ``MISMATCH`` (size or
+    sha256 differ, or the file is missing) or ``UNREADABLE`` (a folder, not a regular file, no
+    permission, a read error): the shard is reported and the others are still checked."""
+    def bad(status: str, reason: str) -> dict[str, Any]:
+        return {"name": ref.name, "ok": False, "status": status, "reason": reason}
+
+    try:
+        kind = out.fs.info(ref.path).get("type")
+    except FileNotFoundError:
+        return bad("MISMATCH", "missing")
+    except Exception as exc:  # noqa: BLE001 - any failure to look at it is this shard's result
+        return bad("UNREADABLE", f"{type(exc).__name__}: {_first_line(exc)}")
+    if kind == "directory":
+        return bad("UNREADABLE", "a folder, not a file")
+    if kind not in ("file", None):  # a FIFO would block the read forever, a device never end
+        return bad("UNREADABLE", f"not a regular file ({kind})")
+    h, n = hashlib.sha256(), 0
+    try:
+        with out.fs.open(ref.path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                n += len(chunk)
+                if n > ref.bytes:  # already wrong: no need to read a huge file to the end
+                    return bad("MISMATCH", f"more than the {ref.bytes} bytes the manifest says")
+    except FileNotFoundError:
+        return bad("MISMATCH", "missing")
+    except Exception as exc:  # noqa: BLE001
+        return bad("UNREADABLE", f"{type(exc).__name__}: {_first_line(exc)}")
+    if n != ref.bytes:
+        return bad("MISMATCH", f"{n} bytes, manifest says {ref.bytes}")
+    if h.hexdigest() != ref.sha256:
+        return bad("MISMATCH", f"sha256 {h.hexdigest()[:16]}..., manifest says {ref.sha256[:16]}...")
+    return {"name": ref.name, "ok": True, "status": "ok", "reason": ""}
+
+
+def _first_line(exc: BaseException) -> str:
+    return ((str(exc).strip().splitlines() or [""])[0])[:300]
+
+
+def extra_shards(out: Output) -> list[str]:
+    """Files in DEST named like shards of this output (``{prefix}-*.tar`` / ``.parquet``: what a reader's
+    glob would pick up) that the manifest does not list."""
+    prefix = str((out.manifest.get("config") or {}).get("shard_prefix") or "shard")
+    listed = {r.name for r in out.shards()}
+    pattern = re.compile(rf"^{re.escape(prefix)}-.*\.(?:tar|parquet)$")
+    out.fs.invalidate_cache(out.root)
+    try:
+        names = [posixpath.basename(p.rstrip("/")) for p in out.fs.ls(out.root, detail=False)]
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if pattern.match(n) and n not in listed)
+
+
 def verify_shards(dest: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Recompute each shard file's size and sha256; one ``{name, ok, reason}`` per manifest entry."""
+    """Recompute each shard file's size and sha256: one ``{name, ok, status, reason}`` per manifest entry
+    (see `_verify_one`), then one ``EXTRA`` entry per file named like a shard that the manifest does
+    not list (a foreign ``shard-00009.tar`` beside ours)."""
     out = open_output(dest, storage_options)
-    results = []
-    for ref in out.shards():
-        h, n = hashlib.sha256(), 0
-        try:
-            with out.fs.open(ref.path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-                    n += len(chunk)
-        except FileNotFoundError:
-            results.append({"name": ref.name, "ok": False, "reason": "missing"})
-            continue
-        if n != ref.bytes:
-            reason = f"{n} bytes, manifest says {ref.bytes}"
-        elif h.hexdigest() != ref.sha256:
-            reason = f"sha256 {h.hexdigest()[:16]}..., manifest says {ref.sha256[:16]}..."
-        else:
-            reason = ""
-        results.append({"name": ref.name, "ok": not reason, "reason": reason})
+    results = [_verify_one(out, ref) for ref in out.shards()]
+    for name in extra_shards(out):
+        results.append({"name": name, "ok": False, "status": "EXTRA",
+                        "reason": "in DEST but not in the manifest (not written by this conversion)"})
     return results
 
 

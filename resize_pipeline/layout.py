@@ -44,6 +44,9 @@ STATS_DIR = "_stats"
 #: this tool's own documents at the top of DEST
 DOCUMENTS = (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, LOCK_FILE, DALI_INDEX_RECORD)
 
+#: digits in shard names: `shard_width` gives at least 5; 20 hold any 64-bit count
+MIN_WIDTH, MAX_WIDTH = 5, 20
+
 #: a file being written: ``.{final name}.partial-{pid}-{token}`` (`temp_name`)
 TEMP_RE = re.compile(r"^\.(?P<final>.+)\.partial-\d+-[0-9a-f]{8}$")
 
@@ -100,12 +103,9 @@ class OutputNames:
     def __post_init__(self) -> None:
         # a record is read back from DEST: refuse what no run of ours writes (it would match nothing,
         # or everything), so that a hand-edited or foreign record can never widen what is deleted
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix):
-            raise ValueError(f"shard prefix {self.prefix!r}")
-        if not 5 <= self.width <= 19 or not 0 <= self.shards < 10**self.width:
-            raise ValueError(f"width {self.width} / shards {self.shards}")
-        if not self.exts or any(e not in {f.ext for f in formats.REGISTRY.values()} for e in self.exts):
-            raise ValueError(f"extensions {self.exts}")
+        why = self.problem({**asdict(self), "exts": list(self.exts)})
+        if why is not None:
+            raise ValueError(why)
 
     @classmethod
     def of(cls, config, n_inputs: int) -> OutputNames:
@@ -120,8 +120,7 @@ class OutputNames:
         out = run.get("outputs")
         try:
             if isinstance(out, dict):
-                if not all(isinstance(out.get(k), int) and not isinstance(out.get(k), bool)
-                           for k in ("width", "shards")):
+                if cls.problem(out) is not None:
                     return None
                 return cls(str(out["prefix"]), out["width"], out["shards"], tuple(str(e) for e in out["exts"]),
                            bool(out["parts"]))
@@ -131,6 +130,27 @@ class OutputNames:
                        formats.extensions(formats.expand(cfg["format"])), cfg.get("max_shard_bytes") is not None)
         except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError):
             return None
+
+    @staticmethod
+    def problem(out: Any) -> str | None:
+        """What is wrong with a recorded ``outputs`` (None: a record this tool could have written). A
+        torn or edited one must not decide what ``--overwrite`` deletes (a width of 0 matches names
+        without digits, a huge one breaks the pattern)."""
+        if not isinstance(out, dict):
+            return "outputs is not an object"
+        prefix, width, shards, exts = out.get("prefix"), out.get("width"), out.get("shards"), out.get("exts")
+        if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,200}", prefix):
+            return "outputs.prefix is not a shard prefix"
+        if not isinstance(width, int) or isinstance(width, bool) or not MIN_WIDTH <= width <= MAX_WIDTH:
+            return f"outputs.width is not an integer in {MIN_WIDTH}..{MAX_WIDTH}"
+        if not isinstance(shards, int) or isinstance(shards, bool) or not 0 <= shards < 10**width:
+            return "outputs.shards is not a shard count"
+        known = {f.ext for f in formats.REGISTRY.values()}
+        if not isinstance(exts, list) or not exts or not all(e in known for e in exts):
+            return "outputs.exts is not a list of shard extensions"
+        if not isinstance(out.get("parts"), bool):
+            return "outputs.parts is not true or false"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

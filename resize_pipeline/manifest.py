@@ -104,6 +104,12 @@ def read_run(dest: Dest, present: bool = True) -> dict[str, Any] | None:
         shape = f"a JSON {type(old).__name__}" if not isinstance(old, dict) else "an object without a fingerprint"
         raise OutputError(f"{where} holds {shape}, not a run record of this tool; move it away (with the rest "
                           "of DEST) or choose another destination")
+    problem = OutputNames.problem(old["outputs"]) if "outputs" in old else None
+    if problem is None and "outputs" not in old and OutputNames.from_record(old) is None:
+        problem = "no outputs, and a config that does not give them"
+    if problem is not None:
+        raise OutputError(f"{where} holds an invalid record ({problem}), not a run record of this tool; move it "
+                          "away (with the rest of DEST) or choose another destination")
     return old
 
 
@@ -184,6 +190,8 @@ def finalize(
     list_errors: Sequence[dict[str, str]] = (),
     classes: Sequence[str],
     skipped: int,
+    skipped_members: dict[str, int] | None = None,
+    skipped_examples: Sequence[dict[str, str]] = (),
     seconds: float,
     components: dict[str, Any],
     converted: int | None = None,
@@ -206,7 +214,9 @@ def finalize(
         "source_kind": listing_kind,
         "classes": list(classes),
         "counts": {"total": total, "written": written, "failed": failed, "failed_by_stage": by_stage,
-                   "skipped_non_images": skipped},
+                   "skipped_non_images": skipped, **({"skipped_tar_members": dict(skipped_members),
+                                                      "skipped_examples": list(skipped_examples)}
+                                                     if skipped_members else {})},
         "shards": [dict(f, shard=r.name, index=r.index) for r in results for f in r.files],
         "shard_stats": [
             {"name": r.name, "index": r.index, "total": r.total, "written": r.written, "failed": r.failed}

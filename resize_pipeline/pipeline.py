@@ -1,6 +1,6 @@
 """The stages one worker runs, built once from the config and the driver's `Resolved` decisions:
 
-    read (+ header probes) -> decode -> resize -> encode            (Pillow, or DALI + a resizer)
+    read (+ header probes) -> [split by decoded pixels] -> decode -> resize -> encode   (Pillow, or DALI + a resizer)
     read (+ header probes) -> DALI decode+crop+resize -> CNN -> encode   (fused: one device)
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from resize_pipeline.stream import Step, lagged, map_step
+from resize_pipeline.stream import Step, lagged, map_step, split_step
 
 
 @dataclass
@@ -38,12 +38,13 @@ def build_stages(config, resolved, device: str = "cpu", threads: int = 1) -> Sta
     """Build the stages for a worker placed on `device` (``cpu`` or ``cuda:N`` as seen by the worker)
     that may use `threads` CPU threads."""
     from resize_pipeline.decode import get_decoder
-    from resize_pipeline.stages import DecodeStage, EncodeStage, ReadStage, ResizeStage
+    from resize_pipeline.stages import DecodeStage, EncodeStage, PixelBudget, ReadStage, ResizeStage
 
     dali = resolved.decoder.startswith("dali")
     device_id = int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
     read = ReadStage(config.storage_options, threads=max(4, threads),
-                     probe_max_pixels=config.max_pixels if dali else None, timeout=config.read_timeout)
+                     probe_max_pixels=config.max_pixels if dali else None, timeout=config.read_timeout,
+                     max_bytes=config.max_bytes)
     encode = EncodeStage(config.encode, config.quality, threads=threads)
     resizer = build_resizer(config, resolved, device, threads)
     decoder_kw: dict[str, Any] = dict(background=config.background, max_pixels=config.max_pixels, draft=config.draft)
@@ -69,4 +70,8 @@ def build_stages(config, resolved, device: str = "cpu", threads: int = 1) -> Sta
     resize = ResizeStage(resizer, size=config.size, mode=config.mode, pad_color=config.pad_color, threads=threads)
     built = {"decoder": decode.decoder.describe(), "resizer": resizer.describe(),
              "encoder": encode.encoder.describe(), "device": device}
-    return Stages([map_step(s) for s in (read, decode, resize, encode)], built, [read, decode, resize, encode])
+    # decoded images are held in this process between decode and resize: bound their pixels per batch
+    budget = PixelBudget(config.max_batch_pixels, decode.size_request if config.draft and not dali else None,
+                         refused_above=config.max_pixels)
+    steps = [map_step(read), split_step(budget), *(map_step(s) for s in (decode, resize, encode))]
+    return Stages(steps, built, [read, decode, resize, encode])

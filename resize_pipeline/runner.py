@@ -35,7 +35,7 @@ from resize_pipeline.errors import ResizePipelineError, error_record
 from resize_pipeline.layout import stats_name
 from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard
 from resize_pipeline.sinks import RollingShardWriter, Sample
-from resize_pipeline.sinks.dest import Dest, DestinationFull, is_full
+from resize_pipeline.sinks.dest import Dest, is_full
 from resize_pipeline.stream import IDLE, Attempt, Work, chain
 from resize_pipeline.urls import is_remote_url
 
@@ -154,7 +154,7 @@ class ShardRunner:
 
         self.config, self.resolved = config, resolved
         self.placement = placement or Placement("cpu", {})
-        self.dest = Dest(config.dest, config.storage_options)
+        self.dest = Dest(config.dest, config.storage_options, io_timeout=config.io_timeout)
         self.stages = build_stages(config, resolved, self.placement.device, max(1, threads))
         self.overlap = should_overlap(config, resolved)
         self.built = dict(self.stages.built, pid=os.getpid(), overlap=self.overlap,
@@ -206,11 +206,9 @@ class ShardRunner:
                     self._abort(shard)
                     raise
                 except Exception as exc:  # noqa: BLE001 - the shard attempt fails; retried or recorded below
-                    if is_full(exc):  # the local spool filled its disk: no retry can help
+                    if is_full(exc):  # DEST (or the local spool) filled its disk: no retry can help
                         self._abort(shard)
-                        raise DestinationFull(f"no space left for the local spool of shard {w.task.name} "
-                                              f"({type(exc).__name__}: {exc}); free some space and rerun the "
-                                              "same command to resume") from exc
+                        raise self.dest.full(f"writing shard {w.task.name}", exc) from exc
                     shard.state.failed = True  # its remaining batches are skipped as they arrive
                     self._abort(shard)
                     if shard.attempt < SHARD_ATTEMPTS:

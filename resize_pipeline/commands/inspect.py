@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+#: samples a contact sheet may hold (4 columns of 160 px cells: 1024 make a 640x48,128 PNG, ~90 MB in memory)
+MAX_SHEET_SAMPLES = 1024
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from resize_pipeline.errors import ConfigError
     from resize_pipeline.inspection import contact_sheet, inspect_output, verify_shards
 
-    if args.samples < 1:
-        raise ConfigError(f"--samples must be >= 1, not {args.samples}")
+    if not 1 <= args.samples <= MAX_SHEET_SAMPLES:
+        raise ConfigError(f"--samples must be an integer in 1..{MAX_SHEET_SAMPLES}, not {args.samples}")
     verify = verify_shards(args.out) if args.verify else None
     bad = {v["name"] for v in verify or [] if not v["ok"]}
     report = inspect_output(args.out, sample_count=args.samples, seed=args.seed, skip=bad)

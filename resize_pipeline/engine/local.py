@@ -14,6 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from resize_pipeline.devices import Placement, gpu_count, parse_device, place_workers
-from resize_pipeline.errors import OutputError, ResizePipelineError
+from resize_pipeline.errors import JobStopped, OutputError, ResizePipelineError
 from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard
 from resize_pipeline.urls import is_in_process_url
 
@@ -273,12 +274,15 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
                 elif kind == "exit":
                     slot.exited = True
     finally:
+        # stopped from outside (lock taken over, SIGTERM) or abandoned by the driver: end the worker
+        # processes now rather than let them finish (and commit) their shards
+        stopped = isinstance(sys.exc_info()[1], GeneratorExit | JobStopped)
         for s in slots:
             try:
                 s.inbox.put(None)
             except (OSError, ValueError):
                 pass
-        deadline = time.time() + 10
+        deadline = time.time() + (0 if stopped else 10)
         for s in slots:
             s.handle.join(max(0.1, deadline - time.time()))
             if ctx is not None and s.handle.is_alive():

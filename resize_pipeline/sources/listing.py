@@ -40,7 +40,7 @@ from resize_pipeline.sources.image_column import find_image_column
 from resize_pipeline.sources.keys import sanitize_key
 from resize_pipeline.sources.stamps import FolderStamps, stamp_info, stamp_stat
 from resize_pipeline.sources.table import Explicit, Indexed, IntNames, ItemTable, Joined, ManifestPaths, Text
-from resize_pipeline.urls import is_local_fs
+from resize_pipeline.urls import is_local_fs, is_remote_url
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,15 @@ PATH_COLUMNS = ("path", "filepath", "file_path", "file", "filename", "image_path
 LABEL_COLUMNS = ("label", "cls", "class", "target")
 #: bytes of CSV text parsed at a time (column types are inferred from the first block)
 CSV_BLOCK = 32 << 20
+#: skipped tar members named in the manifest (the rest are counted by reason)
+MAX_SKIPPED_SHOWN = 20
+#: labels are 64-bit integers (the listing's columns, ``.cls`` members, Parquet's ``label`` column)
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _beyond_int64(value: int) -> str:
+    text = str(value)
+    return f"{text if len(text) <= 40 else text[:37] + '...'} is beyond the 64-bit integer range"
 
 
 @dataclass(slots=True)
@@ -61,6 +70,10 @@ class Listing:
     skipped: int = 0  # files that are not images (wrong extension), never counted as inputs
     #: what could not be listed (stage ``list``), one error record each; they count as failed inputs
     errors: list[dict[str, str]] = field(default_factory=list)
+    #: tar members that are not regular files (symbolic and hard links, devices, FIFOs, sparse files):
+    #: never read, counted by reason, the first `MAX_SKIPPED_SHOWN` named (``path``, ``member``, ``reason``)
+    skipped_members: dict[str, int] = field(default_factory=dict)
+    skipped_examples: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def digest(self) -> str:
@@ -109,8 +122,13 @@ def list_source(
     storage_options: dict[str, Any] | None = None,
     path_column: str | None = None,
     label_column: str | None = None,
+    io_timeout: float | None = None,
 ) -> Listing:
-    """List SOURCE; raises `SourceError` with a one-line reason when it cannot be read at all."""
+    """List SOURCE; raises `SourceError` with a one-line reason when it cannot be read at all.
+
+    On an object store, the first look at SOURCE is given `io_timeout` seconds (an endpoint that
+    never answers is a one-line error, not a silent wait); the listing's own requests are bounded by
+    the filesystem's per-request timeouts (`urls.store_options`)."""
     try:
         fs, root = url_to_fs(source, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
@@ -118,9 +136,16 @@ def list_source(
     try:
         if _has_magic(root):
             return _list_glob(fs, root)
-        if not fs.exists(root):
+        if is_remote_url(source):
+            from resize_pipeline.waits import within
+
+            kind = within(io_timeout, lambda: fs.info(root).get("type") if fs.exists(root) else None,
+                          f"looking at {source}")
+        else:
+            kind = "directory" if fs.isdir(root) else "file" if fs.exists(root) else None
+        if kind is None:
             raise SourceError(f"source not found: {source}")
-        if fs.isdir(root):
+        if kind == "directory":
             return _list_dir(fs, root)
         ext = _ext(root)
         if ext in MANIFEST_EXTENSIONS:
@@ -269,9 +294,13 @@ def _csv_header(fs, path: str, delimiter: str) -> list[str]:
     return next(csv.reader(io.StringIO(first), delimiter=delimiter), [])
 
 
-def _read_table(fs, path: str, path_column: str | None = None):
+def _read_table(fs, path: str, path_column: str | None = None) -> tuple[Any, dict[int, str]]:
     """Read a CSV/TSV/JSONL/JSON/Parquet manifest as a pyarrow Table (streamed from the file: the
-    raw bytes are never held beside the table). CSV path columns are read as text, never numbers."""
+    raw bytes are never held beside the table). CSV path columns are read as text, never numbers.
+
+    Also returns the rows that cannot be taken as they are (row -> why): in a JSON manifest, a row
+    holding an integer beyond 64 bits (its value is set to null in the table; the row becomes an
+    error row)."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.json as pjson
@@ -280,7 +309,7 @@ def _read_table(fs, path: str, path_column: str | None = None):
     ext = _ext(path)
     if ext == ".parquet":
         with fs.open(path, "rb") as fh:
-            return pq.read_table(fh)
+            return pq.read_table(fh), {}
     if ext in (".csv", ".tsv"):
         delimiter = "\t" if ext == ".tsv" else ","
         header = _csv_header(fs, path, delimiter)
@@ -291,14 +320,14 @@ def _read_table(fs, path: str, path_column: str | None = None):
             try:
                 reader = pcsv.open_csv(fh, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK),
                                        parse_options=opts, convert_options=conv)
-                return pa.Table.from_batches(list(reader), schema=reader.schema)
+                return pa.Table.from_batches(list(reader), schema=reader.schema), {}
             except pa.ArrowInvalid:  # a type that changes after the first block: infer over the whole file
                 pass
         with fs.open(path, "rb") as fh:
-            return pcsv.read_csv(fh, parse_options=opts, convert_options=conv)
+            return pcsv.read_csv(fh, parse_options=opts, convert_options=conv), {}
     if ext in (".jsonl", ".ndjson"):
         with fs.open(path, "rb") as fh:
-            return pjson.read_json(fh)
+            return pjson.read_json(fh), {}
     with fs.open(path, "rb") as fh:
         rows = json.load(fh)
     if not isinstance(rows, list):
@@ -307,8 +336,9 @@ def _read_table(fs, path: str, path_column: str | None = None):
     if bad is not None:
         raise SourceError(f"{path}: a .json manifest must hold a list of objects; item {bad} is "
                           f"{type(rows[bad]).__name__}")
+    problems = _huge_ints(rows)
     try:
-        return pa.Table.from_pylist(rows)
+        return pa.Table.from_pylist(rows), problems
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         kinds: dict[str, set[str]] = {}
         for r in rows:
@@ -318,6 +348,19 @@ def _read_table(fs, path: str, path_column: str | None = None):
         mixed = next((f"column {k!r} mixes {' and '.join(sorted(t))} values" for k, t in kinds.items()
                       if len(t) > 1), str(exc).splitlines()[0])
         raise SourceError(f"{path}: cannot read the manifest: {mixed}") from None
+
+
+def _huge_ints(rows: list[dict]) -> dict[int, str]:
+    """Rows of a JSON manifest holding an integer beyond 64 bits (Arrow has no column for it): the
+    value is set to null and the row is reported (it becomes an error row, stage ``list``)."""
+    lo, hi = INT64
+    problems: dict[int, str] = {}
+    for i, r in enumerate(rows):
+        for k, v in r.items():
+            if type(v) is int and not lo <= v <= hi:
+                problems.setdefault(i, f"row {i} of the manifest: {str(k)[:60]!r} {_beyond_int64(v)}")
+                r[k] = None
+    return problems
 
 
 def _pick(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str):
@@ -351,6 +394,8 @@ def _label_columns(column) -> tuple[np.ndarray, list[str] | None, Any, list[str]
     import pyarrow.compute as pc
 
     t = column.type
+    if pa.types.is_unsigned_integer(t):  # rows beyond int64 are error rows already (`_unsigned_labels`)
+        column, t = column.cast(pa.int64()), pa.int64()
     if pa.types.is_integer(t):
         labels = column.fill_null(-1).to_numpy()
         fits = len(labels) == 0 or (int(labels.min()) >= -(2**31) and int(labels.max()) < 2**31)
@@ -367,11 +412,22 @@ def _label_columns(column) -> tuple[np.ndarray, list[str] | None, Any, list[str]
     return np.asarray(labels_l, dtype=np.int64), None, Text.of(names_l), classes_l
 
 
+def _unsigned_labels(column, name: str) -> dict[int, str]:
+    """Rows of an unsigned 64-bit label column beyond the signed range (they would wrap around)."""
+    import pyarrow as pa
+
+    if not pa.types.is_uint64(column.type) or not len(column):
+        return {}
+    values = column.fill_null(0).to_numpy()
+    return {int(i): f"row {i} of the manifest: {name[:60]!r} {_beyond_int64(int(values[i]))}"
+            for i in np.flatnonzero(values > INT64[1])}
+
+
 def _list_manifest(fs, path: str, path_column: str | None, label_column: str | None) -> Listing:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    table = _read_table(fs, path, path_column)
+    table, problems = _read_table(fs, path, path_column)
     cols = table.column_names
     pcol = _pick(cols, path_column, PATH_COLUMNS, "path", path)
     if pcol is None:
@@ -382,14 +438,20 @@ def _list_manifest(fs, path: str, path_column: str | None, label_column: str | N
     if not (pa.types.is_string(paths.type) or pa.types.is_large_string(paths.type) or pa.types.is_null(paths.type)):
         raise SourceError(f"{path}: the path column {pcol!r} holds {paths.type} values, not text paths")
     lcol = _pick(cols, label_column, LABEL_COLUMNS, "label", path)
-    # rows without a path are accounted for (stage "list"), not read as the manifest's folder
+    if lcol is not None:
+        problems.update(_unsigned_labels(table.column(lcol), lcol))
+    # rows without a path (or with a value no column can hold) are accounted for (stage "list"), not
+    # read as the manifest's folder
     valid = pc.and_kleene(pc.is_valid(paths), pc.not_equal(paths.cast(pa.string()), "")) if len(paths) else None
     errors: list[dict[str, str]] = []
     url = _unstrip(fs, path)
-    if valid is not None and not pc.all(valid).as_py():
-        missing = np.flatnonzero(~valid.fill_null(False).to_numpy(zero_copy_only=False))
-        errors = [_list_error(f"row {i}", url, f"row {i} of the manifest has no path") for i in missing.tolist()]
-        table = table.filter(valid)
+    if valid is not None and (problems or not pc.all(valid).as_py()):
+        keep = valid.fill_null(False).to_numpy(zero_copy_only=False).copy()
+        why = {int(i): f"row {i} of the manifest has no path" for i in np.flatnonzero(~keep)}
+        why.update(problems)
+        keep[list(problems)] = False
+        errors = [_list_error(f"row {i}", url, why[i]) for i in sorted(why)]
+        table = table.filter(pa.array(keep))
         paths = table.column(pcol)
     label = classes = names = None
     class_list: list[str] = []
@@ -454,9 +516,18 @@ def _list_parquet(fs, path: str, path_column: str | None, label_column: str | No
     if "meta" in cols:
         metas = [str(v or "") for v in table.column("meta").to_pylist()]
     url = _unstrip(fs, path)
-    items = _table(rels, [url] * n_rows, stamps=[stamp_info(fs.info(path))] * n_rows, label=labels,
-                   names=label_names, meta=metas, row=list(range(n_rows)))
-    return Listing(items, "parquet-bytes", classes)
+    rows = list(range(n_rows))
+    bad = _unsigned_labels(table.column(lcol), lcol) if lcol else {}
+    if bad:  # a label no column of ours holds: that row is an error row
+        keep = [i for i in rows if i not in bad]
+        rels, rows = [rels[i] for i in keep], keep
+        labels = [labels[i] for i in keep] if labels is not None else None
+        label_names = [label_names[i] for i in keep] if label_names is not None else None
+        metas = [metas[i] for i in keep] if metas is not None else None
+    errors = [_list_error(f"{stem}/row {i}", url, why) for i, why in sorted(bad.items())]
+    items = _table(rels, [url] * len(rows), stamps=[stamp_info(fs.info(path))] * len(rows), label=labels,
+                   names=label_names, meta=metas, row=rows)
+    return Listing(items, "parquet-bytes", classes, 0, errors)
 
 
 # ----------------------------------------------------------------------------------------- tars
@@ -475,22 +546,31 @@ def _list_tars(fs, tars: list[str], base: str) -> Listing:
     stamps: list[int] = []
     errors: list[dict[str, str]] = []
     tar_index: list[int] = []
+    skipped: dict[str, int] = {}
+    examples: list[dict[str, str]] = []
     for tar_path in tars:
         url = _unstrip(fs, tar_path)
         rel_tar = posixpath.relpath(tar_path, base) if base else tar_path
         try:
             stamp = stamp_info(fs.info(tar_path))
-            samples = _tar_samples(fs, tar_path)
+            scan = _tar_samples(fs, tar_path)
         except _BrokenTar as exc:
-            samples, stamp = exc.samples, 0
+            scan, stamp = exc.scan, 0
             errors.append(_list_error(rel_tar, url, exc.reason))
         except (OSError, tarfile.TarError, EOFError) as exc:
             errors.append(_list_error(rel_tar, url, f"cannot read this tar: {type(exc).__name__}: {exc}"))
             continue
+        stem = posixpath.splitext(rel_tar)[0]
+        errors.extend(_list_error(posixpath.join(stem, k), url, why) for k, why in scan.bad)
+        for member, reason in scan.skipped:
+            kind = reason.split(" (", 1)[0]
+            skipped[kind] = skipped.get(kind, 0) + 1
+            if len(examples) < MAX_SKIPPED_SHOWN:
+                examples.append({"path": url, "member": member, "reason": reason})
         j = len(urls)
         urls.append(url)
-        for k, offset, length, label, name, meta in samples:
-            rels.append(posixpath.join(posixpath.splitext(rel_tar)[0], k))
+        for k, offset, length, label, name, meta in scan.samples:
+            rels.append(posixpath.join(stem, k))
             tar_index.append(j)
             offsets.append(offset)
             lengths.append(length)
@@ -503,18 +583,51 @@ def _list_tars(fs, tars: list[str], base: str) -> Listing:
     items = ItemTable(text, rule, label=np.asarray(labels, dtype=np.int64), names=Text.of(names),
                       meta=Text.of(metas), offset=np.asarray(offsets, dtype=np.int64),
                       length=np.asarray(lengths, dtype=np.int64), stamps=np.asarray(stamps, dtype=np.int32))
-    return Listing(items.finish(), "webdataset", [], 0, errors)
+    if skipped:
+        log.warning("skipped %d tar member(s) that are not regular files (%s), e.g. %s in %s: their samples are "
+                    "not converted (counted in the manifest)", sum(skipped.values()),
+                    ", ".join(f"{n} {k}" for k, n in sorted(skipped.items())), examples[0]["member"],
+                    examples[0]["path"])
+    return Listing(items.finish(), "webdataset", [], 0, errors, skipped, examples)
+
+
+@dataclass(slots=True)
+class _TarScan:
+    """What one tar holds: samples (key, offset, length, label, label name, metadata) with an image
+    member; samples that cannot be taken (key, why: error rows); members never read (name, why)."""
+
+    samples: list[tuple[str, int, int, int, str, str]] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 class _BrokenTar(Exception):
-    def __init__(self, reason: str, samples: list) -> None:
+    def __init__(self, reason: str, scan: _TarScan) -> None:
         super().__init__(reason)
-        self.reason, self.samples = reason, samples
+        self.reason, self.scan = reason, scan
 
 
-def _tar_samples(fs, tar_path: str) -> list[tuple[str, int, int, int, str, str]]:
-    """(key, offset, length, label, label name, metadata) of each sample with an image member."""
-    out: list[tuple[str, int, int, int, str, str]] = []
+def _not_regular(m: tarfile.TarInfo) -> str | None:
+    """Why member `m` is not read as a file (a directory is no input: None), or None for a regular file."""
+    if m.issym():
+        return f"symbolic link (to {m.linkname[:200]})"
+    if m.islnk():
+        return f"hard link (to {m.linkname[:200]})"
+    if m.ischr() or m.isblk():
+        return "device"
+    if m.isfifo():
+        return "FIFO"
+    if m.issparse():
+        return "sparse file (its bytes are not stored in one piece)"
+    if m.isfile() or m.isdir():
+        return None
+    return f"member of type {m.type!r}"
+
+
+def _tar_samples(fs, tar_path: str) -> _TarScan:
+    """Every sample of one tar with an image member (see `_TarScan`)."""
+    scan = _TarScan()
+    out = scan.samples
     with fs.open(tar_path, "rb") as fh:
         tf = tarfile.open(fileobj=fh, mode="r:")  # noqa: SIM115 - closed below, or by fh
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
@@ -522,6 +635,10 @@ def _tar_samples(fs, tar_path: str) -> list[tuple[str, int, int, int, str, str]]
         broken = ""
         try:
             for m in tf:
+                why = _not_regular(m)
+                if why is not None:
+                    scan.skipped.append((m.name, why))
+                    continue
                 if not m.isfile():
                     continue
                 d, b = posixpath.split(m.name)
@@ -545,9 +662,12 @@ def _tar_samples(fs, tar_path: str) -> list[tuple[str, int, int, int, str, str]]
             if "cls" in parts:
                 fh.seek(parts["cls"].offset_data)
                 try:
-                    label = int(fh.read(parts["cls"].size).decode().strip())
+                    label = int(fh.read(min(parts["cls"].size, 4096)).decode().strip())
                 except (ValueError, UnicodeDecodeError):
                     label = -1
+                if not INT64[0] <= label <= INT64[1]:
+                    scan.bad.append((k, f"sample {k}: the label in {parts['cls'].name} {_beyond_int64(label)}"))
+                    continue
             if "json" in parts:
                 fh.seek(parts["json"].offset_data)
                 meta = fh.read(parts["json"].size).decode("utf-8", "replace")
@@ -557,5 +677,5 @@ def _tar_samples(fs, tar_path: str) -> list[tuple[str, int, int, int, str, str]]
                     pass
             out.append((k, img.offset_data, img.size, label, name, meta))
     if broken:
-        raise _BrokenTar(broken, out)
-    return out
+        raise _BrokenTar(broken, scan)
+    return scan

@@ -13,7 +13,9 @@ sample written, the file decides what happens (read each time, so one cluster se
 - ``{"hold": "/path/marker", "under": "/dest"}``: every such write waits until the marker file exists
   (a job held mid-run, deterministically);
 - ``{"unreadable": "/src/sub"}``: ``os.scandir`` of that folder raises ``PermissionError`` (what a
-  folder without read permission does, also when the tests run as root).
+  folder without read permission does, also when the tests run as root);
+- ``{"lock_heartbeat": 0.2}``: the DEST lock beats every 0.2 s (instead of 10 s), so that a test sees a
+  lost lock or a stale one quickly.
 
 Ray workers run `install` through ``runtime_env={"worker_process_setup_hook": "faults_plugin.install"}``;
 local worker processes through ``sitecustomize.py`` in this folder.
@@ -48,6 +50,12 @@ def install() -> None:
     except ImportError:  # an older layout of the package: only the OS-level faults apply
         return
 
+    beat = _faults().get("lock_heartbeat")
+    if beat:
+        from resize_pipeline.sinks import lock
+
+        defaults = list(lock.DestLock.__init__.__defaults__ or ())
+        lock.DestLock.__init__.__defaults__ = (float(beat), *defaults[1:])
     if getattr(base.RollingShardWriter.write, "_faulty", False):
         return
     real_write = base.RollingShardWriter.write
