@@ -27,6 +27,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--val-data", default=None, help="held-out set (default: synthetic -> fresh set; else a split)"
     )
     g.add_argument("--val-fraction", type=float, default=0.2, help="held-out split without --val-data")
+    g.add_argument(
+        "--no-prescan",
+        dest="prescan",
+        action="store_false",
+        help="skip reading every input once before training (its header check finds empty, unidentifiable, "
+        "oversized and truncated files up front); bad files are then only found when first met",
+    )
     g.add_argument("--num-train", type=int, default=3000, help="synthetic train images (default 3000)")
     g.add_argument("--num-val", type=int, default=2000, help="synthetic held-out images (default 2000)")
     g.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data / split")
@@ -115,6 +122,7 @@ def train_config_from_args(args: argparse.Namespace, **extra):
         num_val=args.num_val,
         data_seed=args.data_seed,
         max_bad_fraction=args.max_bad_fraction,
+        prescan=args.prescan,
         target_size=args.size,
         input_scale=args.input_scale,
         variant=args.variant,

@@ -148,6 +148,21 @@ class LabelledImages(Dataset):
         row = int(rows[r]) if rows is not None else r
         return self.tables[t].items(row, row + 1)[0]
 
+    def items(self, a: int, b: int) -> list[Any]:
+        """The `SourceItem`s of rows ``[a, b)`` (whole runs of a table at once)."""
+        out: list[Any] = []
+        while a < b:
+            t = int(np.searchsorted(self.starts, a, side="right")) - 1
+            end = min(b, int(self.starts[t + 1]))
+            r0, r1 = a - int(self.starts[t]), end - int(self.starts[t])
+            rows = self.rows[t]
+            if rows is None:
+                out.extend(self.tables[t].items(r0, r1))
+            else:
+                out.extend(self.tables[t].items(int(r), int(r) + 1)[0] for r in rows[r0:r1])
+            a = end
+        return out
+
     def __getitem__(self, i: int) -> Sample:
         return self.__getitems__([i])[0]
 

@@ -98,6 +98,11 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
                     len(full) + len(full.errors), full.errors)
 
 
+def _base(ds: Any) -> Any:
+    """The dataset under a `Subset` (the held-out split)."""
+    return ds.dataset if isinstance(ds, Subset) else ds
+
+
 def build_resizer(cfg: TrainConfig) -> nn.Module:
     if cfg.resizer == "learned":
         from resize_pipeline.learned.model import LearnedResizerNet
@@ -280,6 +285,11 @@ def train(cfg: TrainConfig, notify: Callable[[str], None] | None = None) -> Trai
              cfg.input_size, cfg.target_size)
     ckpt_path = os.path.join(cfg.out_dir, "last.pt") if cfg.out_dir else None
     ledger = _Ledger(ds.inputs, cfg.max_bad_fraction, ds.errors, world=world, out_dir=cfg.out_dir if rank == 0 else None)
+    if cfg.prescan and cfg.data != "synthetic":
+        from resize_pipeline.learned.prescan import prescan
+
+        for part in {id(d): d for d in (_base(ds.train), _base(ds.val))}.values():
+            ledger.add(dist_.gather_lists(prescan(part, rank=rank, world=world, progress=cfg.progress), world))
     if ledger.over():
         ledger.sync(device)
 

@@ -67,6 +67,8 @@ class TrainConfig:
     val_fraction: float = 0.2  # real data without val_data
     #: above this fraction of bad (unreadable, undecodable, unlabelled) inputs, training stops
     max_bad_fraction: float = 0.01
+    #: read every input once before training and check its header (`prescan`): bad files known up front
+    prescan: bool = True
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 autocast on CUDA (when supported), fp32 on CPU
     channels_last: bool = True  # on CUDA
