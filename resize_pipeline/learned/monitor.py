@@ -146,16 +146,20 @@ class CostMeter:
         self.said = False
 
     def step(self, step: int) -> None:
-        """Call after each step (`step` counted from 1 over the whole run)."""
+        """Call after each step (`step` counted from 1 over the whole run). A run shorter than
+        `warmup` + `measured` steps is measured over what it has, at its last step."""
         if self.said:
             return
+        now = time.perf_counter()
         if step == self.warmup:
-            self.t0 = time.perf_counter()
-        elif self.t0 is not None and step >= self.warmup + self.measured:
-            now = time.perf_counter()
-            per = (now - self.t0) / (step - self.warmup)
-            left = max(0, self.total - step) * per
-            self.notify(f"{per:.2f} s/step (measured over steps {self.warmup + 1}-{step}; {self.what}); "
-                        f"{self.total} steps: about {duration(now - self.start + left)} in all, "
-                        f"{duration(left)} left; peak memory {peak_memory(self.device)}")
-            self.said = True
+            self.t0 = now
+        last = min(self.total, self.warmup + self.measured)
+        if step < last:
+            return
+        since, first = (self.t0, self.warmup + 1) if self.t0 is not None and step > self.warmup else (self.start, 1)
+        per = (now - since) / max(1, step - first + 1)
+        left = max(0, self.total - step) * per
+        self.notify(f"{per:.2f} s/step (measured over steps {first}-{step}; {self.what}); "
+                    f"{self.total} steps: about {duration(now - self.start + left)} in all, "
+                    f"{duration(left)} left; peak memory {peak_memory(self.device)}")
+        self.said = True
