@@ -40,11 +40,11 @@ NPY_MAGIC = b"\x93NUMPY"
 
 
 class Sample(NamedTuple):
-    """One dataset row: the image (None when it failed), its label, its index, the error record."""
+    """One dataset row: the image (None when it failed), its label, its row number, the error record."""
 
     image: torch.Tensor | None
     label: int
-    index: int
+    position: int
     error: dict[str, str] | None = None
 
 

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from resize_pipeline.errors import ConfigError, OutputError
+from resize_pipeline.learned.monitor import duration
 from resize_pipeline.learned.train_config import RESIZERS, TrainConfig, frozen_path
 
 log = logging.getLogger(__name__)
@@ -182,11 +183,16 @@ def evaluate(cfg: EvaluateConfig, notify: Callable[[str], None] | None = None, s
     runs: list[dict[str, Any]] = []
     exported: dict[str, Any] = {}
     rank = 0
+    n_runs = len(cfg.resizers) * len(seeds)
     for resizer in cfg.resizers:
         for seed in seeds:
             tcfg = replace(base, resizer=resizer, seed=seed, out_dir=None, export_dir=None, resume=False)
-            res = train(tcfg, notify=notify)
+            first = not runs
+            res = train(tcfg, notify=notify if first else None)  # the cost is said once, for the first run
             rank = res.rank
+            if first and notify is not None and n_runs > 1 and rank == 0:
+                notify(f"evaluate: {n_runs} runs like this one ({res.seconds:.0f} s): about "
+                       f"{duration(res.seconds * n_runs)} in all")
             run: dict[str, Any] = {
                 "resizer": resizer,
                 "seed": seed,

@@ -18,11 +18,13 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from resize_pipeline.errors import ResizePipelineError, SourceError
+from resize_pipeline.learned.distributed import gather_lists
 from resize_pipeline.learned.util import describe_nonfinite, nonfinite
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,33 @@ class SkipLedger:
                 fh.write(jsontext.dumps(r, sort_keys=True) + "\n")
         os.replace(tmp, path)
         return path
+
+
+class RunLedger(SkipLedger):
+    """A `SkipLedger` that knows the process count and where it is written.
+
+    With one process a ledger above its limit stops the run as soon as the bad input is met; with
+    several, every process stops together at the end of the epoch (`sync`)."""
+
+    def __init__(self, *args: Any, world: int, out_dir: str | None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.world, self.out_dir = world, out_dir
+        self.shared = 0  # records already exchanged between processes
+
+    def met(self, records: list[dict[str, str]]) -> None:
+        self.add(records)
+        if self.world == 1 and self.over():
+            raise TrainingDataError(self.refusal(where=self.write(self.out_dir) if self.out_dir else ""))
+
+    def sync(self, device: torch.device) -> None:
+        """Share new records between processes (every process ends with the same list), then stop every
+        process together when the list is above the limit."""
+        if self.world > 1:
+            new = list(self.records.values())[self.shared:]
+            self.add(gather_lists(new, self.world))
+            self.shared = self.count
+        if self.over():
+            raise TrainingDataError(self.refusal(where=self.write(self.out_dir) if self.out_dir else ""))
 
 
 def check_finite(step: int, phase: str, loss: float | None = None, modules: Iterable[nn.Module] = ()) -> None:

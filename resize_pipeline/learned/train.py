@@ -30,8 +30,8 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
-from typing import Any, NamedTuple
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,22 +40,27 @@ from torch.utils.data import DataLoader, Subset
 
 from resize_pipeline.errors import ConfigError
 from resize_pipeline.learned import distributed as dist_
+from resize_pipeline.learned.build import (
+    base_dataset,
+    build_classifier,
+    build_datasets,
+    build_resizer,
+    frozen_scale,
+)
 from resize_pipeline.learned.distributed import shutdown_distributed
-from resize_pipeline.learned.model import interpolate, variant_config
+from resize_pipeline.learned.model import interpolate
 from resize_pipeline.learned.modules import (
     FixedResizer,
-    FrozenResizer,
     GaussianLowpass,
     ResizeThenClassify,
 )
-from resize_pipeline.learned.monitor import CostMeter, SkipLedger, TrainingDataError, check_finite
+from resize_pipeline.learned.monitor import CostMeter, RunLedger, check_finite
 from resize_pipeline.learned.train_config import (
     BASELINES,
     RESIZERS,
     TRAIN_PRECISIONS,
     TrainConfig,
     TrainResult,
-    frozen_path,
 )
 from resize_pipeline.learned.util import resolve_device, seed_everything
 
@@ -65,68 +70,7 @@ __all__ = ["BASELINES", "RESIZERS", "TRAIN_PRECISIONS", "TrainConfig", "TrainRes
            "evaluate_accuracy", "shutdown_distributed", "build_datasets", "FixedResizer", "GaussianLowpass"]
 
 
-class Datasets(NamedTuple):
-    train: Any
-    val: Any
-    num_classes: int
-    classes: list[str]
-    inputs: int  # rows listed for training and held-out, bad ones included
-    errors: list[dict[str, str]]  # what the listings could not list or label
-
-
-def build_datasets(cfg: TrainConfig) -> Datasets:
-    """The training and held-out sets at the resizer's input size."""
-    from resize_pipeline.learned import data, synthetic
-
-    size = cfg.input_size
-    if cfg.data == "synthetic":
-        syn = synthetic.SyntheticConfig(size=size)
-        tr = synthetic.SyntheticGratings(cfg.num_train, cfg.data_seed, syn)
-        va = synthetic.SyntheticGratings(cfg.num_val, cfg.data_seed + 1, syn)
-        return Datasets(tr, va, syn.num_classes, tr.classes, len(tr) + len(va), [])
-    full = data.open_dataset(cfg.data, size)
-    if cfg.val_data:
-        val = data.open_dataset(cfg.val_data, size)
-        return Datasets(full, val, max(full.num_classes, val.num_classes), full.classes,
-                        len(full) + len(full.errors) + len(val) + len(val.errors), full.errors + val.errors)
-    if len(full) < 2:
-        raise ValueError(f"{cfg.data}: {len(full)} labelled image(s); need at least 2 to hold one out")
-    g = torch.Generator().manual_seed(cfg.data_seed)
-    perm = torch.randperm(len(full), generator=g).tolist()
-    n_val = max(1, int(len(full) * cfg.val_fraction))
-    return Datasets(Subset(full, perm[n_val:]), Subset(full, perm[:n_val]), full.num_classes, full.classes,
-                    len(full) + len(full.errors), full.errors)
-
-
-def _base(ds: Any) -> Any:
-    """The dataset under a `Subset` (the held-out split)."""
-    return ds.dataset if isinstance(ds, Subset) else ds
-
-
-def build_resizer(cfg: TrainConfig) -> nn.Module:
-    if cfg.resizer == "learned":
-        from resize_pipeline.learned.model import LearnedResizerNet
-
-        rcfg = variant_config(
-            cfg.variant,
-            interpolation=cfg.interpolation,
-            input_scale=cfg.input_scale,
-            zero_init_last=cfg.zero_init_last,
-        )
-        return LearnedResizerNet(rcfg)
-    path = frozen_path(cfg.resizer)
-    if path is not None:
-        return FrozenResizer(path)
-    return FixedResizer(BASELINES[cfg.resizer])
-
-
-def build_classifier(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    from resize_pipeline.learned.backbones import build_backbone
-
-    return build_backbone(cfg.backbone, num_classes, width=cfg.classifier_width, weights=cfg.backbone_weights)
-
-
-def _batches(loader: DataLoader, ledger: _Ledger | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(loader: DataLoader, ledger: RunLedger | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The loader's batches without their bad samples, which go to `ledger` (without one: the log)."""
     for x, y, bad in loader:
         if bad:
@@ -162,7 +106,7 @@ def evaluate_accuracy(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     world: int = 1,
-    ledger: _Ledger | None = None,
+    ledger: RunLedger | None = None,
 ) -> float:
     """Held-out accuracy over the samples that decode (the others go to `ledger`); under torchrun each
     process passes its own slice and counts are summed."""
@@ -203,49 +147,8 @@ def _save_checkpoint(path: str, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-class _Ledger(SkipLedger):
-    """A `SkipLedger` that knows the process count and where it is written.
-
-    With one process a ledger above its limit stops the run as soon as the bad input is met; with
-    several, every process stops together at the end of the epoch (`sync`)."""
-
-    def __init__(self, *args: Any, world: int, out_dir: str | None, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.world, self.out_dir = world, out_dir
-        self.shared = 0  # records already exchanged between processes
-
-    def met(self, records: list[dict[str, str]]) -> None:
-        self.add(records)
-        if self.world == 1 and self.over():
-            raise TrainingDataError(self.refusal(where=self.write(self.out_dir) if self.out_dir else ""))
-
-    def sync(self, device: torch.device) -> None:
-        """Share new records between processes (every process ends with the same list), then stop every
-        process together when the list is above the limit."""
-        if self.world > 1:
-            new = list(self.records.values())[self.shared:]
-            self.add(dist_.gather_lists(new, self.world))
-            self.shared = self.count
-        if self.over():
-            raise TrainingDataError(self.refusal(where=self.write(self.out_dir) if self.out_dir else ""))
-
-
 def _say(notify: Callable[[str], None] | None) -> Callable[[str], None]:
     return notify if notify is not None else (lambda msg: log.info("%s", msg))
-
-
-def _frozen_scale(cfg: TrainConfig, notify: Callable[[str], None]) -> TrainConfig:
-    """Behind ``learned:PATH`` the inputs are made at the exported resizer's own input scale."""
-    path = frozen_path(cfg.resizer)
-    if path is None:
-        return cfg
-    from resize_pipeline.learned.export import load_resizer_module
-
-    scale = float(load_resizer_module(path)[1]["input_scale"])
-    if scale != cfg.input_scale:
-        notify(f"{cfg.resizer}: input scale {scale:g} (the exported resizer's), not --input-scale {cfg.input_scale:g}")
-        cfg = replace(cfg, input_scale=scale)
-    return cfg
 
 
 def train(cfg: TrainConfig, notify: Callable[[str], None] | None = None) -> TrainResult:
@@ -273,7 +176,7 @@ def train(cfg: TrainConfig, notify: Callable[[str], None] | None = None) -> Trai
     check_backbone(cfg.backbone)  # a missing torchvision / timm / module fails before the data is read
     if cfg.backbone_weights and not os.path.isfile(cfg.backbone_weights):
         raise ConfigError(f"--backbone-weights {cfg.backbone_weights}: no such file")
-    cfg = _frozen_scale(cfg, say)
+    cfg = frozen_scale(cfg, say)
     batch = cfg.resolved_batch_size(device.type)
     try:
         ds = build_datasets(cfg)
@@ -284,11 +187,11 @@ def train(cfg: TrainConfig, notify: Callable[[str], None] | None = None) -> Trai
     log.info("data: %d train / %d val, %d classes, input %d -> %d", len(ds.train), len(ds.val), ds.num_classes,
              cfg.input_size, cfg.target_size)
     ckpt_path = os.path.join(cfg.out_dir, "last.pt") if cfg.out_dir else None
-    ledger = _Ledger(ds.inputs, cfg.max_bad_fraction, ds.errors, world=world, out_dir=cfg.out_dir if rank == 0 else None)
+    ledger = RunLedger(ds.inputs, cfg.max_bad_fraction, ds.errors, world=world, out_dir=cfg.out_dir if rank == 0 else None)
     if cfg.prescan and cfg.data != "synthetic":
         from resize_pipeline.learned.prescan import prescan
 
-        for part in {id(d): d for d in (_base(ds.train), _base(ds.val))}.values():
+        for part in {id(d): d for d in (base_dataset(ds.train), base_dataset(ds.val))}.values():
             ledger.add(dist_.gather_lists(prescan(part, rank=rank, world=world, progress=cfg.progress), world))
     if ledger.over():
         ledger.sync(device)
