@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from resize_pipeline.errors import ConfigError
 from resize_pipeline.learned.model import variant_config
 from resize_pipeline.learned.modules import FixedResizer, FrozenResizer
 from resize_pipeline.learned.train_config import BASELINES, TrainConfig, frozen_path
@@ -89,7 +90,10 @@ def frozen_scale(cfg: TrainConfig, notify: Callable[[str], None]) -> TrainConfig
         return cfg
     from resize_pipeline.learned.export import load_resizer_module
 
-    scale = float(load_resizer_module(path)[1]["input_scale"])
+    try:
+        scale = float(load_resizer_module(path)[1]["input_scale"])
+    except Exception as exc:  # noqa: BLE001 - a resizer that cannot load: one line
+        raise ConfigError(f"--resizer {cfg.resizer}: cannot load the resizer: {exc}") from None
     if scale != cfg.input_scale:
         notify(f"{cfg.resizer}: input scale {scale:g} (the exported resizer's), not --input-scale {cfg.input_scale:g}")
         cfg = replace(cfg, input_scale=scale)

@@ -139,7 +139,12 @@ def check_writable(path: str | None, flag: str) -> None:
         raise ConfigError(f"{flag} {path}: is a folder")
     if not os.path.isdir(parent):
         raise ConfigError(f"{flag} {path}: no such folder {parent}")
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+    try:  # the real test (os.access says yes to root, and on read-only mounts): write a file there
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".resize-pipeline-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write in {parent} ({exc.strerror or exc})") from None
+    if os.path.exists(path) and not os.access(path, os.W_OK):
         raise ConfigError(f"{flag} {path}: not writable")
 
 
@@ -154,8 +159,6 @@ def _input_scale(cfg: EvaluateConfig) -> TrainConfig:
         if path is not None:
             try:
                 scales.add(float(load_resizer_module(path)[1]["input_scale"]))
-            except ConfigError:
-                raise
             except Exception as exc:  # noqa: BLE001 - a resizer that cannot load: one line
                 raise ConfigError(f"--resizers {r}: cannot load the resizer: {exc}") from None
     if len(scales) == 1:
