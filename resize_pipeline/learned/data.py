@@ -277,6 +277,17 @@ def _parquet_files(paths: Sequence[str], size: int, where: str) -> LabelledImage
     return _combine([_list(p) for p in paths], size, where)
 
 
+def _has_manifest(url: str) -> bool:
+    """A remote folder holding ``_manifest.json`` (a ``convert`` output on an object store)."""
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, root = url_to_fs(url)
+        return bool(fs.isfile(root.rstrip("/") + "/_manifest.json"))
+    except Exception:  # noqa: BLE001 - not a folder we can look into: list it as a source
+        return False
+
+
 def open_dataset(spec: str, size: int) -> LabelledImages:
     """A directory (ImageFolder, a ``convert`` output, or holding *.tar / *.parquet), a manifest file,
     a glob, or any fsspec URL ``list_source`` reads."""
@@ -292,6 +303,8 @@ def open_dataset(spec: str, size: int) -> LabelledImages:
                 raise ValueError(f"{spec}: no class sub-folders (expected ROOT/CLASS/.../image.jpg)")
             return _combine([images], size, spec)
         return _combine([_list(spec)], size, spec)
+    if "://" in spec and _has_manifest(spec):
+        return converted_output(spec, size)
     if "://" not in spec and any(c in spec for c in "*?["):
         paths = sorted(glob.glob(spec))
         if not paths:

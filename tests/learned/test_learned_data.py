@@ -165,3 +165,19 @@ def test_one_broken_file_in_a_hundred_with_default_flags(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "skipped 1 of 242 inputs" in out and "Traceback" not in err
+
+
+def test_a_convert_output_on_an_object_store(image_folder):
+    """`memory://` stands for any fsspec store: the output's manifest decides what is read."""
+    import fsspec
+
+    from resize_pipeline.config import ConvertConfig
+    from resize_pipeline.conversion import convert
+
+    convert(ConvertConfig(str(image_folder), "memory://train_out", size=(48, 48), format="webdataset",
+                          workers=1, quiet=True))
+    fsspec.filesystem("memory").pipe("/train_out/stray.tar", b"not ours")  # not in the manifest: not read
+    ds = data.open_dataset("memory://train_out", 16)
+    assert len(ds) == 10 and ds.classes == ["chelsea", "coffee"] and not ds.errors
+    assert ds[0].image.shape == (3, 16, 16)
+    fsspec.filesystem("memory").rm("/train_out", recursive=True)
