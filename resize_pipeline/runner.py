@@ -223,8 +223,9 @@ class ShardRunner:
 
     def _writers(self, task: ShardTask) -> list[RollingShardWriter]:
         c = self.config
+        options = {"row_group_size": c.row_group_size, "classes": task.classes}
         return [RollingShardWriter(self.dest, task.name, fmt, formats.get(fmt).load("writer"), c.max_shard_bytes,
-                                   {"row_group_size": c.row_group_size}) for fmt in c.formats]
+                                   options) for fmt in c.formats]
 
     def _write(self, shard: _Shard, batch: dict) -> None:
         # The hot path of a GPU worker (~20k samples/s through one process, under the GIL): columns

@@ -27,15 +27,19 @@ class ShardTask:
     A task refers to its slice of the listing (`sources.table.ItemTable`, or any sequence of
     `SourceItem`) instead of holding its inputs: planning costs nothing per input. Its items are made
     when asked for (`items`, `batch`); a task that is pickled (to a worker process, a Ray actor)
-    carries its own items, so a worker never receives the whole listing.
+    carries its own items, so a worker never receives the whole listing. `classes` are the listing's
+    class names (index -> name; None when its labels are plain numbers): the Parquet sink declares
+    them as the ``label`` column's Hugging Face ``ClassLabel``.
     """
 
-    __slots__ = ("index", "name", "rows", "start", "stop")
+    __slots__ = ("index", "name", "rows", "start", "stop", "classes")
 
     def __init__(self, index: int, name: str, rows: Sequence[SourceItem] | Any, start: int = 0,
-                 stop: int | None = None) -> None:
+                 stop: int | None = None, classes: Sequence[str] | None = None) -> None:
         self.index, self.name, self.rows = int(index), name, rows
         self.start, self.stop = int(start), int(len(rows) if stop is None else stop)
+        names = classes if classes is not None else getattr(rows, "classes", None)
+        self.classes: tuple[str, ...] | None = tuple(names) if names else None
 
     @property
     def size(self) -> int:
@@ -56,7 +60,7 @@ class ShardTask:
         return items_to_batch(self.rows[a:b])
 
     def __reduce__(self) -> tuple:
-        return ShardTask, (self.index, self.name, self.items)
+        return ShardTask, (self.index, self.name, self.items, 0, None, self.classes)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ShardTask):

@@ -32,6 +32,45 @@ def _corrupt_checkpoint(tmp_path) -> str:
     return str(bad)
 
 
+def _nan_checkpoint(tmp_path) -> str:
+    """The bundled checkpoint with NaN in one tensor, written back with a valid sha256 in config.json:
+    what a diverged training run or a hand edit leaves (issue 20, finding 2)."""
+    import hashlib
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from resize_pipeline.learned.inference import DEFAULT_WEIGHTS
+
+    bad = tmp_path / "nan_ckpt"
+    shutil.copytree(DEFAULT_WEIGHTS, bad)
+    weights = bad / "model.safetensors"
+    state = load_file(str(weights))
+    name = next(k for k in state if k.endswith("weight"))
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(weights), metadata={"format": "resize_pipeline.learned_resizer"})
+    meta = json.loads((bad / "config.json").read_text())
+    meta["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (bad / "config.json").write_text(json.dumps(meta))
+    return str(bad)
+
+
+def _nan_torchscript(tmp_path) -> str:
+    import torch
+
+    from resize_pipeline.learned.export import export_torchscript
+    from resize_pipeline.learned.model import create_resizer
+
+    net = create_resizer("resizer_n16_r1_lumahp").eval()
+    path = export_torchscript(net, tmp_path / "r.pt")
+    module = torch.jit.load(str(path))
+    with torch.no_grad():
+        next(iter(module.parameters())).fill_(float("inf"))
+    torch.jit.save(module, str(path))
+    return str(path)
+
+
 def _has_gpu() -> bool:
     from resize_pipeline.devices import gpu_count
 
@@ -41,6 +80,8 @@ def _has_gpu() -> bool:
 CASES = {
     "missing checkpoint": (lambda tmp: ["--resizer", "learned:/nonexistent/ckpt"], "cannot load the resizer"),
     "corrupt checkpoint": (lambda tmp: ["--resizer", f"learned:{_corrupt_checkpoint(tmp)}"], "sha256"),
+    "NaN checkpoint": (lambda tmp: ["--resizer", f"learned:{_nan_checkpoint(tmp)}"], "not finite (nan/inf)"),
+    "inf TorchScript": (lambda tmp: ["--resizer", f"learned:{_nan_torchscript(tmp)}"], "not finite (nan/inf)"),
     "bad device": (lambda tmp: ["--device", "bogus"], "device"),
     "no GPU": (lambda tmp: ["--device", "cuda", "--resizer", "learned"], "no CUDA GPU"),
     "GPU index": (lambda tmp: ["--device", "cuda:7", "--decoder", "dali"], "cuda:7"),

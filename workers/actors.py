@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 
 def encode_task(task: ShardTask) -> dict[str, Any]:
     """`ShardTask` -> a row for ``ray.data.from_items`` (items as zlib-compressed JSON)."""
-    text = json.dumps(item_rows(task.items), ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps({"rows": item_rows(task.items), "classes": task.classes}, ensure_ascii=False,
+                      separators=(",", ":"))
     return {"index": task.index, "name": task.name, "items": zlib.compress(text.encode("utf-8", "surrogatepass"), 6)}
 
 
 def decode_task(index: int, name: str, blob: bytes) -> ShardTask:
-    rows = json.loads(zlib.decompress(blob).decode("utf-8", "surrogatepass"))
-    return ShardTask(int(index), str(name), tuple(SourceItem(*r) for r in rows))
+    got = json.loads(zlib.decompress(blob).decode("utf-8", "surrogatepass"))
+    return ShardTask(int(index), str(name), tuple(SourceItem(*r) for r in got["rows"]), classes=got["classes"])
 
 
 def result_to_json(result: ShardResult) -> str:
