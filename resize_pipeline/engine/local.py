@@ -3,9 +3,14 @@
 The engine only schedules: each worker builds one `ShardRunner` and streams the shards it is given
 (two in flight per worker, so its stream never drains between shards). ``workers=1`` runs in this
 process. On a GPU job the default is, for each visible GPU, one worker process per four cores of its
-share (`CORES_PER_GPU_WORKER`), each process seeing only its GPU (``CUDA_VISIBLE_DEVICES``). A worker process that dies (the OOM killer, a decoder crash) is
-replaced and its unfinished shards are run again; a shard present at `SHARD_ATTEMPTS` such deaths
-is recorded as failed (it may be what kills them).
+share (`CORES_PER_GPU_WORKER`), each process seeing only its GPU (``CUDA_VISIBLE_DEVICES``).
+
+Every worker, whatever it is, counts shard attempts in the driver's one `attempts.AttemptLedger`
+(cap: ``--shard-attempts``): a failed stage (the runner attempts the shard again), a device fault
+(`errors.DeviceFault`: the worker is ended and replaced: a new runner in-process, a new thread, a new
+process; its running shards are attempted again), a worker process that dies (the OOM killer, a
+crash in a native decoder: replaced the same way). A shard that used up its attempts is recorded as
+failed (stage ``shard``, no stats: a rerun attempts it again).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from resize_pipeline.attempts import AttemptLedger, ForwardingLedger
 from resize_pipeline.devices import Placement, gpu_count, parse_device, place_workers
-from resize_pipeline.errors import OutputError, ResizePipelineError
-from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard
+from resize_pipeline.errors import DeviceFault, OutputError, ResizePipelineError
+from resize_pipeline.shards import ShardResult, ShardTask
 from resize_pipeline.urls import is_in_process_url
 
 log = logging.getLogger(__name__)
@@ -46,18 +52,24 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def worker_main(wid: int, config, resolved, placement: Placement, threads: int, inbox, outbox,
-                parent: int | None = None) -> None:
+                parent: int | None = None, ledger=None) -> None:
     """A worker: build a `ShardRunner`, stream the tasks that arrive in `inbox` (None ends), report
-    ``(kind, wid, payload)`` messages to `outbox`: result, fatal (job-level error), error (could not
-    start), crash (a bug), exit."""
+    ``(kind, wid, payload)`` messages to `outbox`: result, started/failed (a worker process's shard
+    attempts, for the driver's ledger), fatal (job-level error), error (could not start), device (a
+    device fault ended it), crash (a bug), exit.
+
+    `parent` is set in a worker process (which then reports its attempts to the driver); a thread
+    worker shares the driver's `ledger`. A device fault ends a worker process for good (``os._exit``:
+    a sticky CUDA error leaves nothing in it worth saving)."""
     if parent is not None:
         threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="parent-watch").start()
         os.environ.update(placement.env)  # before anything imports CUDA
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        ledger = ForwardingLedger(lambda kind, payload: outbox.put((kind, wid, payload)))
     from resize_pipeline.runner import ShardRunner, TaskQueue
 
     try:
-        runner = ShardRunner(config, resolved, placement, threads)
+        runner = ShardRunner(config, resolved, placement, threads, ledger=ledger)
     except BaseException as exc:  # noqa: BLE001 - reported to the driver
         outbox.put(("error", wid, _one_line(exc)))
         return
@@ -77,6 +89,11 @@ def worker_main(wid: int, config, resolved, placement: Placement, threads: int, 
             outbox.put(("result", wid, result))
     except ResizePipelineError as exc:
         outbox.put(("fatal", wid, str(exc)))
+        return
+    except DeviceFault as exc:
+        outbox.put(("device", wid, _one_line(exc)))
+        if parent is not None:
+            os._exit(3)  # the process is done for (its CUDA context may be poisoned); the driver replaces it
         return
     except BaseException:  # noqa: BLE001 - a bug: the driver treats it like a dead worker
         outbox.put(("crash", wid, traceback.format_exc()))
@@ -146,21 +163,56 @@ def run_local(
     placements = place_workers(resolved.device, workers, isolate=parallelism == "process" and workers > 1)
     log.info("local engine: %d %s worker(s), %d thread(s) each, on %s", workers,
              "in-process" if workers == 1 else parallelism, threads, [p.device for p in placements])
+    ledger = AttemptLedger(config.shard_attempts)
     if workers == 1:
-        from resize_pipeline.runner import ShardRunner, TaskQueue
-
-        runner = ShardRunner(config, resolved, placements[0], os.cpu_count() or 1)
-        yield from runner.run(TaskQueue.of(tasks), on_progress)
+        yield from _run_in_process(config, resolved, tasks, placements[0], ledger, on_progress)
         return
-    yield from _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress)
+    yield from _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, ledger, on_progress)
 
 
-def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, on_progress):
+def _run_in_process(config, resolved, tasks, placement, ledger, on_progress):
+    """One runner in this process. A device fault ends the runner: its running shards are charged an
+    attempt, and a new runner (new DALI pipelines, a new CNN) takes what is left; if none can be built
+    (the GPU is gone, or its context poisoned), the job stops with one line."""
+    from resize_pipeline.runner import ShardRunner, TaskQueue
+
+    outstanding = {t.index: t for t in tasks}
+    runner = ShardRunner(config, resolved, placement, os.cpu_count() or 1, ledger=ledger)
+    while True:
+        queue = TaskQueue.of(sorted(outstanding.values(), key=lambda t: t.index))
+        try:
+            for res in runner.run(queue, on_progress):
+                outstanding.pop(res.index, None)
+                yield res
+            return
+        except DeviceFault as exc:
+            why = f"device fault: {_one_line(exc)}"
+            for t in sorted(outstanding.values(), key=lambda t: t.index):
+                res = ledger.fail(t, why) if ledger.running(t) else None
+                if res is not None:
+                    outstanding.pop(t.index)
+                    if on_progress:
+                        on_progress(res.total)
+                    yield res
+        del runner
+        if not outstanding:
+            return
+        log.warning("the worker stopped on a device fault; building a new one for the %d shard(s) left",
+                    len(outstanding))
+        try:
+            runner = ShardRunner(config, resolved, placement, os.cpu_count() or 1, ledger=ledger)
+        except Exception as exc:  # noqa: BLE001 - said in one line: the device cannot be used any more
+            raise OutputError(f"after a device fault ({why}) no worker could be built again ({_one_line(exc)}); "
+                              "the shards completed so far are kept: rerun the same command to resume") from None
+
+
+def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, ledger, on_progress):
     """Workers in threads or processes; each gets its shards through its own inbox (two queued).
 
     Worker processes report through their own pipe (never a shared queue: a process killed while
     writing to a shared queue would leave its lock held and hang the others), and their death is
-    seen at once through the process sentinel.
+    seen at once through the process sentinel. Attempts are counted in `ledger` (thread workers use
+    it directly; worker processes report ``started``/``failed`` and the driver keeps the count).
     """
     shared: queue.Queue = queue.Queue()  # thread workers' reports
     ctx = _mp_context() if parallelism == "process" else None
@@ -177,40 +229,47 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
             return _Slot(wid, p, inbox, recv)
         inbox = queue.Queue()
         t = threading.Thread(target=worker_main, name=f"convert-{wid}", daemon=True,
-                             args=(wid, config, resolved, placements[wid], threads, inbox, shared))
+                             args=(wid, config, resolved, placements[wid], threads, inbox, shared, None, ledger))
         t.start()
         return _Slot(wid, t, inbox)
 
     pending: deque[ShardTask] = deque(tasks)
-    attempts: dict[int, int] = {t.index: 1 for t in tasks}
     slots = [start(w) for w in range(workers)]
     remaining = len(tasks)
 
-    def assign(slot: _Slot) -> None:
-        while pending and len(slot.tasks) < WINDOW:
-            t = pending.popleft()
-            slot.tasks[t.index] = t
-            slot.inbox.put(t)
+    def assign_all() -> None:
+        for slot in slots:
+            while pending and len(slot.tasks) < WINDOW and not slot.exited:
+                t = pending.popleft()
+                slot.tasks[t.index] = t
+                slot.inbox.put(t)
+
+    def recorded(res: ShardResult) -> ShardResult:
+        nonlocal remaining
+        remaining -= 1
+        if on_progress:
+            on_progress(res.total)
+        return res
 
     def lost(slot: _Slot, why: str) -> Iterator[ShardResult]:
-        """A worker died: replace it and run its shards again (or record them, past the attempts)."""
-        nonlocal remaining
-        log.warning("a worker process died (worker %d: %s); restarting it and its %d shard(s)",
+        """A worker ended (died, crashed, or stopped on a device fault): its running shards are charged
+        an attempt and attempted again (or recorded, past the cap), the ones it had not started are
+        queued again, and a new worker takes its place."""
+        log.warning("%s (worker %d: %s); replacing it; its %d shard(s) are attempted again",
+                    "a worker stopped" if why.startswith("device fault") else "a worker process died",
                     slot.wid, why, len(slot.tasks))
         for t in sorted(slot.tasks.values(), key=lambda t: t.index, reverse=True):
-            attempts[t.index] += 1
-            if attempts[t.index] > SHARD_ATTEMPTS:
-                res = failed_shard(t, f"a worker process died while converting it ({why})")
-                remaining -= 1
-                if on_progress:
-                    on_progress(res.total)
-                yield res
+            res = ledger.fail(t, f"the worker converting it ended ({why})") if ledger.running(t) else None
+            if res is not None:
+                yield recorded(res)
             else:
                 pending.appendleft(t)
+        slot.tasks.clear()
+        slot.exited = True
         if slot.conn is not None:
             slot.conn.close()
         slots[slot.wid] = start(slot.wid)
-        assign(slots[slot.wid])
+        assign_all()
 
     def messages(timeout: float) -> Iterator[tuple[_Slot, Any]]:
         """(slot, message) pairs ready within `timeout`; message None = the worker process is gone."""
@@ -244,8 +303,7 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
                     continue
                 yield slot, None
 
-    for s in slots:
-        assign(s)
+    assign_all()
     try:
         while remaining:
             for slot, msg in messages(0.5):
@@ -256,18 +314,32 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
                     continue
                 kind, _, payload = msg
                 if kind == "result":
-                    slot.tasks.pop(payload.index, None)
-                    remaining -= 1
-                    if on_progress:
-                        on_progress(payload.total)
-                    yield payload
-                    assign(slot)
+                    task = slot.tasks.pop(payload.index, None)
+                    if task is not None:
+                        ledger.done(task)
+                    yield recorded(payload)
+                    assign_all()
+                elif kind == "started":  # a worker process began an attempt (thread workers count themselves)
+                    if payload in slot.tasks:
+                        ledger.start(slot.tasks[payload])
+                elif kind == "failed":  # a worker process's attempt failed: attempt it again, or record it
+                    index, why = payload
+                    task = slot.tasks.pop(index, None)
+                    if task is not None:
+                        res = ledger.fail(task, why)
+                        if res is not None:
+                            yield recorded(res)
+                        else:
+                            pending.appendleft(task)
+                        assign_all()
                 elif kind == "error":
                     raise OutputError(f"a worker could not start: {payload}")
                 elif kind == "fatal":
                     raise OutputError(payload)
+                elif kind == "device":
+                    log.error("worker %d stopped on a device fault: %s", slot.wid, payload)
+                    yield from lost(slot, f"device fault: {payload}")
                 elif kind == "crash":
-                    slot.exited = True
                     log.error("worker %d crashed:\n%s", slot.wid, payload)
                     yield from lost(slot, payload.strip().splitlines()[-1])
                 elif kind == "exit":
@@ -288,10 +360,19 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
 
 
 class _PipeOutbox:
-    """A worker process's end of its report pipe, with a queue's ``put``."""
+    """A worker process's end of its report pipe, with a queue's ``put``; safe from several threads
+    (the stream's feed thread reports attempts while the runner's thread reports results)."""
 
     def __init__(self, conn) -> None:
         self.conn = conn
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"conn": self.conn}
+
+    def __setstate__(self, state: dict) -> None:
+        self.conn, self._lock = state["conn"], threading.Lock()
 
     def put(self, msg) -> None:
-        self.conn.send(msg)
+        with self._lock:
+            self.conn.send(msg)
