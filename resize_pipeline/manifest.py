@@ -57,11 +57,8 @@ def run_record(config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
     names of the shard files this run writes (what ``--overwrite`` may later remove)."""
     output = config.output_dict()
     # knobs that cannot change this job's bytes do not block its resume
-    if resolved.precision is None:
-        output.pop("precision", None)
-        output.pop("compile", None)
-    if resolved.decoder != "dali-mixed":
-        output.pop("hw_decoder_load", None)
+    for name in resolved.unused_output_options():
+        output.pop(name, None)
     output["resolved"] = resolved.output_dict()
     return {
         "fingerprint": digest(output),
@@ -205,6 +202,12 @@ def finalize(
     by_stage: dict[str, int] = {}
     for e in errors:
         by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
+    paths: dict[str, dict[str, int]] = {}  # how the samples went where a stage had a choice
+    for r in results:
+        for column, counts in r.paths.items():
+            into = paths.setdefault(column, {})
+            for how, k in counts.items():
+                into[how] = into.get(how, 0) + k
     manifest = {
         "tool": "resize_pipeline",
         "version": __version__,
@@ -219,6 +222,7 @@ def finalize(
             {"name": r.name, "index": r.index, "total": r.total, "written": r.written, "failed": r.failed}
             for r in results
         ],
+        "paths": {k: dict(sorted(v.items())) for k, v in sorted(paths.items())},
         "formats": list(config.formats),
         "encode": config.encode,
         "size": list(config.size),

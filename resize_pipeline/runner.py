@@ -31,7 +31,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -49,6 +49,8 @@ from resize_pipeline.urls import is_remote_url
 log = logging.getLogger(__name__)
 
 #: the batch columns a written sample is made of (`ShardRunner._write`)
+#: per-sample columns saying which way a stage went where it had a choice (`ShardResult.paths`)
+PATH_COLUMNS = ("decoded_by", "resized_by")
 _WRITE_COLUMNS = ("key", "url", "payload", "width", "height", "orig_width", "orig_height", "label",
                   "label_name", "meta")
 
@@ -144,6 +146,8 @@ class _Shard:
     t0: float = field(default_factory=time.perf_counter)
     errors: list[dict[str, str]] = field(default_factory=list)
     written: int = 0
+    #: per path column (`PATH_COLUMNS`), how many of its samples went each way
+    paths: dict[str, Counter] = field(default_factory=dict)
     #: shared with the attempt's works: once failed, its remaining batches skip every step
     state: Attempt = field(default_factory=Attempt)
 
@@ -257,6 +261,10 @@ class ShardRunner:
         # The hot path of a GPU worker (~20k samples/s through one process, under the GIL): columns
         # become Python lists once per batch, not element by element.
         ext, writers = self.config.encode, shard.writers
+        for name in PATH_COLUMNS:
+            if name in batch:
+                counts = shard.paths.setdefault(name, Counter())
+                counts.update(v for v in batch[name].tolist() if v)
         cols = {k: batch[k].tolist() for k in _WRITE_COLUMNS}
         for i, err in enumerate(batch["error"].tolist()):
             if err:
@@ -277,7 +285,8 @@ class ShardRunner:
         files = [f.to_dict() for w in shard.writers for f in w.close()]
         t = shard.task
         result = ShardResult(t.index, t.name, t.size, shard.written, len(shard.errors), files,
-                             shard.errors, time.perf_counter() - shard.t0, self.built)
+                             shard.errors, time.perf_counter() - shard.t0, self.built,
+                             {k: dict(sorted(v.items())) for k, v in sorted(shard.paths.items()) if v})
         self.dest.write_json(result.to_dict(), *stats_name(t.name))
         return result
 
