@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 from PIL import Image  # noqa: E402
 
 from resize_pipeline.decode import PillowDecoder, get_decoder  # noqa: E402
-from resize_pipeline.decode import dali as dali_mod  # noqa: E402
 from resize_pipeline.decode.dali import DaliDecoder  # noqa: E402
 from resize_pipeline.decode.probe import probe  # noqa: E402
 from resize_pipeline.errors import ImageTooLarge, SampleError  # noqa: E402
@@ -431,10 +430,9 @@ def test_auto_picks_cpu_dali_without_gpu():
 
 def test_missing_dali_install(monkeypatch):
     from resize_pipeline.config import ConvertConfig
+    from resize_pipeline.decode import dali_graph
     from resize_pipeline.errors import ConfigError
     from resize_pipeline.preflight import resolve
-
-    from resize_pipeline.decode import dali_graph
 
     monkeypatch.setattr(dali_graph, "dali_installed", lambda: False)
     assert resolve(ConvertConfig("/src", "/dst", decoder="auto")).decoder == "pillow"
