@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--sample-threads", type=int, default=None,
+                    help="one torch thread per sample, this many samples at once (the pipeline's CPU way)")
     args = ap.parse_args()
 
     from PIL import Image
@@ -39,13 +41,14 @@ def main() -> None:
     images = [np.asarray(Image.fromarray(np.ascontiguousarray(photos[i % len(photos)][:, :, :3])).resize((800, 600)))
               for i in range(args.n)]
     ops = [plan_resize(800, 600, (224, 224), "center-crop")] * args.n
-    r = LearnedResizer(device="cpu", batch_size=args.batch, precision=args.precision, threads=args.threads)
+    r = LearnedResizer(device="cpu", batch_size=args.batch, precision=args.precision, threads=args.threads,
+                       sample_threads=args.sample_threads)
     r.resize(images[: args.batch], ops[: args.batch])  # warm-up
     t = time.perf_counter()
     for s in range(0, args.n, args.batch):
         r.resize(images[s : s + args.batch], ops[s : s + args.batch])
     dt = time.perf_counter() - t
-    print(f"{r.precision} {args.n / dt:.2f} img/s")
+    print(f"{r.precision} sample_threads={args.sample_threads} {args.n / dt:.2f} img/s")
 
 
 if __name__ == "__main__":

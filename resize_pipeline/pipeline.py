@@ -46,7 +46,9 @@ def build_resizer(config, resolved, device: str, threads: int):
     return LearnedResizer(resolved.resizer["path"], device=device if gpu else "cpu",
                           batch_size=config.batch_size, precision=resolved.precision,
                           compile=config.compile, threads=threads, channels_last=config.channels_last,
-                          cuda_graphs=config.cuda_graphs and gpu, graph_shapes=graph_shapes(config) if gpu else ())
+                          cuda_graphs=config.cuda_graphs and gpu, graph_shapes=graph_shapes(config) if gpu else (),
+                          # on a CPU: bytes independent of the worker layout (one torch thread per sample)
+                          sample_threads=None if gpu else threads)
 
 
 def build_stages(config, resolved, device: str = "cpu", threads: int = 1) -> Stages:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from resize_pipeline.attempts import AttemptLedger, ForwardingLedger
-from resize_pipeline.devices import Placement, gpu_count, parse_device, place_workers
+from resize_pipeline.devices import Placement, gpu_count, gpu_memory_mib, parse_device, place_workers
 from resize_pipeline.errors import DeviceFault, OutputError, ResizePipelineError
 from resize_pipeline.shards import ShardResult, ShardTask
 from resize_pipeline.urls import is_in_process_url
@@ -115,21 +115,78 @@ def _mp_context():
 #: on a GPU job, one worker process per this many CPU cores of each GPU's share: one process's host
 #: side (read, probe, encode, write) is capped by its GIL near 3k img/s on the 2-core sandbox (1 -> 2
 #: threads: 0.84x; 1 -> 2 processes: 1.83x, docs/benchmarks.md), far below what one GPU decodes, so a
-#: GPU is fed by several processes (each its own CUDA context, DALI pipeline and CNN)
+#: GPU is fed by several processes (each its own CUDA context, DALI pipeline and CNN), as many as its
+#: memory holds (`processes_per_gpu`)
 CORES_PER_GPU_WORKER = 4
+#: share of a GPU's memory the worker processes on it may plan to use together
+GPU_MEMORY_SHARE = 0.8
+#: the parts of one worker process's GPU memory (MiB) that do not scale with the batch. ESTIMATES, not
+#: measured: the first GPU run (`benchmarks/gpu_suite.py`, rows "convert ..., N processes per GPU":
+#: peak device memory per process) settles them
+CUDA_CONTEXT_MIB = 600  # the CUDA context with torch's and DALI's kernels loaded
+CUDNN_WORKSPACE_MIB = 256
+DALI_FIXED_MIB = 256  # nvJPEG handles and padding (16 MiB per buffer), DALI's pools' slack
+#: decoded pixels per image DALI holds (full-size decode, ~1 MP ImageNet-like inputs, RGB), and the
+#: learned resizer's live activations per input pixel (16 channels fp16, ~3 live tensors, the float
+#: input): bytes
+DALI_DECODED_BYTES = 1_500_000 * 3
+CNN_BYTES_PER_INPUT_PIXEL = 16 * 2 * 3 + 3 * 4
+
+
+def estimate_worker_gpu_mib(config, resolved) -> dict[str, int]:
+    """An estimate of one worker process's GPU memory (MiB), by part; see the constants above."""
+    b = config.batch_size
+    parts = {"cuda_context": CUDA_CONTEXT_MIB}
+    if resolved.decoder == "dali-mixed":
+        out_w, out_h = config.size
+        scale = float(resolved.resizer.get("input_scale", 1.0)) if resolved.precision is not None else 1.0
+        resized = out_w * out_h * scale * scale * 3
+        # one run in flight + the batch handed to torch (decode outputs and the resized copy)
+        parts["dali"] = DALI_FIXED_MIB + int(2 * b * (DALI_DECODED_BYTES + resized) / 2**20)
+    if resolved.precision is not None:
+        out_w, out_h = config.size
+        scale = float(resolved.resizer.get("input_scale", 2.0))
+        pixels = out_w * out_h * scale * scale
+        parts["cnn"] = CUDNN_WORKSPACE_MIB + int(b * pixels * CNN_BYTES_PER_INPUT_PIXEL / 2**20)
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def processes_per_gpu(config, resolved, gpus: int) -> int:
+    """Worker processes per GPU on a GPU job: one per `CORES_PER_GPU_WORKER` cores of its share, at
+    most as many as `GPU_MEMORY_SHARE` of its memory holds by `estimate_worker_gpu_mib` (logged)."""
+    by_cores = max(1, (os.cpu_count() or 1) // gpus // CORES_PER_GPU_WORKER)
+    total = gpu_memory_mib(0)
+    estimate = estimate_worker_gpu_mib(config, resolved)
+    if total is None:
+        log.info("GPU memory unknown (no nvidia-smi): %d worker process(es) per GPU by cores; estimated %d MiB "
+                 "each %s", by_cores, estimate["total"], estimate)
+        return by_cores
+    by_memory = max(1, int(total * GPU_MEMORY_SHARE // estimate["total"]))
+    chosen = min(by_cores, by_memory)
+    log.info("GPU memory %d MiB; one worker process estimated at %d MiB %s: %d process(es) fit, %d by cores: "
+             "%d per GPU", total, estimate["total"], estimate, by_memory, by_cores, chosen)
+    return chosen
 
 
 def plan_workers(config, resolved, n_tasks: int) -> tuple[int, str]:
-    """(worker count, ``process`` | ``thread``): one per CPU core; on a GPU job, for each GPU one
-    worker process per `CORES_PER_GPU_WORKER` cores of its share (at least one)."""
+    """(worker count, ``process`` | ``thread``): one per CPU core; on a GPU job, for each GPU
+    `processes_per_gpu` worker processes (at least one)."""
     workers = config.workers
     if not workers:
         if resolved.uses_gpu:
             _, index = parse_device(resolved.device)
             gpus = 1 if index is not None else max(1, gpu_count())
-            workers = gpus * max(1, (os.cpu_count() or 1) // gpus // CORES_PER_GPU_WORKER)
+            workers = gpus * processes_per_gpu(config, resolved, gpus)
         else:
             workers = config.num_workers
+    elif resolved.uses_gpu:
+        _, index = parse_device(resolved.device)
+        gpus = 1 if index is not None else max(1, gpu_count())
+        total, est = gpu_memory_mib(0), estimate_worker_gpu_mib(config, resolved)["total"]
+        if total is not None and -(-workers // gpus) * est > total * GPU_MEMORY_SHARE:
+            log.warning("--workers %d puts %d process(es) on a GPU of %d MiB; each is estimated at %d MiB: "
+                        "it may run out of GPU memory", workers, -(-workers // gpus), total, est)
     workers = max(1, min(workers, n_tasks))
     parallelism = config.parallelism
     if workers > 1 and parallelism == "process" and (is_in_process_url(config.source) or

@@ -62,6 +62,12 @@ class LearnedResizer(Resizer):
         graph_shapes: the (w, h) output sizes whose CNN runs as a CUDA graph (the input is
             `input_size` of each); empty: every call eager. The pipeline passes its one output size in
             the fixed-size modes (center-crop, stretch).
+        sample_threads: on a CPU, run the CNN one sample at a time with one torch thread, this many
+            samples at once in a thread pool (the pipeline's way). torch's CPU kernels split an op
+            over its intra-op threads and round differently at the split points (1 grey level on a few
+            pixels, bf16 and fp32, measured), so batched multi-threaded output depends on how many
+            threads a worker has, i.e. on the worker count; one sample on one thread does not. This
+            sets torch's thread count of the process to 1. None: batched, torch's threads as they are.
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class LearnedResizer(Resizer):
         threads: int | None = None,
         cuda_graphs: bool = True,
         graph_shapes: Sequence[tuple[int, int]] = (),
+        sample_threads: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -85,7 +92,13 @@ class LearnedResizer(Resizer):
         module, meta = load_resizer_module(self.path)
         self.meta: dict[str, Any] = meta
         self.device = resolve_device(device)
-        if threads:
+        self._pool = None
+        if sample_threads and self.device.type == "cpu":
+            from concurrent.futures import ThreadPoolExecutor
+
+            torch.set_num_threads(1)
+            self._pool = ThreadPoolExecutor(int(sample_threads), thread_name_prefix="resizer")
+        elif threads:
             torch.set_num_threads(threads)
         self.channels_last = channels_last
         module = module.to(self.device)
@@ -143,13 +156,15 @@ class LearnedResizer(Resizer):
                 raise ValueError(f"resizer {self.path} returned shape {tuple(y.shape)} for input "
                                  f"{tuple(x.shape)}; expected ({x.shape[0]}, 3, {h}, {w})")
             return y
+        if self._pool is not None and x.shape[0] > 1:  # one sample per call: see `sample_threads`
+            return torch.cat(list(self._pool.map(lambda k: self.resize_tensor(x[k : k + 1], size), range(x.shape[0]))))
         with torch.inference_mode():
             x = x.to(self.device, non_blocking=True)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
-                if self._amp_dtype is not None:
+                if self._amp_dtype is not None:  # autocast is per thread: entered in the calling one
                     with torch.autocast(self.device.type, dtype=self._amp_dtype):
                         y = self.module(x, (h, w))
                 else:
@@ -192,7 +207,7 @@ class LearnedResizer(Resizer):
         for size, idx in groups.items():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
-                bucket = self._bucket(len(chunk))
+                bucket = len(chunk) if self._pool is not None else self._bucket(len(chunk))  # no padding per sample
                 batch = np.stack([prepared[i] for i in chunk])
                 if bucket > len(chunk):  # zeros: samples are independent (BN folded, eval mode)
                     pad = np.zeros((bucket - len(chunk), *batch.shape[1:]), np.uint8)
