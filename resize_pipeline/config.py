@@ -395,7 +395,7 @@ class ConvertConfig:
     decoder: str = _opt("pillow", kind=Str(choices=_decoders), help=(
         "auto: DALI mixed (nvJPEG) on a GPU, else DALI CPU-only, else Pillow"))
     precision: str = _opt("auto", kind=Str(choices=PRECISIONS), help=(
-        "learned resizer precision (auto: bf16, else fp16, on CUDA; bf16 on CPUs with native bf16, else fp32)"))
+        "learned resizer precision (auto: fp16 on a GPU; bf16 on CPUs with native bf16, else fp32)"))
     compile: bool = _opt(False, kind=Bool(), help="torch.compile the learned resizer")
     hw_decoder_load: float = _opt(0.65, kind=Float(0.0, 1.0), metavar="SHARE", help=(
         "share of JPEGs the DALI mixed decoder gives the GPU's hardware JPEG decoder (where it has one)"))

@@ -1,16 +1,18 @@
 """`CudaLane`: one GPU as a worker's GPU stages use it: its device set in every thread that touches it,
 explicit streams, and events recorded on the stream that did the work.
 
-Why (PyTorch's CUDA semantics, "CUDA semantics" notes): the current device and the current stream are
-per thread, and a new thread starts on device 0 with its default stream. A worker's GPU stages run in
+Why: the current device is per host thread (CUDA runtime, ``cudaSetDevice``: "the device ... for the
+calling host thread"; torch's current stream follows it, per thread too), and a new thread starts
+on device 0 with its default stream. A worker's GPU stages run in
 several threads (the stream's decode step and resize step each have one, `stream.chain`); on
 ``--device cuda:N`` with N >= 1, anything left to the defaults lands on GPU 0: an event made with
 ``torch.cuda.Event()`` and ``record()`` is recorded on GPU 0's current stream, so waiting on it does
 not wait for the copy that ran on GPU N; ``torch.cuda.graph``'s default capture stream is created on
 whatever device was current at its first use. So every GPU call of the fused stage runs inside
 `on` (the lane's device, one of its streams), and every wait is on an event recorded on the stream
-that did the work (`mark`), made with ``blocking=True`` so that the host sleeps in
-``synchronize()`` instead of spinning on the cores the encoder needs.
+that did the work (`mark`), made with ``blocking=True`` (``cudaEventBlockingSync``): "If the
+cudaEventBlockingSync flag has not been set, then the CPU thread will busy-wait until the event has
+been completed" (CUDA runtime, ``cudaEventSynchronize``), on the cores the encoder needs.
 
 Two streams: ``decode`` (DALI's outputs are handed to torch on it: `decode.dali.to_torch`) and
 ``compute`` (the CNN and the device-to-host copy). The compute stream waits for the decode stream's

@@ -171,7 +171,10 @@ CONTRACT = ["--size", "--mode", "--resizer", "--format", "--encode", "--quality"
             "-q", "--quiet", "--config"]
 NEW = ["--precision", "--compile", "--no-compile", "--hw-decoder-load", "--ray-gpus-per-actor",
        "--ray-cpus-per-actor", "--ray-max-task-retries", "--ray-ship-code", "--no-ray-ship-code",
-       "--read-timeout", "--dry-run"]
+       "--read-timeout", "--dry-run",
+       # issue 17: GPU-path options that could not be set, and the attempt cap
+       "--cuda-graphs", "--no-cuda-graphs", "--channels-last", "--no-channels-last", "--jpeg-fancy-upsampling",
+       "--no-jpeg-fancy-upsampling", "--shard-attempts"]
 
 
 def test_flag_spellings():

@@ -192,3 +192,28 @@ def test_a_device_fault_ends_a_worker_process_and_another_converts_its_shard(ima
     m = json.loads((dst / "_manifest.json").read_text())
     assert (m["counts"]["written"], m["counts"]["failed"]) == (10, 0)
     assert _tars(dst) == _tars(ref)
+
+
+def test_a_gpu_that_cannot_be_used_again_ends_the_job_with_one_line(image_folder, tmp_path, script, monkeypatch):
+    """In-process: after a device fault no new worker can be built (the CUDA context is gone): the job
+    stops with a job error (exit 2, one line), the shards done so far kept for a rerun."""
+    from resize_pipeline.errors import OutputError
+    from resize_pipeline.runner import ShardRunner
+
+    key = list_source(str(image_folder)).items[5].key
+    script(key, ["device"])
+    real, made = ShardRunner.__init__, []
+
+    def init(self, *a, **kw):
+        made.append(1)
+        if len(made) > 1:
+            raise RuntimeError("CUDA error: no CUDA-capable device is detected")
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(ShardRunner, "__init__", init)
+    dst = tmp_path / "out"
+    with pytest.raises(OutputError, match="no worker could be built again") as info:
+        convert(_cfg(image_folder, dst))
+    assert "\n" not in str(info.value) and "rerun the same command" in str(info.value)
+    assert (dst / "_stats" / "shard-00000.json").exists()  # what was committed stays
+    assert not (dst / "_manifest.json").exists()
