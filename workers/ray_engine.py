@@ -267,8 +267,16 @@ def worker_environment(cluster_gpus: int) -> dict[str, bool]:
     driver's environment: the driver may lack DALI that the workers have, or have it where they do not."""
     from resize_pipeline.preflight import worker_environment_here
 
-    probe = ray.remote(num_cpus=0, num_gpus=1e-3 if cluster_gpus else 0, max_retries=1)(worker_environment_here)
-    env = ray.get(probe.remote())
+    options: dict[str, Any] = {}
+    gpu_nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
+    if cluster_gpus and gpu_nodes:
+        # placed by node, not by a GPU share: a share would hold a GPU until Ray returns the worker's
+        # lease, and an actor that wants the whole GPU would wait for it
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(gpu_nodes[0], soft=False)
+    probe = ray.remote(num_cpus=0, num_gpus=0, max_retries=1)(worker_environment_here)
+    env = ray.get(probe.options(**options).remote())
     log.info("ray workers can import: %s", env)
     return env
 
