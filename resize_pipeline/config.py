@@ -477,10 +477,24 @@ class ConvertConfig:
     decoder: str = _opt("pillow", kind=Str(choices=_decoders), help=(
         "auto: DALI mixed (nvJPEG) on a GPU, else DALI CPU-only, else Pillow"))
     precision: str = _opt("auto", kind=Str(choices=PRECISIONS), help=(
-        "learned resizer precision (auto: bf16, else fp16, on CUDA; bf16 on CPUs with native bf16, else fp32)"))
+        "learned resizer precision (auto: fp16 on a GPU; bf16 on CPUs with native bf16, else fp32)"))
     compile: bool = _opt(False, kind=Bool(), help="torch.compile the learned resizer")
     hw_decoder_load: float = _opt(0.65, kind=Float(0.0, 1.0), metavar="SHARE", help=(
         "share of JPEGs the DALI mixed decoder gives the GPU's hardware JPEG decoder (where it has one)"))
+    # --- the GPU path and shard attempts (issue 17). Output options that only matter on some paths
+    # (the learned resizer, the GPU, DALI mixed) are dropped from a run's fingerprint elsewhere
+    # (`manifest.run_record`), so they never block the resume of a job they cannot change ---
+    cuda_graphs: bool = _opt(True, kind=Bool(), help=(
+        "learned resizer on a GPU: run the CNN as CUDA graphs captured at start-up (fixed-shape modes "
+        "center-crop and stretch; other modes run eagerly); --no-cuda-graphs: always eager"))
+    channels_last: bool = _opt(True, kind=Bool(), help=(
+        "learned resizer: channels_last memory layout (the fast layout for fp16/bf16 convolutions)"))
+    jpeg_fancy_upsampling: bool = _opt(True, kind=Bool(), help=(
+        "DALI mixed (nvJPEG) decoder: upsample chroma like libjpeg-turbo/Pillow (DALI's own default is "
+        "off: faster, but GPU and CPU decodes then differ)"))
+    shard_attempts: int = _run(3, kind=Int(1, 100), metavar="N", help=(
+        "attempts per shard (a failed stage or write, a GPU fault, a worker that died) before its inputs "
+        "are recorded as failed (stage shard; a rerun attempts them again)"))
     path_column: str | None = _opt(None, kind=Str(), optional=True, metavar="NAME",
                                    default_text="path, url, file, ...", help="manifest column holding paths")
     label_column: str | None = _opt(None, kind=Str(), optional=True, metavar="NAME",

@@ -124,7 +124,12 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
     else:
         cluster = contextlib.nullcontext(None)
     with cluster as cluster_gpus:
-        resolved = resolve(config, gpus=cluster_gpus, checked=checked)
+        worker_env = None
+        if config.engine == "ray":  # the actors' environment decides (DALI, OpenCV), not this process's
+            from workers.ray_engine import worker_environment
+
+            worker_env = worker_environment(cluster_gpus)
+        resolved = resolve(config, gpus=cluster_gpus, checked=checked, worker_env=worker_env)
         return _convert(config, resolved, t0, progress)
 
 

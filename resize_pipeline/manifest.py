@@ -50,11 +50,8 @@ def run_record(config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
     names of the shard files this run writes (what ``--overwrite`` may later remove)."""
     output = config.output_dict()
     # knobs that cannot change this job's bytes do not block its resume
-    if resolved.precision is None:
-        output.pop("precision", None)
-        output.pop("compile", None)
-    if resolved.decoder != "dali-mixed":
-        output.pop("hw_decoder_load", None)
+    for name in resolved.unused_output_options():
+        output.pop(name, None)
     output["resolved"] = resolved.output_dict()
     return {
         "fingerprint": digest(output),
@@ -76,6 +73,32 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         elif a != b:
             out.append(k)
     return out
+
+
+def _known_to(new: Any, old: Any) -> Any:
+    """`new` without the keys that `old` does not have (at any depth)."""
+    if not isinstance(new, dict) or not isinstance(old, dict):
+        return new
+    return {k: _known_to(v, old[k]) for k, v in new.items() if k in old}
+
+
+def same_output(old: dict[str, Any], run: dict[str, Any]) -> bool:
+    """Whether the earlier run record `old` makes the same bytes as `run`.
+
+    Equal fingerprints, or a record of an earlier version that did not yet record some of today's
+    choices (a field that version did not have, e.g. the JPEG backend): then the fingerprint of
+    today's choices restricted to the fields it recorded must equal its own. A field both know and
+    that differs is always a different config."""
+    if old.get("fingerprint") == run["fingerprint"]:
+        return True
+    then = old.get("config")
+    if not isinstance(then, dict):
+        return False
+    if digest(_known_to(run["config"], then)) != old.get("fingerprint"):
+        return False
+    log.warning("resuming output of version %s, which did not record %s; recorded from now on",
+                old.get("version"), ", ".join(_diff(then, run["config"])))
+    return True
 
 
 @dataclass(slots=True)
@@ -126,7 +149,7 @@ def inspect_dest(dest: Dest, config, run: dict[str, Any]) -> DestState:
         return DestState(None, entries)
     if config.overwrite:
         return DestState(old, entries)
-    if old.get("fingerprint") != run["fingerprint"]:
+    if not same_output(old, run):
         fields = ", ".join(_diff(old.get("config", {}) if isinstance(old.get("config"), dict) else {},
                                  run["config"])) or "config"
         raise OutputError(
@@ -206,6 +229,12 @@ def finalize(
     by_stage: dict[str, int] = {}
     for e in errors:
         by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
+    paths: dict[str, dict[str, int]] = {}  # how the samples went where a stage had a choice
+    for r in results:
+        for column, counts in r.paths.items():
+            into = paths.setdefault(column, {})
+            for how, k in counts.items():
+                into[how] = into.get(how, 0) + k
     manifest = {
         "tool": "resize_pipeline",
         "version": __version__,
@@ -222,6 +251,7 @@ def finalize(
             {"name": r.name, "index": r.index, "total": r.total, "written": r.written, "failed": r.failed}
             for r in results
         ],
+        "paths": {k: dict(sorted(v.items())) for k, v in sorted(paths.items())},
         "formats": list(config.formats),
         "encode": config.encode,
         "size": list(config.size),

@@ -78,7 +78,9 @@ class ShardResult:
     """What one shard produced: its files, counts and the failed inputs with reasons.
 
     `built` (what the worker that converted it built: decoder, resizer, device, precision) travels
-    to the driver for the manifest; it is not part of the stats file.
+    to the driver for the manifest; it is not part of the stats file. `paths` counts, per column
+    (``decoded_by``, ``resized_by``), how its samples went where a stage had a choice (DALI or Pillow,
+    a Pillow fallback, a CUDA graph or eager): in the stats file when there was any.
     """
 
     index: int
@@ -90,9 +92,10 @@ class ShardResult:
     errors: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     built: dict[str, Any] | None = None
+    paths: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "index": self.index,
             "name": self.name,
             "total": self.total,
@@ -101,10 +104,17 @@ class ShardResult:
             "files": self.files,
             "errors": self.errors,
         }  # no timings: stats (and so reruns) stay byte-identical
+        if self.paths:
+            out["paths"] = self.paths
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShardResult:
-        return cls(**{k: d[k] for k in ("index", "name", "total", "written", "failed", "files", "errors")})
+        res = cls(**{k: d[k] for k in ("index", "name", "total", "written", "failed", "files", "errors")})
+        paths = d.get("paths")
+        if isinstance(paths, dict):
+            res.paths = paths
+        return res
 
 
 def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefix: str = "shard") -> list[ShardTask]:

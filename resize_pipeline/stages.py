@@ -272,8 +272,10 @@ class DecodeStage(ThreadChunks):
         self.decoder = decoder
         self.as_image = as_image and isinstance(decoder, PillowDecoder)
         self.size, self.mode, self.input_scale = size, mode, input_scale
+        from resize_pipeline.decode import decoder_spec
+
         # DALI runs its own thread pool; Pillow decodes are spread over ours
-        self.threads = 1 if decoder.name.startswith("dali") else max(1, int(threads))
+        self.threads = 1 if decoder_spec(decoder.name).own_threads else max(1, int(threads))
 
     def size_request(self, w: int, h: int) -> tuple[int, int]:
         return draft_request(w, h, plan_resize(w, h, self.size, self.mode), self.input_scale)
@@ -287,8 +289,12 @@ class DecodeStage(ThreadChunks):
         blobs = [batch["data"][i] for i in rows]
         if "probe" in batch:  # DALI: the read stage pre-screened the headers
             probes = [batch["probe"][i] for i in rows]
+            paths: list = []
             decoded = [r if isinstance(r, Exception) else (r, (r.shape[1], r.shape[0]))
-                       for r in self.decoder.decode(blobs, self.size_request, probes=probes)]
+                       for r in self.decoder.decode(blobs, self.size_request, probes=probes, paths=paths)]
+            batch["decoded_by"] = objects([""] * n)
+            for i, path in zip(rows, paths, strict=True):
+                batch["decoded_by"][i] = path or ""
         elif self.as_image:
             decoded = self.chunked(lambda part: self.decoder.decode_sized(part, self.size_request, as_image=True),
                                    blobs)

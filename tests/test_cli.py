@@ -173,7 +173,10 @@ CONTRACT = ["--size", "--mode", "--resizer", "--format", "--encode", "--quality"
 NEW = ["--precision", "--compile", "--no-compile", "--hw-decoder-load", "--ray-gpus-per-actor",
        "--ray-cpus-per-actor", "--ray-max-task-retries", "--ray-ship-code", "--no-ray-ship-code",
        "--read-timeout", "--dry-run",
-       "--max-batch-pixels", "--max-bytes", "--io-timeout"]  # issue 20: the names the issue spells out
+       "--max-batch-pixels", "--max-bytes", "--io-timeout",  # issue 20: the names the issue spells out
+       # issue 17: GPU-path options that could not be set, and the attempt cap
+       "--cuda-graphs", "--no-cuda-graphs", "--channels-last", "--no-channels-last", "--jpeg-fancy-upsampling",
+       "--no-jpeg-fancy-upsampling", "--shard-attempts"]
 
 
 def test_flag_spellings():

@@ -137,6 +137,12 @@ BAD_VALUES = [
     ("ray_ship_code", "1", "ray_ship_code must be true or false, got the string '1'"),
     ("storage_options", [1], "storage_options must be a mapping"),
     ("storage_options", {1: 2}, "storage_options must be a mapping with string keys"),
+    ("cuda_graphs", "false", "config: cuda_graphs must be true or false, got the string 'false'"),
+    ("channels_last", 0, "channels_last must be true or false"),
+    ("jpeg_fancy_upsampling", None, "jpeg_fancy_upsampling must be true or false, got null"),
+    ("shard_attempts", 0, "config: shard_attempts must be an integer in 1..100, got the integer 0"),
+    ("shard_attempts", 101, "shard_attempts must be an integer in 1..100"),
+    ("shard_attempts", "3", "shard_attempts must be an integer, got the string '3'"),
 ]
 
 
@@ -196,10 +202,12 @@ OTHER_VALUES = {
     "io_timeout": None, "dry_run": True, "overwrite": True,
     "quiet": True, "storage_options": {"anon": True}, "ray_gpus_per_actor": 0.5, "ray_cpus_per_actor": 2,
     "ray_max_task_retries": 3, "ray_ship_code": True, "dest": "elsewhere",
+    "cuda_graphs": False, "channels_last": False, "jpeg_fancy_upsampling": False, "shard_attempts": 5,
 }
 OUTPUT = {"size", "mode", "resizer", "format", "encode", "quality", "samples_per_shard", "max_shard_bytes",
           "shard_prefix", "background", "pad_color", "max_pixels", "draft", "decoder", "precision", "compile",
-          "hw_decoder_load", "path_column", "label_column", "row_group_size", "source"}
+          "hw_decoder_load", "path_column", "label_column", "row_group_size", "source",
+          "cuda_graphs", "channels_last", "jpeg_fancy_upsampling"}
 
 
 def test_output_flags_are_the_documented_ones():

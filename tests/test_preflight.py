@@ -3,6 +3,7 @@ engine, worker count and parallelism; and what the driver resolves is what the w
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -100,10 +101,12 @@ def test_config_error_exits_2_and_leaves_dest_untouched(case, engine, image_fold
     if case == "no GPU" and engine == "ray":
         pytest.skip("a cluster's GPUs are known once connected (Ray then prints its own start-up lines); "
                     "the decision itself is tested in test_resolution_on_a_gpu_machine_decides_for_the_workers")
-    if case == "DALI missing":
-        from resize_pipeline.decode import dali
+    if case == "DALI missing" and engine == "ray":
+        _hide_dali_from_ray_workers(tmp_path, monkeypatch)  # the actors decide (finding 10), not this process
+    elif case == "DALI missing":
+        from resize_pipeline.decode import dali_graph
 
-        monkeypatch.setattr(dali, "dali_installed", lambda: False)
+        monkeypatch.setattr(dali_graph, "dali_installed", lambda: False)
     if case == "GPU index" and engine == "ray":
         expected = "each actor gets its own GPU"
     else:
@@ -113,10 +116,41 @@ def test_config_error_exits_2_and_leaves_dest_untouched(case, engine, image_fold
     rc = main(["convert", str(image_folder), str(dest), "-q", *args(tmp_path), *ENGINES[engine]])
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
+    if engine == "ray" and case == "DALI missing":  # decided once connected: Ray's own start-up lines come first
+        lines = [ln for ln in lines if not re.match(r"\d{4}-\d\d-\d\d [\d:,]+\s+(INFO|WARNING) \S+ -- ", ln)]
     assert rc == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("resize-pipeline") and expected in lines[0], lines[0]
     assert not dest.exists(), "a config error must not create DEST"
+
+
+def _hide_dali_from_ray_workers(tmp_path, monkeypatch) -> None:
+    """Ray workers started from here see an ``nvidia`` package without DALI (a package that fails to
+    import, first on their PYTHONPATH); this process keeps its own, working DALI."""
+    fake = tmp_path / "no_dali" / "nvidia"
+    (fake / "dali").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "dali" / "__init__.py").write_text("raise ImportError('DALI is not installed on this worker')\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake.parent))
+
+
+@pytest.mark.ray
+def test_ray_asks_the_workers_whether_they_have_dali(image_folder, tmp_path, monkeypatch):
+    """Finding 10: with the Ray engine the actors' environment decides whether DALI can be used. A
+    driver without DALI (here: made to look so) runs ``--decoder dali`` on workers that have it; the
+    workers say what they built."""
+    pytest.importorskip("ray")
+    from resize_pipeline.decode import dali_graph
+
+    monkeypatch.setattr(dali_graph, "dali_installed", lambda: False)
+    dest = tmp_path / "out"
+    rc = main(["convert", str(image_folder), str(dest), "-q", "--size", "32", "--decoder", "dali",
+               "--engine", "ray", "--workers", "1"])
+    assert rc == 0
+    import json
+
+    comp = json.loads((dest / "_manifest.json").read_text())["components"]
+    assert comp["resolved"]["decoder"] == "dali-cpu" and comp["decoder"]["name"] == "dali-cpu"
 
 
 def test_a_corrected_rerun_is_not_refused(image_folder, tmp_path, capsys):

@@ -6,7 +6,8 @@ actor pool. The actor builds one `ShardRunner` (decoder, resizer model) and runs
 result. The engine lets two calls run at once per actor, so the next shard streams in behind the
 current one instead of the stream draining between calls. The runner commits each shard
 atomically, its stats file last, and retries-then-records failing shards exactly as the local
-engine does. A shard whose actor *dies* is Ray's to retry; it comes out byte-identical.
+engine does. A device fault (`errors.DeviceFault`) ends the actor's process, as the local engine ends
+a worker: a shard whose actor *dies* is Ray's to retry; it comes out byte-identical.
 
 Shard tasks travel as compact rows (``index``, ``name``, zlib-compressed JSON of the items), so
 thousands of shards of thousands of inputs stay small in the object store.
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from resize_pipeline.batch import item_rows, objects
+from resize_pipeline.errors import DeviceFault
 from resize_pipeline.shards import ShardResult, ShardTask
 from resize_pipeline.sources.base import SourceItem
 
@@ -79,7 +81,13 @@ class ShardConverter:
                    for index, name, blob in zip(batch["index"], batch["name"], batch["items"], strict=True)]
         out = []
         for fut in futures:
-            result = fut.result()
+            try:
+                result = fut.result()
+            except DeviceFault as exc:
+                # the typed error policy: the actor dies (its CUDA context may be poisoned); Ray
+                # restarts it and runs its shards again (``max_restarts``/``max_task_retries``)
+                log.error("actor %d: device fault (%s); exiting so that Ray replaces this actor", os.getpid(), exc)
+                os._exit(3)
             log.debug("shard %s: %d written, %d failed", result.name, result.written, result.failed)
             out.append(result_to_json(result))
         return {"result": objects(out)}

@@ -261,6 +261,26 @@ def _results_via_cluster(config, resolved, tasks: Sequence[ShardTask]) -> Iterat
         ray.kill(driver)
 
 
+def worker_environment(cluster_gpus: int) -> dict[str, bool]:
+    """What the actors can import (DALI, OpenCV: `preflight.worker_environment_here`), asked on the
+    cluster by a task placed like the actors (on a GPU node when the cluster has GPUs), not in the
+    driver's environment: the driver may lack DALI that the workers have, or have it where they do not."""
+    from resize_pipeline.preflight import worker_environment_here
+
+    options: dict[str, Any] = {}
+    gpu_nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
+    if cluster_gpus and gpu_nodes:
+        # placed by node, not by a GPU share: a share would hold a GPU until Ray returns the worker's
+        # lease, and an actor that wants the whole GPU would wait for it
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(gpu_nodes[0], soft=False)
+    probe = ray.remote(num_cpus=0, num_gpus=0, max_retries=1)(worker_environment_here)
+    env = ray.get(probe.options(**options).remote())
+    log.info("ray workers can import: %s", env)
+    return env
+
+
 @contextlib.contextmanager
 def session(config) -> Iterator[int]:
     """Check the config for Ray, connect (``config.address``), and yield the GPUs of the cluster's

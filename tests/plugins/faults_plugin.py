@@ -16,6 +16,11 @@ sample written, the file decides what happens (read each time, so one cluster se
   folder without read permission does, also when the tests run as root);
 - ``{"lock_heartbeat": 0.2}``: the DEST lock beats every 0.2 s (instead of 10 s), so that a test sees a
   lost lock or a stale one quickly.
+- ``{"script_key": KEY, "script": ["stage", "device", "die", ...], "script_log": "/path/log"}``: each
+  time a batch holding sample KEY is decoded (`DecodeStage`), one line is appended to the log and the
+  next action of the script runs: ``stage`` raises an ordinary exception (a failed shard attempt),
+  ``device`` raises a CUDA error (a device fault), ``die`` kills the process (``os._exit(1)``);
+  past the end of the script, nothing happens. The log's line count is the number of attempts.
 
 Ray workers run `install` through ``runtime_env={"worker_process_setup_hook": "faults_plugin.install"}``;
 local worker processes through ``sitecustomize.py`` in this folder.
@@ -78,6 +83,49 @@ def install() -> None:
 
     write._faulty = True  # type: ignore[attr-defined]
     base.RollingShardWriter.write = write
+    _install_script()
+
+
+def script_step(batch) -> None:
+    """The `script` fault (see the module docstring), for a batch about to be decoded."""
+    faults = _faults()
+    key = faults.get("script_key")
+    if not key or key not in [str(k) for k in batch["key"]]:
+        return
+    log = faults["script_log"]
+    try:
+        with open(log) as fh:
+            done = len(fh.read().splitlines())
+    except FileNotFoundError:
+        done = 0
+    script = faults.get("script", [])
+    action = script[done] if done < len(script) else "pass"
+    fd = os.open(log, os.O_CREAT | os.O_APPEND | os.O_WRONLY)
+    os.write(fd, f"{os.getpid()} {action}\n".encode())
+    os.close(fd)
+    if action == "stage":
+        raise RuntimeError("injected: the stage failed")
+    if action == "device":
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+    if action == "die":
+        os._exit(1)
+
+
+def _install_script() -> None:
+    try:
+        from resize_pipeline import stages
+    except ImportError:
+        return
+    if getattr(stages.DecodeStage.__call__, "_faulty", False):
+        return
+    real = stages.DecodeStage.__call__
+
+    def call(self, batch):
+        script_step(batch)
+        return real(self, batch)
+
+    call._faulty = True  # type: ignore[attr-defined]
+    stages.DecodeStage.__call__ = call
 
 
 def _install_os_faults() -> None:

@@ -242,3 +242,39 @@ def test_different_config_is_refused_then_overwrite(tmp_path):
     )
     assert len([n for n in after if n.startswith("_stats/")]) == 3
     assert keep.read_text() == "user file"
+
+
+def test_output_of_a_version_that_recorded_fewer_choices_still_resumes(tmp_path, capsys):
+    """A `_run.json` written before a choice was fingerprinted (here: the JPEG backend, added in
+    round 3) resumes; a choice both versions recorded and that differs is still refused."""
+    import json as _json
+
+    from resize_pipeline.cli import main
+    from resize_pipeline.config import digest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (40, 30), (60 * i, 20, 200)).save(src / f"im{i}.jpg")
+    dst = tmp_path / "dst"
+    args = [str(src), str(dst), "--size", "16", "--samples-per-shard", "2", "-q"]
+    assert main(["convert", *args]) == 0
+    run_path = dst / "_run.json"
+    run = _json.loads(run_path.read_text())
+    older = dict(run)
+    older["config"] = {**run["config"], "resolved": {k: v for k, v in run["config"]["resolved"].items()
+                                                     if k != "jpeg_backend"}}
+    assert older["config"] != run["config"], "the JPEG backend is recorded"
+    older["fingerprint"] = digest(older["config"])
+    run_path.write_text(_json.dumps(older))
+    (dst / "_stats" / "shard-00001.json").unlink()  # something left to resume
+    assert main(["convert", *args]) == 0
+    assert _json.loads(run_path.read_text())["fingerprint"] == run["fingerprint"]
+
+    older["config"] = {**older["config"], "quality": 50}  # a field both know, and it differs
+    older["fingerprint"] = digest(older["config"])
+    run_path.write_text(_json.dumps(older))
+    assert main(["convert", *args]) == 2
+    assert "differs in: quality" in capsys.readouterr().err
