@@ -43,7 +43,8 @@ def build_stages(config, resolved, device: str = "cpu", threads: int = 1) -> Sta
     dali = resolved.decoder.startswith("dali")
     device_id = int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
     read = ReadStage(config.storage_options, threads=max(4, threads),
-                     probe_max_pixels=config.max_pixels if dali else None, timeout=config.read_timeout)
+                     probe_max_pixels=config.max_pixels if dali else None, timeout=config.read_timeout,
+                     digest=config.dedup is not None)
     encode = EncodeStage(config.encode, config.quality, threads=threads)
     resizer = build_resizer(config, resolved, device, threads)
     decoder_kw: dict[str, Any] = dict(background=config.background, max_pixels=config.max_pixels, draft=config.draft)

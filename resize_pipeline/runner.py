@@ -4,7 +4,8 @@ a Ray actor). Built once per worker, it owns the stages, the shard writers and t
 It converts a *stream* of shard tasks: batches flow from the reader through decode/resize/encode to
 the writers without draining at shard boundaries (batch k+1 of the next shard is read while this
 shard's last batch encodes); every batch carries its shard, and a shard is committed (its files,
-then its stats file) when its last batch is written. Shards stay the unit of retry, resume and
+then its input record ``_inputs/{shard}.parquet``: every input it took, written or failed, then its
+stats file) when its last batch is written. Shards stay the unit of retry, resume and
 atomic commit:
 
 - a per-sample failure is an error row (`batch.fail`), recorded in the shard's stats;
@@ -32,7 +33,7 @@ from typing import Any
 from resize_pipeline import formats
 from resize_pipeline.devices import Placement
 from resize_pipeline.errors import ResizePipelineError, error_record
-from resize_pipeline.layout import stats_name
+from resize_pipeline.layout import inputs_name, stats_name
 from resize_pipeline.shards import SHARD_ATTEMPTS, ShardResult, ShardTask, failed_shard
 from resize_pipeline.sinks import RollingShardWriter, Sample
 from resize_pipeline.sinks.dest import Dest, DestinationFull, is_full
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 #: the batch columns a written sample is made of (`ShardRunner._write`)
 _WRITE_COLUMNS = ("key", "url", "payload", "width", "height", "orig_width", "orig_height", "label",
                   "label_name", "meta")
+#: the batch columns a shard's input record keeps (`generations.records.RECORD_COLUMNS`)
+_RECORD_COLUMNS = ("key", "url", "offset", "length", "row", "label", "stamp")
 
 
 class TaskQueue:
@@ -137,6 +140,8 @@ class _Shard:
     written: int = 0
     #: shared with the attempt's works: once failed, its remaining batches skip every step
     state: Attempt = field(default_factory=Attempt)
+    #: per batch, the columns of the shard's input record (`generations.records.shard_record`)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ShardRunner:
@@ -233,7 +238,10 @@ class ShardRunner:
         # become Python lists once per batch, not element by element.
         ext, writers = self.config.encode, shard.writers
         cols = {k: batch[k].tolist() for k in _WRITE_COLUMNS}
-        for i, err in enumerate(batch["error"].tolist()):
+        errors = batch["error"].tolist()
+        shard.inputs.append({**{c: batch[c] for c in _RECORD_COLUMNS}, "sha256": batch.get("sha256"),
+                             "written": [not e for e in errors]})
+        for i, err in enumerate(errors):
             if err:
                 shard.errors.append(error_record(
                     key=str(cols["key"][i]), source=str(cols["url"][i]), stage=str(batch["error_stage"][i]),
@@ -249,10 +257,14 @@ class ShardRunner:
             shard.written += 1
 
     def _commit(self, shard: _Shard) -> ShardResult:
+        from resize_pipeline.generations.records import shard_record, write_table
+
         files = [f.to_dict() for w in shard.writers for f in w.close()]
         t = shard.task
+        # what the shard took, before its stats: a shard with stats always has its input record
+        record = write_table(self.dest, shard_record(shard.inputs), *inputs_name(t.name))
         result = ShardResult(t.index, t.name, t.size, shard.written, len(shard.errors), files,
-                             shard.errors, time.perf_counter() - shard.t0, self.built)
+                             shard.errors, time.perf_counter() - shard.t0, self.built, record)
         self.dest.write_json(result.to_dict(), *stats_name(t.name))
         return result
 

@@ -86,9 +86,12 @@ class ShardResult:
     errors: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     built: dict[str, Any] | None = None
+    #: the shard's input record (``_inputs/{shard}.parquet``: name, rows, bytes, sha256); None for
+    #: shards committed before input records existed
+    record: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "index": self.index,
             "name": self.name,
             "total": self.total,
@@ -97,10 +100,15 @@ class ShardResult:
             "files": self.files,
             "errors": self.errors,
         }  # no timings: stats (and so reruns) stay byte-identical
+        if self.record is not None:
+            d["inputs"] = self.record
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShardResult:
-        return cls(**{k: d[k] for k in ("index", "name", "total", "written", "failed", "files", "errors")})
+        record = d.get("inputs")
+        return cls(**{k: d[k] for k in ("index", "name", "total", "written", "failed", "files", "errors")},
+                   record=record if isinstance(record, dict) else None)
 
 
 def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefix: str = "shard") -> list[ShardTask]:
