@@ -116,6 +116,9 @@ def comparable(files: dict[str, bytes], without_workers: bool) -> dict[str, byte
         m = json.loads(out["_manifest.json"])
         m.pop("created", None)
         m.pop("run", None)
+        for g in m.get("generations", []):  # each generation's time
+            g.pop("created", None)
+            g.pop("seconds", None)
         m.pop("config", None)  # holds DEST, which differs per round
         if without_workers:
             m["components"] = {k: v for k, v in m.get("components", {}).items() if k in ("requested", "resolved")}

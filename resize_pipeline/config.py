@@ -459,9 +459,11 @@ class ConvertConfig:
             raise ConfigError(f"mode {self.mode} takes a single size N, got {self.size[0]}x{self.size[1]}")
         if self.update and self.overwrite:
             raise ConfigError("--update adds to DEST and --overwrite replaces it: give one of them")
-        if not self.update and (self.on_change != "refuse" or self.prune_deleted):
-            flag = "--on-change" if self.on_change != "refuse" else "--prune-deleted"
-            raise ConfigError(f"{flag} applies to --update only")
+        if not self.update and (self.on_change != "refuse" or self.prune_deleted or self.dedup is not None):
+            flag = "--on-change" if self.on_change != "refuse" else "--prune-deleted" if self.prune_deleted \
+                else "--dedup"
+            raise ConfigError(f"{flag} applies to --update only (--update on an empty DEST makes its first "
+                              "generation)")
 
     @property
     def num_workers(self) -> int:

@@ -9,7 +9,10 @@
       _inputs/{shard}.parquet        the inputs a shard took (key, identity, stamp, written or failed,
                                      its sample's place, sha256 with --dedup): what DEST holds, for
                                      ``--update``; written after the shard's files, before its stats
-      _generations/{g}.plan.parquet  the rows generation g converts (``--update``: a rerun resumes it)
+      _generations/{g}.plan.parquet  the rows generation g converts, and
+      _generations/{g}.pending.parquet  the records it will keep if its conversions succeed: written
+                                     before its shards (``--update``: a rerun resumes exactly this
+                                     plan), removed once generation g is published
       _generations/{g}.records.parquet  generation g's records that are not in a shard: inputs held as
                                      duplicates (``--dedup``), samples it supersedes, restamped inputs
       _generations/{g}.superseded.parquet  the samples readers of generation >= g skip: file, position,
@@ -61,7 +64,7 @@ GENERATIONS_DIR = "_generations"
 #: the folders of DEST that hold only this tool's records
 RECORD_DIRS = (STATS_DIR, INPUTS_DIR, GENERATIONS_DIR)
 #: what a generation file holds (`generation_file`)
-GENERATION_KINDS = ("plan", "records", "superseded")
+GENERATION_KINDS = ("plan", "pending", "records", "superseded")
 #: this tool's own documents at the top of DEST
 DOCUMENTS = (RUN_FILE, MANIFEST_FILE, ERRORS_FILE, LOCK_FILE, DALI_INDEX_RECORD)
 

@@ -292,10 +292,18 @@ class _State:
         return _held_from(cols, n)
 
     def _adopt(self, listed: Any, legacy: Any) -> None:
-        got = legacy.select(["key", "shard", "sample", "status"]).join(listed, keys="key", join_type="inner",
+        """Generation-0 records with their listed rows (``pos`` -1, identity unknown: not listed)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        got = legacy.select(["key", "shard", "sample", "status"]).join(listed, keys="key", join_type="left outer",
                                                                         use_threads=False)
-        if got.num_rows:
-            self.out._adopted.add(got.select(_adopted_schema().names).cast(_adopted_schema()))
+        fill = {"url": pa.scalar(b"", pa.large_binary()), "label_name": pa.scalar(b"", pa.large_binary()),
+                "meta": pa.scalar(b"", pa.large_binary()), "stamp": 0, "pos": -1,
+                **{c: -1 for c in ("label", "offset", "length", "row")}}
+        for c, v in fill.items():
+            got = got.set_column(got.schema.get_field_index(c), c, pc.fill_null(got.column(c), v))
+        self.out._adopted.add(got.select(_adopted_schema().names).cast(_adopted_schema()))
 
     def _live_hashes(self, alive: Any, ended_keys: list[Any]) -> None:
         import pyarrow.compute as pc

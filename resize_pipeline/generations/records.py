@@ -201,6 +201,59 @@ def write_table(dest, table, *names: str) -> dict[str, Any]:
             "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def _as_table(rows):
+    import pyarrow as pa
+
+    return rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
+
+
+class Spool:
+    """A Parquet file of record batches built in a local spool (`sinks.dest.Dest.spool`), then
+    committed to DEST or dropped: `write` batches, then `commit(dest, *names)` -> its file record."""
+
+    def __init__(self, schema) -> None:
+        import pyarrow.parquet as pq
+
+        from resize_pipeline.sinks.base import HashingFile
+        from resize_pipeline.sinks.dest import Dest
+
+        self.schema, self.rows = schema, 0
+        self.file = Dest.spool()
+        self._hashing = HashingFile(self.file)
+        self._writer = pq.ParquetWriter(self._hashing, schema, compression="zstd", write_statistics=False,
+                                        use_dictionary=False)
+
+    def write(self, rows) -> None:
+        """Append a record batch or a table (its columns in any order; cast to the schema)."""
+        if rows.num_rows:
+            self._writer.write_table(_as_table(rows).select(self.schema.names).cast(self.schema),
+                                     row_group_size=CHUNK)
+            self.rows += rows.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def table(self):
+        """What was written, read back (for the driver's use: the plan's rows)."""
+        import pyarrow.parquet as pq
+
+        self.close()
+        self.file.seek(0)
+        return pq.read_table(self.file)
+
+    def commit(self, dest, *names: str) -> dict[str, Any]:
+        self.close()
+        dest.commit(self.file, *names)
+        return {"name": "/".join(names), "rows": self.rows, "bytes": self._hashing.nbytes,
+                "sha256": self._hashing.sha.hexdigest()}
+
+    def drop(self) -> None:
+        self.close()
+        self.file.close()
+
+
 def read_table(fs, path: str, columns: list[str] | None = None):
     """A Parquet record file of DEST (on filesystem `fs`) as an Arrow table."""
     import pyarrow.parquet as pq
