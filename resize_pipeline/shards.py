@@ -111,12 +111,16 @@ class ShardResult:
                    record=record if isinstance(record, dict) else None)
 
 
-def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefix: str = "shard") -> list[ShardTask]:
-    """Shard *i* = inputs ``[i*N, (i+1)*N)``; each task refers to its slice of `items` (no copy)."""
+def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefix: str = "shard", *,
+                first: int = 0, width: int | None = None) -> list[ShardTask]:
+    """Shard *first + i* = inputs ``[i*N, (i+1)*N)``; each task refers to its slice of `items` (no copy).
+
+    `first` and `width`: a generation of ``--update`` continues the numbering of the shards DEST holds,
+    with the digits its first generation chose (default: from this listing's size)."""
     n = len(items)
-    width = shard_width(n, samples_per_shard)
+    width = shard_width(n, samples_per_shard) if width is None else width
     return [
-        ShardTask(i, shard_name(prefix, i, width), items, s, min(n, s + samples_per_shard))
+        ShardTask(first + i, shard_name(prefix, first + i, width), items, s, min(n, s + samples_per_shard))
         for i, s in enumerate(range(0, n, samples_per_shard))
     ]
 

@@ -15,7 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "is not a finished conversion.",
     )
     p.add_argument("out", metavar="OUT", help="the DEST of a finished convert (folder or fsspec URL)")
-    p.add_argument("--verify", action="store_true", help="recompute every shard's sha256 against _manifest.json")
+    p.add_argument("--verify", action="store_true", help=(
+        "recompute every shard's sha256 against _manifest.json, and every generation's records"))
+    p.add_argument("--generation", type=int, metavar="G",
+                   help="inspect generation G of a DEST grown by convert --update (default: the latest)")
     p.add_argument("--sheet", metavar="PATH", help="write a contact-sheet PNG of random samples (keys, labels)")
     p.add_argument("--samples", type=int, default=16, help="samples on the contact sheet (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed for picking the sheet's samples (default 0)")
@@ -27,14 +30,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from resize_pipeline.errors import ConfigError
-    from resize_pipeline.inspection import contact_sheet, inspect_output, verify_shards
+    from resize_pipeline.inspection import contact_sheet, inspect_output, verify_generations, verify_shards
 
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, not {args.samples}")
     verify = verify_shards(args.out) if args.verify else None
     bad = {v["name"] for v in verify or [] if not v["ok"]}
-    report = inspect_output(args.out, sample_count=args.samples, seed=args.seed, skip=bad)
+    report = inspect_output(args.out, sample_count=args.samples, seed=args.seed, skip=bad,
+                            generation=args.generation)
     report.verify = verify
+    report.verify_generations = verify_generations(args.out) if args.verify else None
     if args.sheet:
         report.sheet = contact_sheet(args.out, report.samples, args.sheet, encode=report.encode)
     if args.dali_index:

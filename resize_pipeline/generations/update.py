@@ -94,6 +94,8 @@ class Planned:
     options: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Any] = field(default_factory=dict)  # plan, pending, adopted: file records
     resumed: bool = False
+    #: nothing to convert and nothing to record: the update writes nothing
+    empty: bool = False
 
 
 @dataclass
@@ -156,18 +158,40 @@ def prepare(dest, config, run: dict[str, Any], listing, *, dry_run: bool = False
             n = remove_shards_from(dest, recorded, published.next_index)
             log.warning("the interrupted generation %s of %s could not be resumed as planned: its %d unpublished "
                         "file(s) were removed; planning it again", old.get("generation"), dest.url, n)
+    _check_classes(dest, published, listing)
     if not dry_run:
         _remove_leftover_plans(dest, published)
     planned = _plan(dest, config, run, listing, published, old, dry_run=dry_run, workdir=workdir)
-    if planned is None:
-        return Prepared("nothing", published, old, names=names)
+    if planned.empty:
+        return Prepared("nothing", published, old, planned, names=names)
     k = -(-len(planned.rows) // config.samples_per_shard)
     new = dict(run, generation=planned.generation)
     new["outputs"] = OutputNames(config.shard_prefix, planned.width, planned.base + k, provisional.exts,
                                  provisional.parts).to_dict()
     new["update"] = {"base": planned.base, "shards": k, "rows": len(planned.rows), "report": planned.report,
                      "examples": planned.examples, "options": planned.options, "files": planned.files}
+    if not dry_run:  # after the plan's files: a rerun finds the plan this record names
+        from resize_pipeline.layout import INPUTS_DIR, STATS_DIR
+
+        dest.write_json(new, RUN_FILE)
+        dest.makedirs(STATS_DIR)
+        dest.makedirs(INPUTS_DIR)
     return Prepared("convert", published, old, planned, new, names + [OutputNames.from_record(new)])  # type: ignore[list-item]
+
+
+def _check_classes(dest, published: Published, listing) -> None:
+    """Labels are indices into the class list: a class list that does not extend DEST's (a new class
+    sorted before an old one) would give the same class another label in the new samples."""
+    old = [str(c) for c in (published.manifest or {}).get("classes", [])]
+    new = list(listing.classes)
+    if old and new[: len(old)] != old:
+        added = sorted(set(new) - set(old))
+        gone = sorted(set(old) - set(new))
+        what = ", ".join(p for p in (f"new: {', '.join(added[:5])}" if added else "",
+                                     f"gone: {', '.join(gone[:5])}" if gone else "") if p) or "reordered"
+        raise OutputError(f"SOURCE's classes changed ({what}): labels are class indices, and new samples would "
+                          f"label some classes differently from the {len(old)} classes {dest.url} holds; "
+                          "convert into another DEST, or --overwrite to start over")
 
 
 def _remove_leftover_plans(dest, published: Published) -> None:
@@ -217,7 +241,7 @@ def _checked(dest, ref: dict[str, Any] | None) -> Any:
     return pq.read_table(io.BytesIO(data))
 
 
-def _plan(dest, config, run, listing, published: Published, old, *, dry_run: bool, workdir) -> Planned | None:
+def _plan(dest, config, run, listing, published: Published, old, *, dry_run: bool, workdir) -> Planned:
     from resize_pipeline.generations.dedup import dedup
     from resize_pipeline.generations.diff import diff
     from resize_pipeline.generations.records import listed_batches
@@ -261,10 +285,11 @@ def _plan(dest, config, run, listing, published: Published, old, *, dry_run: boo
             if dd is not None:
                 dd.close()
     report["converting"] = plan.rows
-    if plan.rows == 0 and pending.rows == 0:
+    if plan.rows == 0 and pending.rows == 0:  # nothing new: nothing is written
         plan.drop()
         pending.drop()
-        return None
+        return Planned(g, published.next_index, 0, PlanRows(plan_schema().empty_table()), report, examples,
+                       options_of(config), files, empty=True)
     width = int(old["outputs"]["width"]) if old is not None and published.generation else \
         shard_width(plan.rows, config.samples_per_shard)
     if published.legacy and old is not None:

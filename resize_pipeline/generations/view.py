@@ -52,22 +52,32 @@ def choose(manifest: dict[str, Any], generation: int | None, dest: str = "DEST")
 
 def superseded_files(manifest: dict[str, Any], generation: int) -> list[str]:
     """The superseded-samples files (paths relative to DEST) of generations 1..`generation`."""
+    return [name for _, name in _superseded_refs(manifest, generation)]
+
+
+def _superseded_refs(manifest: dict[str, Any], generation: int) -> list[tuple[int, str]]:
     out = []
     for g in entries(manifest):
-        ref = g.get("superseded")
-        if int(g.get("generation", 1)) <= generation and isinstance(ref, dict) and isinstance(ref.get("name"), str):
-            out.append(ref["name"])
+        ref, number = g.get("superseded"), int(g.get("generation", 1))
+        if number <= generation and isinstance(ref, dict) and isinstance(ref.get("name"), str):
+            out.append((number, ref["name"]))
     return out
 
 
 def dead_positions(fs: Any, root: str, manifest: dict[str, Any], generation: int) -> dict[str, np.ndarray]:
     """Shard file name -> the sorted positions of its samples superseded up to `generation`."""
+    return {f: p for f, (p, _) in dead_by_file(fs, root, manifest, generation).items()}
+
+
+def dead_by_file(fs: Any, root: str, manifest: dict[str, Any], generation: int) -> dict[str, tuple[np.ndarray, int]]:
+    """Shard file name -> (sorted superseded positions, the last generation that superseded one)."""
     import posixpath
 
     from resize_pipeline.generations.records import read_table
 
     found: dict[str, list[np.ndarray]] = defaultdict(list)
-    for name in superseded_files(manifest, generation):
+    last: dict[str, int] = {}
+    for g, name in _superseded_refs(manifest, generation):
         try:
             t = read_table(fs, posixpath.join(root, name), columns=["file", "position"])
         except (OSError, ValueError) as exc:
@@ -80,7 +90,8 @@ def dead_positions(fs: Any, root: str, manifest: dict[str, Any], generation: int
             bounds = np.flatnonzero(files[1:] != files[:-1]) + 1
             for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(files)], strict=True):
                 found[str(files[a])].append(pos[a:b])
-    return {f: np.unique(np.concatenate(p)) for f, p in found.items()}
+                last[str(files[a])] = g
+    return {f: (np.unique(np.concatenate(p)), last[f]) for f, p in found.items()}
 
 
 def live_to_physical(dead: np.ndarray, live: int) -> int:
