@@ -29,17 +29,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resize_pipeline.errors import ConfigError
+    from resize_pipeline.errors import ConfigError, OutputError
     from resize_pipeline.inspection import contact_sheet, inspect_output, verify_generations, verify_shards
 
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, not {args.samples}")
     verify = verify_shards(args.out) if args.verify else None
     bad = {v["name"] for v in verify or [] if not v["ok"]}
-    report = inspect_output(args.out, sample_count=args.samples, seed=args.seed, skip=bad,
-                            generation=args.generation)
+    generations = verify_generations(args.out) if args.verify else None
+    try:
+        report = inspect_output(args.out, sample_count=args.samples, seed=args.seed, skip=bad,
+                                generation=args.generation)
+    except OutputError as exc:
+        if not any(not v["ok"] for v in generations or []):
+            raise
+        print(f"{args.out}: cannot be read ({exc})")  # a generation's records are damaged: say which
+        print("\n".join(f"MISMATCH generation {v['generation']}: {v['reason']}" for v in generations or []
+                        if not v["ok"]))
+        return 1
     report.verify = verify
-    report.verify_generations = verify_generations(args.out) if args.verify else None
+    report.verify_generations = generations
     if args.sheet:
         report.sheet = contact_sheet(args.out, report.samples, args.sheet, encode=report.encode)
     if args.dali_index:

@@ -96,15 +96,16 @@ class Output:
             self._dead["files"] = dead_by_file(self.fs, self.root, self.manifest, self.generation)
         return self._dead["files"]
 
-    def shards(self, fmt: str | None = None) -> list[ShardRef]:
+    def shards(self, fmt: str | None = None, *, with_dead: bool = True) -> list[ShardRef]:
         """The complete shard files of the generation read, in order; only those of `fmt`
-        ("webdataset" or "parquet") when given. Each carries its superseded samples (`ShardRef.dead`)."""
+        ("webdataset" or "parquet") when given. Each carries its superseded samples (`ShardRef.dead`;
+        not read with ``with_dead=False``: checking the files needs only their names)."""
         from resize_pipeline.generations.view import file_generation
 
         if fmt is not None:
             formats.get(fmt)  # ValueError naming the formats
         out = []
-        dead = self.dead() if self.manifest.get("generations") else {}
+        dead = self.dead() if with_dead and self.manifest.get("generations") else {}
         for s in self.manifest.get("shards", []):
             if fmt is not None and s["format"] != fmt:
                 continue
