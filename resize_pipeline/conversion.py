@@ -88,7 +88,8 @@ class Summary:
                 f"{c.get('deleted', 0)} deleted, {c.get('duplicates', 0)} duplicates"
                 + (f", {c['retried']} retried" if c.get("retried") else "")
                 + (f", {c['requeued']} requeued" if c.get("requeued") else "")
-                + (f", {c['unchecked']} unchecked" if c.get("unchecked") else ""))
+                + (f", {c['unchecked']} unchecked" if c.get("unchecked") else "")
+                + (f", {c['failing']} failing as before" if c.get("failing") else ""))
         if not g.get("generation"):
             return (f"{'dry run: ' if self.dry_run else ''}nothing new: {self.dest} stays at generation "
                     f"{g.get('current', 0)} ({seen}; nothing written)")

@@ -240,7 +240,7 @@ class ShardRunner:
         cols = {k: batch[k].tolist() for k in _WRITE_COLUMNS}
         errors = batch["error"].tolist()
         shard.inputs.append({**{c: batch[c] for c in _RECORD_COLUMNS}, "sha256": batch.get("sha256"),
-                             "written": [not e for e in errors]})
+                             "written": [not e for e in errors], "stage": batch["error_stage"]})
         for i, err in enumerate(errors):
             if err:
                 shard.errors.append(error_record(

@@ -148,6 +148,7 @@ def _records(rows: Any, generation: int, status: str, **cols: Any) -> Any:
         "generation": pa.array([generation] * n, type=pa.int64()), "shard": pa.nulls(n, pa.large_string()),
         "sample": pa.array([-1] * n, type=pa.int64()), "sha256": rows.column("sha256"),
         "of_key": pa.nulls(n, pa.large_string()), "target": pa.nulls(n, pa.int64()),
+        "stage": pa.nulls(n, pa.large_string()),
     }
     base.update(cols)
     schema = held_schema()

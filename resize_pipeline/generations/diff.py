@@ -12,7 +12,9 @@
 For each key, the record that counts is the newest one (by generation) that is ``written`` or
 ``duplicate`` and not ended by a mark. A listed row is then
 
-- **new** (no such record; **retried** if the key's newest record is a failure),
+- **new** (no such record; **retried** if the key's newest record is a failure; **failing**, and
+  left alone, if that failure was a decode, resize or encode error of this very input: the same url
+  and stamp give the same error on every try),
 - **unchanged** (same identity, label and stamp), **unchecked** (same identity and label, but a stamp
   is 0: not known, so it cannot be compared: kept as it is),
 - **changed** (another stamp, url, byte range, row or label): ``on_change`` decides: ``skip`` keeps
@@ -49,6 +51,8 @@ ON_CHANGE = ("refuse", "skip", "replace")
 #: columns the rows to convert carry besides the plan columns: listing position, why they are
 #: converted, and the record they replace (for `dedup`: a changed input with the same bytes)
 TODO_EXTRA = ("pos", "reason", "prev_shard", "prev_sample", "prev_generation", "prev_status", "prev_sha256")
+#: stages whose failure is the same on every try: an input that failed there, unchanged, is not retried
+DETERMINISTIC = ("decode", "resize", "encode")
 #: the columns of a held record a listed row is compared with (prefixed ``h_`` after the join)
 _HELD = ("url", "offset", "length", "row", "label", "stamp", "status", "generation", "shard", "sample", "sha256",
          "of_key")
@@ -93,6 +97,8 @@ class Diff:
     _replaced: list[Any] = field(default_factory=list)
     _adopted: Any = None
     live_hashes: Any = None  # a PartitionSet by sha256 (with ``hashes=True``)
+    #: keys of the inputs that fail as they did before (`_State._failing`): not converted again
+    failing: list[Any] = field(default_factory=list)
 
     def todo(self) -> Iterator[Any]:
         """The rows to convert (`todo_schema`), in listing order."""
@@ -127,8 +133,8 @@ class Diff:
 def _adopted_schema():
     import pyarrow as pa
 
-    return pa.schema([("shard", pa.large_string()), ("sample", pa.int64()), ("status", pa.large_string())]
-                     + list(plan_schema()) + [pa.field("pos", pa.int64())])
+    return pa.schema([("shard", pa.large_string()), ("sample", pa.int64()), ("status", pa.large_string()),
+                      ("stage", pa.large_string())] + list(plan_schema()) + [pa.field("pos", pa.int64())])
 
 
 def diff(listed: Iterable[Any], held: Iterable[Any], *, generation: int, on_change: str = "refuse",
@@ -180,7 +186,7 @@ class _State:
         self.out, self.generation, self.on_change, self.prune, self.hashes = out, generation, on_change, prune, hashes
         self.n_examples = examples
         self.examples: dict[str, list[tuple[Any, str]]] = {"changed": [], "deleted": []}
-        for k in ("new", "retried", "changed", "unchanged", "unchecked", "deleted", "requeued", "held"):
+        for k in ("new", "retried", "changed", "unchanged", "unchecked", "deleted", "requeued", "failing", "held"):
             out.report[k] = 0
         out._todo = partition.SortedRuns(directory, "todo", todo_schema())
         out._adopted = partition.SortedRuns(directory, "adopted", _adopted_schema())
@@ -204,11 +210,19 @@ class _State:
             gen = pc.if_else(pc.equal(held.column("generation"), 0), 1, held.column("generation"))
             held = held.set_column(held.schema.get_field_index("generation"), "generation", gen)
         status = held.column("status")
-        failed_keys = pc.unique(held.filter(pc.equal(status, "failed")).column("key"))
+        failures = held.filter(pc.equal(status, "failed"))
+        failed_keys = pc.unique(failures.column("key"))
         alive = _alive(held)
         report["held"] += int(pc.sum(pc.equal(alive.column("status"), "written")).as_py() or 0)
         h = alive.select(["key", *_HELD]).rename_columns(["key", *(f"h_{c}" for c in _HELD)])
         joined = listed.join(h, keys="key", join_type="left outer", use_threads=False)
+        if failures.num_rows:
+            f = _newest(failures).select(["key", "url", "stamp", "stage", "generation"])
+            joined = joined.join(f.rename_columns(["key", "f_url", "f_stamp", "f_stage", "f_generation"]), keys="key",
+                                 join_type="left outer", use_threads=False)
+            failing = self._failing(joined)
+            if failing is not None:
+                joined = joined.filter(pc.invert(failing))
         has = pc.is_valid(joined.column("h_status"))
         known_ident = pc.and_(has, pc.not_equal(pc.fill_null(pc.binary_length(joined.column("h_url")), 0), 0))
         same_ident = pc.equal(joined.column("url"), joined.column("h_url"))
@@ -263,6 +277,28 @@ class _State:
         if self.hashes:
             self._live_hashes(alive, ended_keys)
 
+    def _failing(self, joined: Any) -> Any:
+        """Rows whose newest record is a failure no retry can mend: the input is the very one that failed
+        (same url and stamp, stamp known) at a stage that gives the same answer every time (decode,
+        resize, encode). They are not converted again (reported as ``failing``, their errors kept) until
+        the input changes; failures to read, of a whole shard or of an original are retried."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        newer = pc.or_kleene(pc.invert(pc.is_valid(joined.column("h_generation"))),
+                             pc.greater(joined.column("f_generation"), joined.column("h_generation")))
+        same = pc.and_kleene(pc.equal(joined.column("url"), joined.column("f_url")),
+                             pc.equal(joined.column("stamp"), joined.column("f_stamp")))
+        failing = pc.fill_null(pc.and_kleene(pc.and_kleene(newer, same), pc.and_kleene(
+            pc.not_equal(joined.column("stamp"), 0),
+            pc.is_in(joined.column("f_stage"), value_set=pa.array(DETERMINISTIC, pa.large_string())))), False)
+        n = int(pc.sum(failing).as_py() or 0)
+        if not n:
+            return None
+        self.out.report["failing"] += n
+        self.out.failing.append(joined.filter(failing).column("key").combine_chunks())
+        return failing
+
     def _add_todo(self, todo: Any, reason: Any) -> None:
         import pyarrow as pa
 
@@ -296,8 +332,8 @@ class _State:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        got = legacy.select(["key", "shard", "sample", "status"]).join(listed, keys="key", join_type="left outer",
-                                                                        use_threads=False)
+        got = legacy.select(["key", "shard", "sample", "status", "stage"]).join(
+            listed, keys="key", join_type="left outer", use_threads=False)
         fill = {"url": pa.scalar(b"", pa.large_binary()), "label_name": pa.scalar(b"", pa.large_binary()),
                 "meta": pa.scalar(b"", pa.large_binary()), "stamp": 0, "pos": -1,
                 **{c: -1 for c in ("label", "offset", "length", "row")}}
@@ -373,6 +409,20 @@ def _held_from(columns: dict[str, Any], n: int) -> Any:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _newest(records: Any) -> Any:
+    """Per key, its record of the highest generation."""
+    import numpy as np
+    import pyarrow as pa
+
+    if records.num_rows <= 1:
+        return records.combine_chunks()
+    records = records.sort_by([("key", "ascending"), ("generation", "ascending")])
+    keys = records.column("key").to_numpy(zero_copy_only=False)
+    last = np.ones(len(keys), dtype=bool)
+    last[:-1] = keys[1:] != keys[:-1]
+    return records.filter(pa.array(last)).combine_chunks()
+
+
 def _alive(held: Any) -> Any:
     """Per key, the newest ``written``/``duplicate`` record that no mark ends."""
     import numpy as np
@@ -386,10 +436,4 @@ def _alive(held: Any) -> Any:
         dead = marks.select(["key", "target"]).rename_columns(["key", "generation"])
         dead = dead.group_by(["key", "generation"]).aggregate([])
         recs = recs.join(dead, keys=["key", "generation"], join_type="left anti", use_threads=False)
-    if recs.num_rows <= 1:
-        return recs.combine_chunks()
-    recs = recs.sort_by([("key", "ascending"), ("generation", "ascending")])
-    keys = recs.column("key").to_numpy(zero_copy_only=False)
-    last = np.ones(len(keys), dtype=bool)
-    last[:-1] = keys[1:] != keys[:-1]
-    return recs.filter(pa.array(last)).combine_chunks()
+    return _newest(recs)

@@ -143,14 +143,16 @@ def legacy_batches(dest, published: Published) -> Iterator[Any]:
         keys = _keys_in_files(dest, published.files.get(name, []))
         try:
             stats = dest.read_json(*stats_name(name))
-            failed = [str(e["key"]) for e in stats.get("errors", []) if isinstance(e, dict) and "key" in e]
+            errors = [e for e in stats.get("errors", []) if isinstance(e, dict) and "key" in e]
         except (OSError, ValueError):
-            failed = []
+            errors = []
+        failed = [str(e["key"]) for e in errors]
         n = len(keys) + len(failed)
         return held_table({
             "key": keys + failed, "url": [""] * n, "status": ["written"] * len(keys) + ["failed"] * len(failed),
             "generation": [0] * n, "shard": [name] * n,
             "sample": list(range(len(keys))) + [-1] * len(failed), "stamp": [0] * n,
+            "stage": [None] * len(keys) + [str(e.get("stage", "")) for e in errors],
         })
 
     for t in _ordered(load, names):

@@ -52,7 +52,34 @@ def _decide(dest, planned, failed: set[str]) -> tuple[Any, list[dict[str, str]]]
     repl = pending.filter(pc.fill_null(pc.equal(cond, "replaced"), False))
     repl = repl.filter(pc.invert(pc.is_in(repl.column("key"), value_set=dropped)))
     records = pa.concat_tables([final, prov_ok, repl]).drop_columns(["condition"])
-    return records, errors
+    failing = pending.filter(pc.fill_null(pc.equal(cond, "failing"), False)).column("key").to_pylist()
+    return records, errors + _still_failing(dest, set(failing))
+
+
+def _still_failing(dest, keys: set[str]) -> list[dict[str, str]]:
+    """The error records of inputs that still fail as before (not converted again), from the error list
+    of the generation that recorded them last."""
+    import json
+
+    from resize_pipeline.layout import ERRORS_FILE
+
+    if not keys:
+        return []
+    try:
+        with dest.fs.open(dest.path(ERRORS_FILE), "rb") as fh:
+            lines = fh.read().decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    out = []
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(e, dict) and e.get("key") in keys and e.get("stage") != "list":
+            out.append(e)
+            keys.discard(e["key"])
+    return out
 
 
 def _superseded_rows(records: Any, files: dict[str, list[dict[str, Any]]]) -> Any:

@@ -11,8 +11,9 @@ Three kinds of rows:
   length, row), label and stamp, its ``status`` (``written``, ``failed``, ``duplicate``, or
   ``superseded``/``retired`` for a mark), the generation that wrote the record, where its sample is
   (``shard``, ``sample``: its place among the shard's written samples), the sha256 of its bytes
-  (``--dedup``), for a duplicate the key of the sample it duplicates (``of_key``), and for a mark
-  the generation of the record it ends (``target``: a record is named by its key and generation).
+  (``--dedup``), for a duplicate the key of the sample it duplicates (``of_key``), for a mark the
+  generation of the record it ends (``target``: a record is named by its key and generation), and
+  for a failure the stage that failed (``stage``).
   Shards' input records (``_inputs/{shard}.parquet``) and generation records
   (``_generations/{g}.records.parquet``) both have this schema.
 - **superseded samples** (`superseded_schema`): one row per shard file and sample that readers of
@@ -40,7 +41,7 @@ STATUSES = ("written", "failed", "duplicate", "superseded", "retired")
 #: a newer record of the same key, or it had none: a duplicate)
 MARKS = ("superseded", "retired")
 HELD_COLUMNS = ("key", "url", "offset", "length", "row", "label", "stamp", "status", "generation", "shard",
-                "sample", "sha256", "of_key", "target")
+                "sample", "sha256", "of_key", "target", "stage")
 #: rows are made and written this many at a time
 CHUNK = 1 << 16
 
@@ -62,7 +63,7 @@ def held_schema():
         ("key", pa.large_string()), ("url", pa.large_binary()), ("offset", pa.int64()), ("length", pa.int64()),
         ("row", pa.int64()), ("label", pa.int64()), ("stamp", pa.int64()), ("status", pa.large_string()),
         ("generation", pa.int64()), ("shard", pa.large_string()), ("sample", pa.int64()),
-        ("sha256", pa.binary(32)), ("of_key", pa.large_string()), ("target", pa.int64()),
+        ("sha256", pa.binary(32)), ("of_key", pa.large_string()), ("target", pa.int64()), ("stage", pa.large_string()),
     ])
 
 
@@ -151,7 +152,8 @@ RECORD_COLUMNS = ("key", "url", "offset", "length", "row", "label", "stamp")
 
 def shard_record(parts: list[dict[str, Any]]):
     """A shard's input record from the batches it wrote, in order: each part holds the batch's
-    `RECORD_COLUMNS` (numpy arrays), ``written`` (bool array) and ``sha256`` (object array or None).
+    `RECORD_COLUMNS` (numpy arrays), ``written`` (bools), ``stage`` (the failed stage per row) and
+    ``sha256`` (object array or None).
     Written inputs get their sample's place (0, 1, ... in writing order), failed ones -1; the
     generation is left null (it is the one that publishes the shard: `update.load_held` fills it)."""
     import numpy as np
@@ -165,8 +167,10 @@ def shard_record(parts: list[dict[str, Any]]):
     written = np.concatenate([np.asarray(p["written"], dtype=bool) for p in parts]) if parts else np.zeros(0, bool)
     sample = np.where(written, np.cumsum(written) - 1, -1)
     digests: list[Any] = []
+    stages: list[Any] = []
     for p in parts:
         digests += list(p["sha256"]) if p.get("sha256") is not None else [None] * len(p["key"])
+        stages += [None if ok else str(st) for ok, st in zip(p["written"], p["stage"], strict=True)]
     schema = held_schema()
     arrays = {
         "key": pa.array(cols["key"], type=pa.large_string()), "url": _raw(cols["url"]),
@@ -175,6 +179,7 @@ def shard_record(parts: list[dict[str, Any]]):
         "generation": pa.nulls(n, pa.int64()), "shard": pa.nulls(n, pa.large_string()),
         "sample": pa.array(sample, type=pa.int64()), "sha256": pa.array(digests, type=pa.binary(32)),
         "of_key": pa.nulls(n, pa.large_string()), "target": pa.nulls(n, pa.int64()),
+        "stage": pa.array(stages, type=pa.large_string()),
     }
     return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 

@@ -281,11 +281,14 @@ def _plan(dest, config, run, listing, published: Published, old, *, dry_run: boo
                 _write_pending(pending, t, None)
             for t in d.replaced():
                 _write_pending(pending, t, "replaced")
+            records = pending.rows
+            for keys in d.failing:  # their errors are carried into this generation's error list
+                _write_pending(pending, _failing_rows(keys, g), "failing")
         finally:
             if dd is not None:
                 dd.close()
     report["converting"] = plan.rows
-    if plan.rows == 0 and pending.rows == 0:  # nothing new: nothing is written
+    if plan.rows == 0 and records == 0:  # nothing new: nothing is written
         plan.drop()
         pending.drop()
         return Planned(g, published.next_index, 0, PlanRows(plan_schema().empty_table()), report, examples,
@@ -311,6 +314,14 @@ def pending_schema():
     import pyarrow as pa
 
     return pa.schema(list(held_schema()) + [pa.field("condition", pa.large_string())])
+
+
+def _failing_rows(keys: Any, generation: int) -> Any:
+    from resize_pipeline.generations.records import held_table
+
+    n = len(keys)
+    return held_table({"key": keys.to_pylist(), "url": [""] * n, "status": ["failed"] * n,
+                       "generation": [generation] * n})
 
 
 def _write_pending(spool: Spool, table: Any, condition: str | None) -> None:
@@ -392,7 +403,7 @@ def _adopted_table(t: Any, verified: bool) -> Any:
         "stamp": t.column("stamp") if verified else pa.array([0] * n, pa.int64()),
         "status": t.column("status"), "generation": pa.array([1] * n, pa.int64()), "shard": t.column("shard"),
         "sample": t.column("sample"), "sha256": pa.nulls(n, pa.binary(32)),
-        "of_key": pa.nulls(n, pa.large_string()), "target": pa.nulls(n, pa.int64()),
+        "of_key": pa.nulls(n, pa.large_string()), "target": pa.nulls(n, pa.int64()), "stage": t.column("stage"),
     }, schema=held_schema())
     return table
 

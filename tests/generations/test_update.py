@@ -281,3 +281,17 @@ def test_summary_and_inspect_on_the_command_line(source, tmp_path):
     r = cli("inspect", str(dest), "--verify")
     assert r.returncode == 1 and "MISMATCH generation 2: superseded" in r.stdout
     assert OPTIONS["format"] == "both"
+
+
+def test_an_input_that_fails_the_same_way_is_not_converted_again_and_stays_listed(source, tmp_path):
+    dest = tmp_path / "out"
+    (source.root / "cats" / "c009.jpg").write_bytes(b"not an image")
+    update(source, dest)
+    errors = (dest / "_errors.jsonl").read_text()
+    source.add("dogs", 1, start=4)
+    s = update(source, dest)
+    assert s.written == 1 and s.generation["counts"]["failed"] == 1  # still failing, not converted again
+    assert (dest / "_errors.jsonl").read_text() == errors and manifest(dest)["counts"]["failed"] == 1
+    before = tree(dest)
+    again = update(source, dest)  # nothing new: the broken input alone does not make a generation
+    assert again.generation["generation"] == 0 and tree(dest) == before
