@@ -159,6 +159,12 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
 
 
 def _list(config):
+    try:  # a filesystem instance fsspec kept from an earlier run in this process must not answer from
+        from resize_pipeline.urls import url_to_fs  # its cache: the listing and every read see SOURCE now
+
+        url_to_fs(config.source, config.storage_options)[0].invalidate_cache()
+    except (ImportError, ValueError, OSError):
+        pass  # cannot be opened: the listing says why
     listing = list_source(
         config.source,
         storage_options=config.storage_options,
