@@ -425,7 +425,6 @@ def _newest(records: Any) -> Any:
 
 def _alive(held: Any) -> Any:
     """Per key, the newest ``written``/``duplicate`` record that no mark ends."""
-    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 

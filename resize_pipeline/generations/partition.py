@@ -167,7 +167,8 @@ class _Cursor:
 
         self._source = pa.memory_map(path)
         self._reader = pa.ipc.open_file(self._source)
-        self.by, self._next, self._buf, self.done = by, 0, None, False
+        self.by, self._next, self.done = by, 0, False
+        self._buf: Any = None
         self._load()
 
     def _load(self) -> None:

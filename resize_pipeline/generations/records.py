@@ -224,7 +224,7 @@ class Spool:
 
         self.schema, self.rows = schema, 0
         self.file = Dest.spool()
-        self._hashing = HashingFile(self.file)
+        self._hashing = HashingFile(self.file)  # type: ignore[arg-type]
         self._writer = pq.ParquetWriter(self._hashing, schema, compression="zstd", write_statistics=False,
                                         use_dictionary=False)
 

@@ -121,8 +121,8 @@ class Output:
     @property
     def live_samples(self) -> int:
         """Samples a reader of this generation reads (of the first format listed)."""
-        fmt = (self.formats() or [None])[0]
-        return sum(r.live for r in self.shards(fmt))
+        listed = self.formats()
+        return sum(r.live for r in self.shards(listed[0] if listed else None))
 
     def formats(self) -> list[str]:
         return list(self.manifest.get("formats", []))
