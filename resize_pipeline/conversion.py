@@ -210,9 +210,9 @@ def _dry_run(config, dest, run: dict[str, Any], listing, tasks: list[ShardTask],
 def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) -> Summary:
     from resize_pipeline.sinks.lock import DestLock
 
-    listing = _list(config)
     if config.update:
-        return _convert_update(config, resolved, listing, t0, progress)
+        return _convert_update(config, resolved, t0, progress)
+    listing = _list(config)
     tasks = plan_shards(listing.items, config.samples_per_shard, config.shard_prefix)
     run = run_record(config, resolved, listing.items)
     dest = _open_dest(config)
@@ -234,19 +234,22 @@ def _plain(config, resolved, dest, run, listing, tasks, t0, progress) -> Summary
     return _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress)
 
 
-def _convert_update(config: ConvertConfig, resolved, listing, t0: float, progress: bool | None) -> Summary:
-    """``--update``: a new generation of DEST (or the one a crash interrupted), DEST locked."""
+def _convert_update(config: ConvertConfig, resolved, t0: float, progress: bool | None) -> Summary:
+    """``--update``: a new generation of DEST (or the one a crash interrupted). DEST is locked before
+    SOURCE is listed: a second job on the same DEST (a night that overlaps the next) is refused at once."""
     from resize_pipeline.generations.publish import publish
     from resize_pipeline.generations.update import prepare
     from resize_pipeline.sinks.lock import DestLock
 
-    run = run_record(config, resolved, listing.items)
     dest = _open_dest(config)
     if config.dry_run:
-        prepared = prepare(dest, config, run, listing, dry_run=True)
+        listing = _list(config)
+        prepared = prepare(dest, config, run_record(config, resolved, listing.items), listing, dry_run=True)
         return _update_summary(config, prepared, listing, t0, dry_run=True)
     dest.makedirs()
     with DestLock(dest):
+        listing = _list(config)
+        run = run_record(config, resolved, listing.items)
         prepared = prepare(dest, config, run, listing)
         if prepared.kind == "plain":  # the first conversion, interrupted, of this very listing: finish it
             log.info("%s holds an unfinished conversion of this listing (not made with --update): completing it",

@@ -104,3 +104,35 @@ def test_an_interrupted_update_whose_plan_is_lost_is_planned_again(setup, tmp_pa
     again = run_cli(str(src.root), str(out), *ARGS, *MORE)
     assert again.returncode == 0, again.stderr
     _compare(tree_files(out), reference)
+
+
+def test_two_overlapping_updates_the_second_is_refused_before_it_lists(setup, tmp_path):
+    """A night that runs into the next: the second job is refused in one line (exit 2), without
+    listing SOURCE; the first completes as if alone."""
+    import subprocess
+    import time
+
+    from .helpers import cli_cmd, cli_env, fault_env, one_line_error
+
+    src, out, base, reference = setup
+    shutil.rmtree(out)
+    shutil.copytree(base, out)
+    release = tmp_path / "release"
+    env = fault_env(tmp_path, hold=str(release), under=str(out))
+    first = subprocess.Popen(cli_cmd(str(src.root), str(out), *ARGS, *MORE), env={**cli_env(), **env},
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / "_lock.json").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        faults = tmp_path / "second.json"  # the second job would die if it listed SOURCE
+        faults.write_text(json.dumps({"unreadable": str(src.root)}))
+        second = run_cli(str(src.root), str(out), *ARGS, *MORE,
+                         env={"RESIZE_PIPELINE_TEST_FAULTS": str(faults), "PYTHONPATH": f"{REPO}:{PLUGINS}"})
+        assert first.poll() is None, "the first job must still be running"
+        assert second.returncode == 2 and "another job" in one_line_error(second.stderr)
+    finally:
+        release.touch()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    _compare(tree_files(out), reference)
