@@ -91,6 +91,8 @@ class Summary:
                 + (f", {c['unchecked']} unchecked" if c.get("unchecked") else "")
                 + (f", {c['failing']} failing as before" if c.get("failing") else ""))
         if not g.get("generation"):
+            if c.get("same_listing"):
+                seen += "; the same listing and stamps as when it was made"
             return (f"{'dry run: ' if self.dry_run else ''}nothing new: {self.dest} stays at generation "
                     f"{g.get('current', 0)} ({seen}; nothing written)")
         if self.dry_run:

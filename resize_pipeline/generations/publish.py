@@ -142,7 +142,7 @@ def publish(dest, config, prepared, results: list, *, listing, seconds: float, c
         "generation": g, "kind": "update", "first_shard": planned.base,
         "shards": [r.name for r in sorted(results, key=lambda r: r.index)],
         "counts": {**{k: report.get(k, 0) for k in ("listed", "new", "retried", "changed", "unchanged", "unchecked",
-                                                    "deleted", "requeued", "duplicates", "restamped")},
+                                                    "deleted", "requeued", "duplicates", "restamped", "failing")},
                    "converted": len(planned.rows), "written": written, "failed": failed_n, "superseded": superseded},
         "options": planned.options, **refs,
     }

@@ -248,11 +248,16 @@ class Spool:
         self.file.seek(0)
         return pq.read_table(self.file)
 
-    def commit(self, dest, *names: str) -> dict[str, Any]:
+    def ref(self, *names: str) -> dict[str, Any]:
+        """Its file record (name, rows, bytes, sha256), once written completely."""
         self.close()
-        dest.commit(self.file, *names)
         return {"name": "/".join(names), "rows": self.rows, "bytes": self._hashing.nbytes,
                 "sha256": self._hashing.sha.hexdigest()}
+
+    def commit(self, dest, *names: str) -> dict[str, Any]:
+        ref = self.ref(*names)
+        dest.commit(self.file, *names)
+        return ref
 
     def drop(self) -> None:
         self.close()

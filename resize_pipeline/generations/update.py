@@ -96,6 +96,8 @@ class Planned:
     resumed: bool = False
     #: nothing to convert and nothing to record: the update writes nothing
     empty: bool = False
+    #: the plan's files, built locally, committed to DEST after the run record (`prepare`)
+    spools: dict[str, Spool] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,6 +163,9 @@ def prepare(dest, config, run: dict[str, Any], listing, *, dry_run: bool = False
     _check_classes(dest, published, listing)
     if not dry_run:
         _remove_leftover_plans(dest, published)
+    same = _same_as_last(config, run, old, published)
+    if same is not None:
+        return Prepared("nothing", published, old, same, names=names)
     planned = _plan(dest, config, run, listing, published, old, dry_run=dry_run, workdir=workdir)
     if planned.empty:
         return Prepared("nothing", published, old, planned, names=names)
@@ -170,13 +175,47 @@ def prepare(dest, config, run: dict[str, Any], listing, *, dry_run: bool = False
                                  provisional.parts).to_dict()
     new["update"] = {"base": planned.base, "shards": k, "rows": len(planned.rows), "report": planned.report,
                      "examples": planned.examples, "options": planned.options, "files": planned.files}
-    if not dry_run:  # after the plan's files: a rerun finds the plan this record names
+    if not dry_run:
         from resize_pipeline.layout import INPUTS_DIR, STATS_DIR
 
+        # the record first (from here on DEST is ours and names its plan: a crash before the plan's
+        # files are in place is planned again), then the plan's files, then the shards
         dest.write_json(new, RUN_FILE)
+        for kind, spool in planned.spools.items():
+            spool.commit(dest, *generation_file(planned.generation, kind))
         dest.makedirs(STATS_DIR)
         dest.makedirs(INPUTS_DIR)
+    for spool in planned.spools.values():
+        spool.drop()
+    planned.spools = {}
     return Prepared("convert", published, old, planned, new, names + [OutputNames.from_record(new)])  # type: ignore[list-item]
+
+
+#: the stages whose failures are not tried again while their input is unchanged (`diff.DETERMINISTIC`)
+_STAY_FAILED = ("decode", "resize", "encode")
+
+
+def _same_as_last(config, run: dict[str, Any], old: dict[str, Any] | None, published: Published) -> Planned | None:
+    """Nothing new without comparing a single row: SOURCE lists exactly the inputs, with exactly the
+    stamps, that the last generation was made from (the listing and stamps digests of its run
+    record), under the same options, and no failure of it would be retried (all of them are of a
+    stage that fails the same way again). None when that cannot be told so cheaply."""
+    if old is None or not published.generation or int(old.get("generation", 1)) != published.generation:
+        return None
+    recorded = (old.get("update") or {}).get("options", {"on_change": "refuse", "prune_deleted": False,
+                                                        "dedup": None})
+    by_stage = (published.manifest or {}).get("counts", {}).get("failed_by_stage", {})
+    if run.get("stamps") is None or old.get("listing") != run["listing"] or old.get("stamps") != run["stamps"] \
+            or recorded != options_of(config) or any(s not in _STAY_FAILED for s in by_stage if s != "list"):
+        return None
+    last = published.entries[-1].get("counts", {})
+    report = {"listed": int(run["inputs"]), "new": 0, "changed": 0, "duplicates": 0, "converting": 0,
+              # what the last generation found kept, still so: the same rows against the same records
+              "deleted": 0 if recorded.get("prune_deleted") else int(last.get("deleted", 0)),
+              "unchecked": int(last.get("unchecked", 0)), "failing": int(last.get("failing", 0)),
+              "same_listing": 1}
+    return Planned(published.generation + 1, published.next_index, 0, PlanRows(plan_schema().empty_table()),
+                   report, {}, options_of(config), {}, empty=True)
 
 
 def _check_classes(dest, published: Published, listing) -> None:
@@ -299,13 +338,15 @@ def _plan(dest, config, run, listing, published: Published, old, *, dry_run: boo
         legacy_names = OutputNames.from_record(old)
         width = legacy_names.width if legacy_names is not None else width
     rows = plan.table()
-    if not dry_run:
-        files["plan"] = plan.commit(dest, *generation_file(g, "plan"))
-        if pending.rows:
-            files["pending"] = pending.commit(dest, *generation_file(g, "pending"))
-    plan.drop()
-    pending.drop()
-    return Planned(g, published.next_index, width, PlanRows(rows), report, examples, options_of(config), files)
+    files["plan"] = plan.ref(*generation_file(g, "plan"))
+    spools = {"plan": plan}
+    if pending.rows:
+        files["pending"] = pending.ref(*generation_file(g, "pending"))
+        spools["pending"] = pending
+    else:
+        pending.drop()
+    return Planned(g, published.next_index, width, PlanRows(rows), report, examples, options_of(config), files,
+                   spools=spools)
 
 
 def pending_schema():

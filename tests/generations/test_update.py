@@ -295,3 +295,22 @@ def test_an_input_that_fails_the_same_way_is_not_converted_again_and_stays_liste
     before = tree(dest)
     again = update(source, dest)  # nothing new: the broken input alone does not make a generation
     assert again.generation["generation"] == 0 and tree(dest) == before
+
+
+def test_an_unchanged_listing_is_nothing_new_unless_a_failure_is_worth_retrying(source, tmp_path):
+    """The shortcut (same listing and stamps digests as the last generation: no row compared) holds only
+    when no failure of that generation would be retried: a read error is retried every time."""
+    dest = tmp_path / "out"
+    rows = sorted(p for p in source.root.rglob("*.jpg"))
+    manifest_csv = tmp_path / "list.csv"
+    manifest_csv.write_text("path\n" + "".join(f"{p}\n" for p in rows) + f"{source.root}/gone.jpg\n")
+    s = update(manifest_csv, dest)
+    assert s.failed == 1 and manifest(dest)["counts"]["failed_by_stage"] == {"read": 1}
+    again = update(manifest_csv, dest)  # the missing file is tried again: a generation that records it
+    assert again.generation["generation"] == 2 and again.generation["counts"]["retried"] == 1
+    photo = source.root / "gone.jpg"
+    photo.write_bytes((source.root / "cats" / "c000.jpg").read_bytes())
+    fixed = update(manifest_csv, dest)  # it is there now: converted
+    assert fixed.written == 1 and manifest(dest)["counts"]["failed"] == 0
+    last = update(manifest_csv, dest)
+    assert last.generation["generation"] == 0 and "the same listing and stamps" in last.line()
