@@ -74,6 +74,49 @@ def superseded_schema():
                       ("shard", pa.large_string()), ("sample", pa.int64())])
 
 
+# Arrays built from their buffers: pyarrow converts Python values through a check that imports pandas
+# (~0.5 s of CPU the first time, in every worker process); these helpers never convert.
+def arrow_ints(values: Any):
+    """An int64 array (no nulls) from a sequence or numpy array of integers."""
+    import numpy as np
+    import pyarrow as pa
+
+    data = np.ascontiguousarray(np.asarray(values, dtype=np.int64))
+    return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
+
+
+def arrow_bytes(values: list[bytes | None], type: Any = None):
+    """A variable-width array (``large_binary`` by default, or ``large_string`` for UTF-8 bytes) or a
+    ``binary(32)`` one, from bytes; None is null."""
+    import numpy as np
+    import pyarrow as pa
+
+    type = type or pa.large_binary()
+    n = len(values)
+    valid = np.fromiter((v is not None for v in values), dtype=bool, count=n)
+    nulls = n - int(valid.sum())
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    if pa.types.is_fixed_size_binary(type):
+        width = type.byte_width
+        data = b"".join(v if v is not None else bytes(width) for v in values)
+        return pa.Array.from_buffers(type, n, [bitmap, pa.py_buffer(data)], null_count=nulls)
+    parts = [v if v is not None else b"" for v in values]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=n), out=offsets[1:])
+    return pa.Array.from_buffers(type, n, [bitmap, pa.py_buffer(offsets), pa.py_buffer(b"".join(parts))],
+                                 null_count=nulls)
+
+
+def arrow_texts(values: list[str | None], binary: bool = False):
+    """Texts (None: null) as ``large_string``, or with ``binary`` as ``large_binary`` holding their exact
+    bytes (``surrogateescape``: a file name that is not UTF-8 survives)."""
+    import pyarrow as pa
+
+    errors = "surrogateescape" if binary else "strict"  # UTF-8 text must be valid UTF-8
+    encoded = [None if v is None else v.encode("utf-8", errors) for v in values]
+    return arrow_bytes(encoded, pa.large_binary() if binary else pa.large_string())
+
+
 def _raw(values: list[str]):
     """Texts -> a large_binary array of their exact bytes (UTF-8, undecodable bytes as they were)."""
     import pyarrow as pa
@@ -89,8 +132,8 @@ def plan_batch(columns: dict[str, list[Any]]):
     import pyarrow as pa
 
     schema = plan_schema()
-    arrays = [_raw(columns[c]) if c in RAW_TEXT else pa.array(columns[c], type=schema.field(c).type)
-              for c in ROW_COLUMNS]
+    arrays = [arrow_texts(columns[c], binary=True) if c in RAW_TEXT else arrow_ints(columns[c])
+              if c in INT_COLUMNS else arrow_texts(columns[c]) for c in ROW_COLUMNS]
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
@@ -173,13 +216,13 @@ def shard_record(parts: list[dict[str, Any]]):
         stages += [None if ok else str(st) for ok, st in zip(p["written"], p["stage"], strict=True)]
     schema = held_schema()
     arrays = {
-        "key": pa.array(cols["key"], type=pa.large_string()), "url": _raw(cols["url"]),
-        **{c: pa.array(cols[c], type=pa.int64()) for c in ("offset", "length", "row", "label", "stamp")},
-        "status": pa.array(np.where(written, "written", "failed").tolist(), type=pa.large_string()),
+        "key": arrow_texts(cols["key"]), "url": arrow_texts(cols["url"], binary=True),
+        **{c: arrow_ints(cols[c]) for c in ("offset", "length", "row", "label", "stamp")},
+        "status": arrow_texts(np.where(written, "written", "failed").tolist()),
         "generation": pa.nulls(n, pa.int64()), "shard": pa.nulls(n, pa.large_string()),
-        "sample": pa.array(sample, type=pa.int64()), "sha256": pa.array(digests, type=pa.binary(32)),
+        "sample": arrow_ints(sample), "sha256": arrow_bytes(digests, pa.binary(32)),
         "of_key": pa.nulls(n, pa.large_string()), "target": pa.nulls(n, pa.int64()),
-        "stage": pa.array(stages, type=pa.large_string()),
+        "stage": arrow_texts(stages),
     }
     return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
