@@ -1,7 +1,8 @@
 """What a nightly ``--update`` costs next to the full conversion, in one run (docs/benchmarks.md).
 
-    python benchmarks/bench_update.py                   # 20k inputs on local disk
+    python benchmarks/bench_update.py                   # 20k ImageNet-sized inputs on local disk, -> 224
     python benchmarks/bench_update.py --s3              # the same with SOURCE and DEST on moto S3 (ETags)
+    python benchmarks/bench_update.py --corpus small --size 128   # 320x240 inputs: start-up costs dominate
 
 Phases, each the whole ``resize-pipeline convert`` process (start-up, listing, stamps, diff included):
 
@@ -32,10 +33,31 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 #: distinct pictures the inputs are copies of (decoding cost is that of real photos' size and entropy)
 BASES = 200
+_BASES: dict[str, list[bytes]] = {}
 
 
-def make_inputs(folder: Path, start: int, n: int, seed: int = 0) -> None:
-    """`n` JPEGs of 320x240, named ``{class}/{i:06d}.jpg`` in 10 class folders."""
+def _imagenet_bases() -> list[bytes]:
+    """ImageNet-like JPEGs (`bench_convert.make_corpus`: real photos, 500..1024 px wide, q90)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_convert import make_corpus
+
+    with tempfile.TemporaryDirectory() as d:
+        return [Path(p).read_bytes() for p in make_corpus(d, BASES)]
+
+
+def make_inputs(folder: Path, start: int, n: int, seed: int = 0, corpus: str = "small") -> None:
+    """`n` JPEGs named ``{class}/{i:06d}.jpg`` in 10 class folders: copies of `BASES` distinct pictures,
+    ImageNet-sized (``imagenet``) or 320x240 (``small``)."""
+    if corpus not in _BASES:
+        _BASES[corpus] = _imagenet_bases() if corpus == "imagenet" else _small_bases(seed)
+    bases = _BASES[corpus]
+    for i in range(start, start + n):
+        p = folder / f"class{i % 10}" / f"{i:06d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(bases[i % BASES])
+
+
+def _small_bases(seed: int) -> list[bytes]:
     rng = np.random.default_rng(seed)
     bases = []
     for b in range(BASES):
@@ -49,10 +71,7 @@ def make_inputs(folder: Path, start: int, n: int, seed: int = 0) -> None:
         buf = io.BytesIO()
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=85)
         bases.append(buf.getvalue())
-    for i in range(start, start + n):
-        p = folder / f"class{i % 10}" / f"{i:06d}.jpg"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(bases[i % BASES])
+    return bases
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
@@ -70,13 +89,13 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
 
 
 class Local:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
+    def __init__(self, tmp: Path, corpus: str) -> None:
+        self.tmp, self.corpus = tmp, corpus
         self.src, self.dest = tmp / "src", str(tmp / "dest")
         self.config: list[str] = []
 
     def add(self, start: int, n: int) -> None:
-        make_inputs(self.src, start, n)
+        make_inputs(self.src, start, n, corpus=self.corpus)
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
         root = Path(self.dest)
@@ -93,8 +112,8 @@ class Local:
 class S3(Local):
     """SOURCE and DEST in a bucket of a moto server on 127.0.0.1 (changes seen through ETags)."""
 
-    def __init__(self, tmp: Path) -> None:
-        super().__init__(tmp)
+    def __init__(self, tmp: Path, corpus: str) -> None:
+        super().__init__(tmp, corpus)
         from moto.server import ThreadedMotoServer
 
         os.environ.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1",
@@ -119,7 +138,7 @@ class S3(Local):
 
     def add(self, start: int, n: int) -> None:
         staging = self.tmp / f"staging-{start}"
-        make_inputs(staging, start, n)
+        make_inputs(staging, start, n, corpus=self.corpus)
         from concurrent.futures import ThreadPoolExecutor
 
         files = [p for p in staging.rglob("*.jpg")]
@@ -149,12 +168,13 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=20_000)
     ap.add_argument("--new", type=float, default=0.10, help="share of new inputs before the update")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--size", default="128")
+    ap.add_argument("--size", default="224")
+    ap.add_argument("--corpus", choices=("imagenet", "small"), default="imagenet")
     ap.add_argument("--s3", action="store_true")
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=str(REPO), TQDM_DISABLE="1")
     with tempfile.TemporaryDirectory() as d:
-        store = S3(Path(d)) if args.s3 else Local(Path(d))
+        store = S3(Path(d), args.corpus) if args.s3 else Local(Path(d), args.corpus)
         store.add(0, args.inputs)
 
         def convert() -> dict[str, float]:
@@ -172,7 +192,8 @@ def main() -> None:
         m = store.manifest()
     full = rows[0][2]["wall_s"]
     where = "moto S3 (ETags)" if args.s3 else "local disk"
-    print(f"{args.inputs} inputs on {where}, --size {args.size}, {args.workers} workers, load {os.getloadavg()}")
+    print(f"{args.inputs} {args.corpus} inputs on {where}, --size {args.size}, {args.workers} workers, "
+          f"load {tuple(round(x, 1) for x in os.getloadavg())}")
     print(f"{'phase':<40} {'converted':>9} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9} {'img/s':>8} {'/ full':>7}")
     for name, n, r in rows:
         print(f"{name:<40} {n:>9} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['peak_mib']:>9.0f} "
