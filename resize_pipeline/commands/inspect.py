@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from resize_pipeline.errors import ConfigError, OutputError
-    from resize_pipeline.inspection import contact_sheet, inspect_output, verify_generations, verify_shards
+    from resize_pipeline.generations.verify import verify_generations
+    from resize_pipeline.inspection import contact_sheet, inspect_output, verify_shards
 
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, not {args.samples}")

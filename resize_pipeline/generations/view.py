@@ -26,7 +26,8 @@ def entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     counts = manifest.get("counts", {})
     return [{"generation": 1, "created": manifest.get("created"), "fingerprint": manifest.get("fingerprint"),
              "shards": sorted({str(s.get("shard", "")) for s in manifest.get("shards", [])} - {""}),
-             "counts": {"written": counts.get("written", 0), "failed": counts.get("failed", 0)}, "legacy": True}]
+             "counts": {"listed": counts.get("total", 0), "new": counts.get("total", 0),
+                        "written": counts.get("written", 0), "failed": counts.get("failed", 0)}, "legacy": True}]
 
 
 def latest(manifest: dict[str, Any]) -> int:
