@@ -127,9 +127,12 @@ class S3(Local):
         import s3fs
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x",
+                     aws_secret_access_key="x").create_bucket(Bucket="bench")
         self.fs = s3fs.S3FileSystem(key="x", secret="x", client_kwargs={"endpoint_url": endpoint,
                                                                          "region_name": "us-east-1"})
-        self.fs.mkdir("bench")
         self.dest = "s3://bench/dest"
         cfg = tmp / "s3.toml"
         cfg.write_text("[storage_options]\nkey = 'x'\nsecret = 'x'\n[storage_options.client_kwargs]\n"
