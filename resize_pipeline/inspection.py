@@ -273,7 +273,7 @@ def inspect_output(
     Shards named in `skip` (those that failed `verify_shards`) are left out of the scan, and so are
     the samples the generation superseded.
     """
-    from resize_pipeline.generations.view import entries
+    from resize_pipeline.readers.generations import entries
 
     out = open_output(dest, storage_options, generation)
     m = out.manifest

@@ -239,7 +239,7 @@ def finalize(
     entry = dict(generation, created=created, fingerprint=run["fingerprint"], seconds=round(seconds, 3))
     previous_entries = []
     if previous is not None:
-        from resize_pipeline.generations.view import entries as generation_entries
+        from resize_pipeline.readers.generations import entries as generation_entries
 
         previous_entries = generation_entries(previous)
     manifest = {

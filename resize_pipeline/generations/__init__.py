@@ -7,6 +7,10 @@
 - `diff`: held vs listed -> new, changed, unchanged, deleted (a pure function over Arrow batches);
 - `dedup`: rows to convert vs samples held, by the sha256 of their bytes (also a pure function);
 - `update`: ``convert --update``: the integration point (plan a generation, resume an interrupted
-  one, adopt a DEST written before generations existed);
-- `view`: which shard files and samples a reader of generation g sees.
+  one); `adopt`: a DEST written before generations existed becomes generation 1;
+- `publish`: a generation's records, its superseded samples, then the manifest;
+- `verify`: ``inspect --verify`` of every generation's record files.
+
+What a reader of generation g sees (its shard files, the samples superseded up to g) is
+`readers.generations`'s: readers never import this package.
 """

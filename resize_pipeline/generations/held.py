@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resize_pipeline.errors import OutputError
-from resize_pipeline.generations import view
 from resize_pipeline.generations.records import held_schema, held_table, read_table
 from resize_pipeline.layout import MANIFEST_FILE, inputs_name, stats_name
+from resize_pipeline.readers import generations as view
 
 log = logging.getLogger(__name__)
 

@@ -148,7 +148,7 @@ def publish(dest, config, prepared, results: list, *, listing, seconds: float, c
     }
     previous = published.manifest
     if previous is not None and planned.files.get("adopted"):  # a DEST of an earlier version, adopted now
-        from resize_pipeline.generations.view import entries
+        from resize_pipeline.readers.generations import entries
 
         first, *rest = entries(previous)
         previous = dict(previous, generations=[dict(first, records=planned.files["adopted"]), *rest])

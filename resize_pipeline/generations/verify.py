@@ -13,8 +13,8 @@ def verify_generations(dest: str, storage_options: dict[str, Any] | None = None)
     """Each generation's record files (records, superseded samples) and its shards' input records,
     against the sizes and sha256s the manifest and stats recorded: one ``{generation, ok, reason}``
     per generation (every generation, whatever the latest is)."""
-    from resize_pipeline.generations.view import entries
     from resize_pipeline.layout import inputs_name
+    from resize_pipeline.readers.generations import entries
 
     out = open_output(dest, storage_options)
     m = out.manifest

@@ -4,7 +4,7 @@ Readers use the manifest's shard list, never a directory listing: half-written r
 ``--format both`` output is never confused (tars vs Parquet), and the per-file sample counts let the
 PyTorch reader split work exactly.
 
-A DEST grown by ``convert --update`` has generations (`generations.view`): by default a reader sees
+A DEST grown by ``convert --update`` has generations (`readers.generations`): by default a reader sees
 the latest complete one, or generation ``g`` when asked: the shard files of generations 1..g, each
 with the positions of its samples superseded up to g (`ShardRef.dead`), which readers skip.
 """
@@ -91,7 +91,7 @@ class Output:
         """Shard file name -> (positions of its samples superseded up to `generation`, the last
         generation that superseded one); read once."""
         if "files" not in self._dead:
-            from resize_pipeline.generations.view import dead_by_file
+            from resize_pipeline.readers.generations import dead_by_file
 
             self._dead["files"] = dead_by_file(self.fs, self.root, self.manifest, self.generation)
         return self._dead["files"]
@@ -100,7 +100,7 @@ class Output:
         """The complete shard files of the generation read, in order; only those of `fmt`
         ("webdataset" or "parquet") when given. Each carries its superseded samples (`ShardRef.dead`;
         not read with ``with_dead=False``: checking the files needs only their names)."""
-        from resize_pipeline.generations.view import file_generation
+        from resize_pipeline.readers.generations import file_generation
 
         if fmt is not None:
             formats.get(fmt)  # ValueError naming the formats
@@ -170,7 +170,7 @@ def open_output(dest: str, storage_options: dict[str, Any] | None = None, genera
         raise OutputError(f"cannot read {dest}/{MANIFEST_FILE}: {type(exc).__name__}: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("tool") != "resize_pipeline" or "shards" not in manifest:
         raise OutputError(f"{dest}/{MANIFEST_FILE} was not written by resize-pipeline")
-    from resize_pipeline.generations.view import choose
+    from resize_pipeline.readers.generations import choose
 
     return Output(dest, fs, root, manifest, choose(manifest, generation, dest))
 
@@ -195,7 +195,7 @@ def superseded(dest: str, storage_options: dict[str, Any] | None = None,
     latest): what a reader built on the formats' own libraries filters out (`docs/reading.md`)."""
     import pyarrow.parquet as pq
 
-    from resize_pipeline.generations.view import superseded_files
+    from resize_pipeline.readers.generations import superseded_files
 
     out = open_output(dest, storage_options, generation)
     found: set[tuple[str, str]] = set()

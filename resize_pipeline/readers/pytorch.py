@@ -110,7 +110,7 @@ def live_samples(fs, ref: ShardRef, a: int, b: int) -> Iterator[dict[str, Any]]:
     if not ref.dead:
         yield from read(fs, ref.path, a, b)
         return
-    from resize_pipeline.generations.view import live_to_physical
+    from resize_pipeline.readers.generations import live_to_physical
 
     dead = np.asarray(ref.dead, dtype=np.int64)
     start, stop = live_to_physical(dead, a), live_to_physical(dead, b - 1) + 1

@@ -38,7 +38,7 @@ def _live_rows(refs) -> list[int] | None:
     """Row numbers of the live samples across `refs` read in order (None: every row is live)."""
     if not any(r.dead for r in refs):
         return None
-    from resize_pipeline.generations.view import live_mask
+    from resize_pipeline.readers.generations import live_mask
 
     rows, base = [], 0
     for r in refs:
@@ -58,7 +58,7 @@ def arrow_table(dest: str, columns: list[str] | None = None, storage_options: di
         return pq.ParquetDataset([r.path for r in refs], filesystem=out.fs).read(columns=columns)
     import pyarrow as pa
 
-    from resize_pipeline.generations.view import live_mask
+    from resize_pipeline.readers.generations import live_mask
 
     parts = []
     for r in refs:  # file by file, in the manifest's order, superseded rows left out

@@ -74,13 +74,14 @@ def dead_by_file(fs: Any, root: str, manifest: dict[str, Any], generation: int) 
     """Shard file name -> (sorted superseded positions, the last generation that superseded one)."""
     import posixpath
 
-    from resize_pipeline.generations.records import read_table
+    import pyarrow.parquet as pq
 
     found: dict[str, list[np.ndarray]] = defaultdict(list)
     last: dict[str, int] = {}
     for g, name in _superseded_refs(manifest, generation):
         try:
-            t = read_table(fs, posixpath.join(root, name), columns=["file", "position"])
+            with fs.open(posixpath.join(root, name), "rb") as fh:
+                t = pq.read_table(fh, columns=["file", "position"])
         except (OSError, ValueError) as exc:
             raise OutputError(f"cannot read {name} (the samples a generation superseded): {exc}") from None
         files = t.column("file").to_numpy(zero_copy_only=False)
