@@ -289,7 +289,7 @@ class Spool:
 
         self.close()
         self.file.seek(0)
-        return pq.read_table(self.file)
+        return pq.read_table(self.file, use_threads=False)
 
     def ref(self, *names: str) -> dict[str, Any]:
         """Its file record (name, rows, bytes, sha256), once written completely."""
@@ -312,7 +312,9 @@ def read_table(fs, path: str, columns: list[str] | None = None):
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as fh:
-        return pq.read_table(fh, columns=columns)
+        # one thread: pyarrow's threaded scan of a Python file object can leave a thread that aborts
+        # the process at exit ("terminate called without an active exception"); record files are small
+        return pq.read_table(fh, columns=columns, use_threads=False)
 
 
 def batches(tables: Iterable[Any], chunk: int = CHUNK) -> Iterator[Any]:

@@ -277,7 +277,7 @@ def _checked(dest, ref: dict[str, Any] | None) -> Any:
         data = fh.read()
     if hashlib.sha256(data).hexdigest() != ref["sha256"]:
         raise ValueError(f"{ref['name']} does not match its recorded sha256")
-    return pq.read_table(io.BytesIO(data))
+    return pq.read_table(io.BytesIO(data), use_threads=False)  # see records.read_table
 
 
 def _plan(dest, config, run, listing, published: Published, old, *, dry_run: bool, workdir) -> Planned:

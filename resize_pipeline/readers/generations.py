@@ -81,7 +81,7 @@ def dead_by_file(fs: Any, root: str, manifest: dict[str, Any], generation: int) 
     for g, name in _superseded_refs(manifest, generation):
         try:
             with fs.open(posixpath.join(root, name), "rb") as fh:
-                t = pq.read_table(fh, columns=["file", "position"])
+                t = pq.read_table(fh, columns=["file", "position"], use_threads=False)  # records.read_table
         except (OSError, ValueError) as exc:
             raise OutputError(f"cannot read {name} (the samples a generation superseded): {exc}") from None
         files = t.column("file").to_numpy(zero_copy_only=False)

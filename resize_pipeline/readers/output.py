@@ -201,6 +201,6 @@ def superseded(dest: str, storage_options: dict[str, Any] | None = None,
     found: set[tuple[str, str]] = set()
     for name in superseded_files(out.manifest, out.generation):
         with out.fs.open(out.path(name), "rb") as fh:
-            t = pq.read_table(fh, columns=["file", "key"])
+            t = pq.read_table(fh, columns=["file", "key"], use_threads=False)  # records.read_table
         found.update(zip(t.column("file").to_pylist(), t.column("key").to_pylist(), strict=True))
     return found
