@@ -98,8 +98,10 @@ class Summary:
         if self.dry_run:
             p = self.plan
             shards = f"{p['first']} .. {p['last']}" if self.shards > 1 else p.get("first", "none")
+            dedup = "; --dedup finds duplicates when it reads the inputs, not in a dry run" \
+                if (g.get("options") or {}).get("dedup") else ""
             return (f"dry run: generation {g.get('generation')} would convert {c.get('converting', 0)} input(s) in "
-                    f"{self.shards} shard(s) ({shards}); {seen}; nothing written")
+                    f"{self.shards} shard(s) ({shards}); {seen}{dedup}; nothing written")
         if not g.get("generation"):
             return f"nothing new: {self.dest} stays at generation {g.get('current', 0)} ({seen})"
         return (f"generation {g['generation']}: {seen} -> {self.written} written, {self.failed} failed "
@@ -295,7 +297,8 @@ def _update_summary(config, prepared, listing, t0: float, *, dry_run: bool = Fal
         plan = {"first": names[0], "last": names[-1]} if names else {}
         return Summary(len(listing.items), 0, len(listing.errors), seconds, config.dest, shards=k, dry_run=True,
                        list_failed=len(listing.errors), plan=plan,
-                       generation={"generation": planned.generation, "counts": planned.report})
+                       generation={"generation": planned.generation, "counts": planned.report,
+                                   "options": planned.options})
     entry = manifest["generations"][-1]
     c = entry["counts"]
     return Summary(c["converted"] + len(listing.errors), c["written"], c["failed"], seconds, config.dest, done, k,

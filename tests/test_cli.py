@@ -171,7 +171,7 @@ CONTRACT = ["--size", "--mode", "--resizer", "--format", "--encode", "--quality"
             "-q", "--quiet", "--config"]
 NEW = ["--precision", "--compile", "--no-compile", "--hw-decoder-load", "--ray-gpus-per-actor",
        "--ray-cpus-per-actor", "--ray-max-task-retries", "--ray-ship-code", "--no-ray-ship-code",
-       "--read-timeout", "--dry-run"]
+       "--read-timeout", "--dry-run", "--update", "--on-change", "--prune-deleted", "--dedup"]
 
 
 def test_flag_spellings():
