@@ -33,6 +33,10 @@ ENCODINGS = ("jpg", "png", "webp", "npy")
 ENGINES = ("local", "ray")
 PARALLELISM = ("process", "thread")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: ``--on-change``: what ``--update`` does with an input converted before whose stamp changed
+ON_CHANGE = ("refuse", "skip", "replace")
+#: ``--dedup``: how equal inputs are recognised
+DEDUP = ("sha256",)
 MAX_SIDE = 16384
 #: upper bounds of the numeric options (documented in docs/reliability.md): far beyond any real use,
 #: well inside what the platform holds (a C long, a time_t, a thread wait)
@@ -527,6 +531,18 @@ class ConvertConfig:
     dry_run: bool = _run(False, kind=Bool(), bool_flag="on",
                          help="list and plan, print counts and shards, convert nothing")
     overwrite: bool = _run(False, kind=Bool(), bool_flag="on", help="replace existing output in DEST")
+    # --- growing datasets: not in the output fingerprint (an update must keep it), recorded per generation ---
+    update: bool = _run(False, kind=Bool(), bool_flag="on", help=(
+        "convert only the inputs DEST does not hold yet, into new shards: a new generation of DEST "
+        "(an empty DEST: the first one)"))
+    on_change: str = _run("refuse", kind=Str(choices=ON_CHANGE), help=(
+        "with --update, inputs converted before whose size/mtime or ETag changed: refuse (exit 2, naming "
+        "them), skip (keep the old sample) or replace (convert them again; the old sample is superseded)"))
+    prune_deleted: bool = _run(False, kind=Bool(), bool_flag="on", help=(
+        "with --update, mark the samples of inputs gone from SOURCE superseded (default: reported, kept)"))
+    dedup: str | None = _run(None, kind=Str(choices=DEDUP), optional=True, default_text="off", help=(
+        "an input whose bytes equal an already converted sample is recorded as its duplicate, not converted "
+        "(within the run and across generations)"))
     quiet: bool = _run(False, kind=Bool(), bool_flag="on", flags=("-q", "--quiet"), help="no progress bar or summary")
     storage_options: dict[str, Any] = _run(dataclasses.MISSING, factory=dict, kind=StrMapping(), cli=False,
                                            help="fsspec options for SOURCE and DEST (config file or Python)")
@@ -547,6 +563,13 @@ class ConvertConfig:
             object.__setattr__(self, f.name, value)  # frozen: normalised once, here
         if self.mode in ("shorter-side", "longer-side") and self.size[0] != self.size[1]:
             raise ConfigError(f"mode {self.mode} takes a single size N, got {self.size[0]}x{self.size[1]}")
+        if self.update and self.overwrite:
+            raise ConfigError("--update adds to DEST and --overwrite replaces it: give one of them")
+        if not self.update and (self.on_change != "refuse" or self.prune_deleted or self.dedup is not None):
+            flag = "--on-change" if self.on_change != "refuse" else "--prune-deleted" if self.prune_deleted \
+                else "--dedup"
+            raise ConfigError(f"{flag} applies to --update only (--update on an empty DEST makes its first "
+                              "generation)")
 
     @property
     def num_workers(self) -> int:

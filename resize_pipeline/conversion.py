@@ -4,6 +4,10 @@
       -> list SOURCE -> plan shards -> [--dry-run: report, write nothing]
       -> lock DEST -> check DEST (ownership, resume guard) -> record the run -> skip done shards
       -> engine (local or Ray) runs `ShardRunner`s -> finalize (_errors.jsonl, _manifest.json) -> unlock
+
+With ``--update`` the plan is a new generation of DEST instead (`generations.update.prepare`: what
+DEST holds vs what SOURCE lists), its shards numbered after DEST's last, published by
+`generations.publish.publish`; the engines run its shards like any others.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Summary:
     list_failed: int = 0
     #: with `dry_run`: what a run would do
     plan: dict[str, Any] = field(default_factory=dict)
+    #: ``--update``: the generation's number and counts (None: a plain run); ``{}``: nothing new
+    generation: dict[str, Any] | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -60,6 +66,8 @@ class Summary:
         return posixpath.join(self.dest, ERRORS_FILE)
 
     def line(self) -> str:
+        if self.generation is not None:
+            return self._update_line()
         if self.dry_run:
             p = self.plan
             shards = f"{p['first']} .. {p['last']}" if self.shards > 1 else p["first"]
@@ -71,6 +79,34 @@ class Summary:
             f"({self.images_per_second:.1f} img/s, {self.seconds:.1f} s) -> {self.dest}"
             + (f" [{self.resumed_shards} shard(s) reused]" if self.resumed_shards else "")
         )
+
+
+    def _update_line(self) -> str:
+        g = self.generation or {}
+        c = g.get("counts", {})
+        seen = (f"{c.get('listed', 0)} inputs listed: {c.get('new', 0)} new, {c.get('changed', 0)} changed, "
+                f"{c.get('deleted', 0)} deleted, {c.get('duplicates', 0)} duplicates"
+                + (f", {c['retried']} retried" if c.get("retried") else "")
+                + (f", {c['requeued']} requeued" if c.get("requeued") else "")
+                + (f", {c['unchecked']} unchecked" if c.get("unchecked") else "")
+                + (f", {c['failing']} failing as before" if c.get("failing") else ""))
+        if not g.get("generation"):
+            if c.get("same_listing"):
+                seen += "; the same listing and stamps as when it was made"
+            return (f"{'dry run: ' if self.dry_run else ''}nothing new: {self.dest} stays at generation "
+                    f"{g.get('current', 0)} ({seen}; nothing written)")
+        if self.dry_run:
+            p = self.plan
+            shards = f"{p['first']} .. {p['last']}" if self.shards > 1 else p.get("first", "none")
+            dedup = "; --dedup finds duplicates when it reads the inputs, not in a dry run" \
+                if (g.get("options") or {}).get("dedup") else ""
+            return (f"dry run: generation {g.get('generation')} would convert {c.get('converting', 0)} input(s) in "
+                    f"{self.shards} shard(s) ({shards}); {seen}{dedup}; nothing written")
+        if not g.get("generation"):
+            return f"nothing new: {self.dest} stays at generation {g.get('current', 0)} ({seen})"
+        return (f"generation {g['generation']}: {seen} -> {self.written} written, {self.failed} failed "
+                f"({self.images_per_second:.1f} img/s, {self.seconds:.1f} s) -> {self.dest}"
+                + (f" [{self.resumed_shards} shard(s) reused]" if self.resumed_shards else ""))
 
 
 def _components(built: list[dict[str, Any]], config, resolved) -> dict[str, Any]:
@@ -134,6 +170,12 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
 
 
 def _list(config):
+    try:  # a filesystem instance fsspec kept from an earlier run in this process must not answer from
+        from resize_pipeline.urls import url_to_fs  # its cache: the listing and every read see SOURCE now
+
+        url_to_fs(config.source, config.storage_options)[0].invalidate_cache()
+    except (ImportError, ValueError, OSError):
+        pass  # cannot be opened: the listing says why
     listing = list_source(
         config.source,
         storage_options=config.storage_options,
@@ -223,6 +265,8 @@ def _show_waits(bar):
 def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) -> Summary:
     from resize_pipeline.sinks.lock import DestLock
 
+    if config.update:
+        return _convert_update(config, resolved, t0, progress)
     listing = _list(config)
     tasks = plan_shards(listing.items, config.samples_per_shard, config.shard_prefix)
     run = run_record(config, resolved, listing.items)
@@ -231,18 +275,113 @@ def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) 
         return _dry_run(config, dest, run, listing, tasks, t0)
     dest.makedirs()
     with DestLock(dest) as lock:
-        state = inspect_dest(dest, config, run)
-        previous = _previous_components(dest, run) if state.old is not None else None
-        lock.check()
-        with _document_step(dest, "start", "nothing was converted yet"):
-            prepare_dest(dest, config, run, state)
-        records = [run] + ([state.old] if state.old is not None else [])
-        names = [n for n in (OutputNames.from_record(r) for r in records) if n is not None]
-        remove_partials(dest, names)
-        return _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress, lock)
+        return _plain(config, resolved, dest, run, listing, tasks, t0, progress, lock)
+
+
+def _plain(config, resolved, dest, run, listing, tasks, t0, progress, lock) -> Summary:
+    """A plain run (generation 1), DEST locked."""
+    state = inspect_dest(dest, config, run)
+    previous = _previous_components(dest, run) if state.old is not None else None
+    lock.check()
+    with _document_step(dest, "start", "nothing was converted yet"):
+        prepare_dest(dest, config, run, state)
+    records = [run] + ([state.old] if state.old is not None else [])
+    names = [n for n in (OutputNames.from_record(r) for r in records) if n is not None]
+    remove_partials(dest, names)
+    return _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress, lock)
+
+
+def _convert_update(config: ConvertConfig, resolved, t0: float, progress: bool | None) -> Summary:
+    """``--update``: a new generation of DEST (or the one a crash interrupted). DEST is locked before
+    SOURCE is listed: a second job on the same DEST (a night that overlaps the next) is refused at once."""
+    from resize_pipeline.generations.publish import publish
+    from resize_pipeline.generations.update import prepare
+    from resize_pipeline.sinks.lock import DestLock
+
+    dest = _open_dest(config)
+    if config.dry_run:
+        listing = _list(config)
+        prepared = prepare(dest, config, run_record(config, resolved, listing.items), listing, dry_run=True)
+        return _update_summary(config, prepared, listing, t0, dry_run=True)
+    dest.makedirs()
+    with DestLock(dest) as lock:
+        listing = _list(config)
+        run = run_record(config, resolved, listing.items)
+        prepared = prepare(dest, config, run, listing)
+        if prepared.kind == "plain":  # the first conversion, interrupted, of this very listing: finish it
+            log.info("%s holds an unfinished conversion of this listing (not made with --update): completing it",
+                     dest.url)
+            plain = config.replace(update=False, on_change="refuse", prune_deleted=False, dedup=None)
+            tasks = plan_shards(listing.items, config.samples_per_shard, config.shard_prefix)
+            return _plain(plain, resolved, dest, run_record(plain, resolved, listing.items), listing, tasks, t0,
+                          progress, lock)
+        if prepared.kind == "nothing":
+            return _update_summary(config, prepared, listing, t0)
+        planned = prepared.planned
+        assert planned is not None and prepared.run is not None
+        previous = _previous_components(dest, prepared.run)
+        remove_partials(dest, prepared.names)
+        tasks = plan_shards(planned.rows, config.samples_per_shard, config.shard_prefix, first=planned.base,
+                            width=planned.width, classes=listing.classes)
+        results, built, done = _execute(config, resolved, dest, tasks, prepared.names, len(planned.rows), progress,
+                                        lock)
+        seconds = time.perf_counter() - t0
+        converted = sum(r.total for r in results) - sum(r.total for r in done.values())
+        with _document_step(dest, "finish", "the shards written so far are kept: rerun the same command to finish"):
+            manifest = publish(dest, config, prepared, results, listing=listing, seconds=seconds,
+                               components=previous if previous and not built else _components(built, config,
+                                                                                               resolved),
+                               converted=converted)
+        s = _update_summary(config, prepared, listing, t0, manifest=manifest, results=results, done=len(done))
+        s.converted = converted
+        return s
+
+
+def _update_summary(config, prepared, listing, t0: float, *, dry_run: bool = False,
+                    manifest: dict[str, Any] | None = None, results: list | None = None, done: int = 0) -> Summary:
+    planned = prepared.planned
+    seconds = time.perf_counter() - t0
+    if prepared.kind == "nothing":
+        report = {"generation": 0, "current": prepared.published.generation, "counts": planned.report}
+        return Summary(len(listing.items), 0, 0, seconds, config.dest, generation=report, dry_run=dry_run,
+                       list_failed=len(listing.errors))
+    k = -(-len(planned.rows) // config.samples_per_shard)
+    if dry_run or manifest is None:
+        from resize_pipeline.layout import shard_name
+
+        names = [shard_name(config.shard_prefix, planned.base + i, planned.width) for i in (0, k - 1)] if k else []
+        plan = {"first": names[0], "last": names[-1]} if names else {}
+        return Summary(len(listing.items), 0, len(listing.errors), seconds, config.dest, shards=k, dry_run=True,
+                       list_failed=len(listing.errors), plan=plan,
+                       generation={"generation": planned.generation, "counts": planned.report,
+                                   "options": planned.options})
+    entry = manifest["generations"][-1]
+    c = entry["counts"]
+    return Summary(c["converted"] + len(listing.errors), c["written"], c["failed"], seconds, config.dest, done, k,
+                   manifest, list_failed=len(listing.errors), generation=entry)
 
 
 def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress, lock) -> Summary:
+    results, built, done = _execute(config, resolved, dest, tasks, names, len(listing.items), progress, lock)
+    seconds = time.perf_counter() - t0
+    converted = sum(r.total for r in results) - sum(r.total for r in done.values())
+    with _document_step(dest, "finish", "the shards written so far are kept: rerun the same command to finish"):
+        manifest = finalize(
+            dest, config, run, results,
+            listing_kind=listing.kind, list_errors=listing.errors, classes=listing.classes,
+            skipped=listing.skipped, skipped_members=listing.skipped_members,
+            skipped_examples=listing.skipped_examples, seconds=seconds,
+            components=previous if previous and not built else _components(built, config, resolved),
+            converted=converted,
+        )
+    c = manifest["counts"]
+    return Summary(c["total"], c["written"], c["failed"], seconds, config.dest, len(done), len(tasks), manifest,
+                   converted, list_failed=len(listing.errors))
+
+
+def _execute(config, resolved, dest, tasks, names, total: int, progress, lock):
+    """Run the shards not complete yet on the engine; (every result, what the workers built, the
+    results of the shards that were complete already)."""
     done = completed_shards(dest, tasks)
     pending = [t for t in tasks if t.index not in done]
     if done:
@@ -253,7 +392,7 @@ def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progr
     show = (not config.quiet) if progress is None else progress
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(listing.items), initial=sum(r.total for r in results), unit="img",
+    bar = tqdm(total=total, initial=sum(r.total for r in results), unit="img",
                disable=not show, desc="convert", dynamic_ncols=True)
     with bar, _show_waits(bar):
         if config.engine == "ray":
@@ -269,19 +408,6 @@ def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progr
             if res.built and res.built not in built:
                 built.append(res.built)
             results.append(res)
-    seconds = time.perf_counter() - t0
     lock.check()
     remove_partials(dest, names)  # temp files of a worker that died mid-commit (its shard was redone)
-    converted = sum(r.total for r in results) - sum(r.total for r in done.values())
-    with _document_step(dest, "finish", "the shards written so far are kept: rerun the same command to finish"):
-        manifest = finalize(
-            dest, config, run, results,
-            listing_kind=listing.kind, list_errors=listing.errors, classes=listing.classes,
-            skipped=listing.skipped, skipped_members=listing.skipped_members,
-            skipped_examples=listing.skipped_examples, seconds=seconds,
-            components=previous if previous and not built else _components(built, config, resolved),
-            converted=converted,
-        )
-    c = manifest["counts"]
-    return Summary(c["total"], c["written"], c["failed"], seconds, config.dest, len(done), len(tasks), manifest,
-                   converted, list_failed=len(listing.errors))
+    return results, built, done

@@ -20,7 +20,16 @@ from typing import Any
 from resize_pipeline import jsontext
 from resize_pipeline.config import digest
 from resize_pipeline.errors import OutputError
-from resize_pipeline.layout import ERRORS_FILE, MANIFEST_FILE, RUN_FILE, STATS_DIR, OutputNames, stats_name
+from resize_pipeline.layout import (
+    ERRORS_FILE,
+    INPUTS_DIR,
+    MANIFEST_FILE,
+    RUN_FILE,
+    STATS_DIR,
+    OutputNames,
+    inputs_name,
+    stats_name,
+)
 from resize_pipeline.ownership import check_foreign, check_not_in_the_way, clear_dest
 from resize_pipeline.shards import ShardResult, ShardTask
 from resize_pipeline.sinks.dest import Dest
@@ -61,15 +70,17 @@ def run_record(config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
         "outputs": OutputNames.of(config, len(items)).to_dict(),
         "config": output,
         "version": __version__,
+        "generation": 1,
     }
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def diff_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The (dotted) names of the fields that differ between two config records."""
     out = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{k}.{sub}" for sub in _diff(a, b)]
+            out += [f"{k}.{sub}" for sub in diff_fields(a, b)]
         elif a != b:
             out.append(k)
     return out
@@ -97,7 +108,7 @@ def same_output(old: dict[str, Any], run: dict[str, Any]) -> bool:
     if digest(_known_to(run["config"], then)) != old.get("fingerprint"):
         return False
     log.warning("resuming output of version %s, which did not record %s; recorded from now on",
-                old.get("version"), ", ".join(_diff(then, run["config"])))
+                old.get("version"), ", ".join(diff_fields(then, run["config"])))
     return True
 
 
@@ -149,8 +160,13 @@ def inspect_dest(dest: Dest, config, run: dict[str, Any]) -> DestState:
         return DestState(None, entries)
     if config.overwrite:
         return DestState(old, entries)
+    if isinstance(old.get("update"), dict) or int(old.get("generation", 1)) > 1:
+        raise OutputError(
+            f"{dest.url} is grown by --update (generation {old.get('generation', 1)}): rerun with --update to add "
+            "what is new in SOURCE, or --overwrite to start over"
+        )
     if not same_output(old, run):
-        fields = ", ".join(_diff(old.get("config", {}) if isinstance(old.get("config"), dict) else {},
+        fields = ", ".join(diff_fields(old.get("config", {}) if isinstance(old.get("config"), dict) else {},
                                  run["config"])) or "config"
         raise OutputError(
             f"{dest.url} holds output made with a different config (differs in: {fields}); "
@@ -182,6 +198,7 @@ def prepare_dest(dest: Dest, config, run: dict[str, Any], state: DestState) -> N
         log.info("--overwrite: removed %d file(s) of the earlier run in %s", n, dest.url)
     dest.write_json(run, RUN_FILE)  # first: from here on DEST is ours (and says what it will hold)
     dest.makedirs(STATS_DIR)
+    dest.makedirs(INPUTS_DIR)
 
 
 def completed_shards(dest: Dest, tasks: Sequence[ShardTask]) -> dict[int, ShardResult]:
@@ -190,6 +207,7 @@ def completed_shards(dest: Dest, tasks: Sequence[ShardTask]) -> dict[int, ShardR
     if not have:
         return {}
     present = set(dest.ls())
+    records = set(dest.ls(INPUTS_DIR))
     done: dict[int, ShardResult] = {}
     for t in tasks:
         if f"{t.name}.json" not in have:
@@ -198,7 +216,8 @@ def completed_shards(dest: Dest, tasks: Sequence[ShardTask]) -> dict[int, ShardR
             res = ShardResult.from_dict(dest.read_json(*stats_name(t.name)))
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # torn: redo it
             continue
-        if res.total == t.size and all(isinstance(f, dict) and f.get("name") in present for f in res.files):
+        if res.total == t.size and all(isinstance(f, dict) and f.get("name") in present for f in res.files) \
+                and (res.record is None or inputs_name(t.name)[1] in records):
             done[t.index] = res
     return done
 
@@ -218,10 +237,17 @@ def finalize(
     seconds: float,
     components: dict[str, Any],
     converted: int | None = None,
+    generation: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
+    counts: dict[str, Any] | None = None,
+    extra_errors: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
-    """Write ``_errors.jsonl`` then ``_manifest.json`` (last) from the per-shard results."""
+    """Write ``_errors.jsonl`` then ``_manifest.json`` (last) from the per-shard results.
+
+    A plain run is generation 1. An update (`generation`: its entry, `previous`: the manifest it
+    grows, `counts`: DEST's counts after it) lists the previous generations' shards and its own."""
     results = sorted(results, key=lambda r: r.index)
-    errors = list(list_errors) + [e for r in results for e in r.errors]
+    errors = list(list_errors) + [e for r in results for e in r.errors] + list(extra_errors)
     dest.write_text("".join(jsontext.dumps(e, sort_keys=True) + "\n" for e in errors), ERRORS_FILE)
     total = sum(r.total for r in results) + len(list_errors)
     written = sum(r.written for r in results)
@@ -231,26 +257,42 @@ def finalize(
         by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
     paths: dict[str, dict[str, int]] = {}  # how the samples went where a stage had a choice
     for r in results:
-        for column, counts in r.paths.items():
+        for column, hows in r.paths.items():
             into = paths.setdefault(column, {})
-            for how, k in counts.items():
+            for how, k in hows.items():
                 into[how] = into.get(how, 0) + k
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    g = int(generation["generation"]) if generation else 1
+    shards = [dict(f, shard=r.name, index=r.index, generation=g) for r in results for f in r.files]
+    stats = [dict({"name": r.name, "index": r.index, "total": r.total, "written": r.written, "failed": r.failed,
+                   "generation": g}, **({"inputs": r.record} if r.record is not None else {})) for r in results]
+    if generation is None:
+        generation = {"generation": 1, "kind": "full", "shards": [r.name for r in results],
+                      "counts": {"listed": total, "new": total - len(list_errors), "written": written,
+                                 "failed": failed}}
+    if previous is not None:
+        shards = [dict(f, generation=f.get("generation", 1)) for f in previous.get("shards", [])] + shards
+        stats = [dict(s, generation=s.get("generation", 1)) for s in previous.get("shard_stats", [])] + stats
+    entry = dict(generation, created=created, fingerprint=run["fingerprint"], seconds=round(seconds, 3))
+    previous_entries = []
+    if previous is not None:
+        from resize_pipeline.readers.generations import entries as generation_entries
+
+        previous_entries = generation_entries(previous)
     manifest = {
         "tool": "resize_pipeline",
         "version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": created,
         "source": config.source,
         "source_kind": listing_kind,
         "classes": list(classes),
-        "counts": {"total": total, "written": written, "failed": failed, "failed_by_stage": by_stage,
-                   "skipped_non_images": skipped, **({"skipped_tar_members": dict(skipped_members),
-                                                      "skipped_examples": list(skipped_examples)}
-                                                     if skipped_members else {})},
-        "shards": [dict(f, shard=r.name, index=r.index) for r in results for f in r.files],
-        "shard_stats": [
-            {"name": r.name, "index": r.index, "total": r.total, "written": r.written, "failed": r.failed}
-            for r in results
-        ],
+        "counts": dict(counts or {"total": total, "written": written, "failed": failed, "duplicates": 0,
+                                  "superseded": 0},
+                       failed_by_stage=by_stage, skipped_non_images=skipped,
+                       **({"skipped_tar_members": dict(skipped_members), "skipped_examples": list(skipped_examples)}
+                          if skipped_members else {})),
+        "shards": shards,
+        "shard_stats": stats,
         "paths": {k: dict(sorted(v.items())) for k, v in sorted(paths.items())},
         "formats": list(config.formats),
         "encode": config.encode,
@@ -263,6 +305,8 @@ def finalize(
                 "images_per_second": round((total if converted is None else converted) / seconds, 2)
                 if seconds else None},
         "errors_file": ERRORS_FILE,
+        "generation": g,
+        "generations": previous_entries + [entry],
     }
     dest.write_json(manifest, MANIFEST_FILE)
     return manifest

@@ -61,7 +61,7 @@ def build_stages(config, resolved, device: str = "cpu", threads: int = 1) -> Sta
     device_id = int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
     read = ReadStage(config.storage_options, threads=max(4, threads),
                      probe_max_pixels=config.max_pixels if spec.needs_probe else None, timeout=config.read_timeout,
-                     max_bytes=config.max_bytes)
+                     max_bytes=config.max_bytes, digest=config.dedup is not None)
     encode = EncodeStage(config.encode, config.quality, threads=threads, jpeg_backend=resolved.jpeg_backend or "auto")
     resizer = build_resizer(config, resolved, device, threads)
     decoder_kw: dict[str, Any] = dict(background=config.background, max_pixels=config.max_pixels, draft=config.draft,

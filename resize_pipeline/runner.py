@@ -4,7 +4,8 @@ a Ray actor). Built once per worker, it owns the stages, the shard writers and t
 It converts a *stream* of shard tasks: batches flow from the reader through decode/resize/encode to
 the writers without draining at shard boundaries (batch k+1 of the next shard is read while this
 shard's last batch encodes); every batch carries its shard, and a shard is committed (its files,
-then its stats file) when its last batch is written. Shards stay the unit of retry, resume and
+then its input record ``_inputs/{shard}.parquet``: every input it took, written or failed, then its
+stats file) when its last batch is written. Shards stay the unit of retry, resume and
 atomic commit:
 
 The typed error policy (`errors.error_kind`):
@@ -41,7 +42,7 @@ from resize_pipeline import formats
 from resize_pipeline.attempts import FORWARDED, AttemptLedger
 from resize_pipeline.devices import Placement
 from resize_pipeline.errors import DeviceFault, ResizePipelineError, error_record, is_device_fault
-from resize_pipeline.layout import stats_name
+from resize_pipeline.layout import inputs_name, stats_name
 from resize_pipeline.shards import ShardResult, ShardTask
 from resize_pipeline.sinks import RollingShardWriter, Sample
 from resize_pipeline.sinks.dest import Dest, is_full
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 PATH_COLUMNS = ("decoded_by", "resized_by")
 _WRITE_COLUMNS = ("key", "url", "payload", "width", "height", "orig_width", "orig_height", "label",
                   "label_name", "meta")
+#: the batch columns a shard's input record keeps (`generations.records.RECORD_COLUMNS`)
+_RECORD_COLUMNS = ("key", "url", "offset", "length", "row", "label", "stamp")
 
 
 class TaskQueue:
@@ -152,6 +155,8 @@ class _Shard:
     paths: dict[str, Counter] = field(default_factory=dict)
     #: shared with the attempt's works: once failed, its remaining batches skip every step
     state: Attempt = field(default_factory=Attempt)
+    #: per batch, the columns of the shard's input record (`generations.records.shard_record`)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ShardRunner:
@@ -267,7 +272,10 @@ class ShardRunner:
                 counts = shard.paths.setdefault(name, Counter())
                 counts.update(v for v in batch[name].tolist() if v)
         cols = {k: batch[k].tolist() for k in _WRITE_COLUMNS}
-        for i, err in enumerate(batch["error"].tolist()):
+        errors = batch["error"].tolist()
+        shard.inputs.append({**{c: batch[c] for c in _RECORD_COLUMNS}, "sha256": batch.get("sha256"),
+                             "written": [not e for e in errors], "stage": batch["error_stage"]})
+        for i, err in enumerate(errors):
             if err:
                 shard.errors.append(error_record(
                     key=str(cols["key"][i]), source=str(cols["url"][i]), stage=str(batch["error_stage"][i]),
@@ -283,11 +291,15 @@ class ShardRunner:
             shard.written += 1
 
     def _commit(self, shard: _Shard) -> ShardResult:
+        from resize_pipeline.generations.records import shard_record, write_table
+
         files = [f.to_dict() for w in shard.writers for f in w.close()]
         t = shard.task
+        # what the shard took, before its stats: a shard with stats always has its input record
+        record = write_table(self.dest, shard_record(shard.inputs), *inputs_name(t.name))
         result = ShardResult(t.index, t.name, t.size, shard.written, len(shard.errors), files,
                              shard.errors, time.perf_counter() - shard.t0, self.built,
-                             {k: dict(sorted(v.items())) for k, v in sorted(shard.paths.items()) if v})
+                             {k: dict(sorted(v.items())) for k, v in sorted(shard.paths.items()) if v}, record)
         self.dest.write_json(result.to_dict(), *stats_name(t.name))
         return result
 

@@ -93,6 +93,9 @@ class ShardResult:
     seconds: float = 0.0
     built: dict[str, Any] | None = None
     paths: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the shard's input record (``_inputs/{shard}.parquet``: name, rows, bytes, sha256); None for
+    #: shards committed before input records existed
+    record: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -106,23 +109,32 @@ class ShardResult:
         }  # no timings: stats (and so reruns) stay byte-identical
         if self.paths:
             out["paths"] = self.paths
+        if self.record is not None:
+            out["inputs"] = self.record
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShardResult:
-        res = cls(**{k: d[k] for k in ("index", "name", "total", "written", "failed", "files", "errors")})
+        record = d.get("inputs")
+        res = cls(**{k: d[k] for k in ("index", "name", "total", "written", "failed", "files", "errors")},
+                  record=record if isinstance(record, dict) else None)
         paths = d.get("paths")
         if isinstance(paths, dict):
             res.paths = paths
         return res
 
 
-def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefix: str = "shard") -> list[ShardTask]:
-    """Shard *i* = inputs ``[i*N, (i+1)*N)``; each task refers to its slice of `items` (no copy)."""
+def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefix: str = "shard", *,
+                first: int = 0, width: int | None = None, classes: Sequence[str] | None = None) -> list[ShardTask]:
+    """Shard *first + i* = inputs ``[i*N, (i+1)*N)``; each task refers to its slice of `items` (no copy).
+
+    `first` and `width`: a generation of ``--update`` continues the numbering of the shards DEST holds,
+    with the digits its first generation chose (default: from this listing's size). `classes`: the
+    class names the labels index (default: the listing's own, `ItemTable.classes`)."""
     n = len(items)
-    width = shard_width(n, samples_per_shard)
+    width = shard_width(n, samples_per_shard) if width is None else width
     return [
-        ShardTask(i, shard_name(prefix, i, width), items, s, min(n, s + samples_per_shard))
+        ShardTask(first + i, shard_name(prefix, first + i, width), items, s, min(n, s + samples_per_shard), classes)
         for i, s in enumerate(range(0, n, samples_per_shard))
     ]
 

@@ -78,7 +78,9 @@ class ReadStage:
     GIL; object stores wait on the network), and given up after `timeout` seconds (a ``read`` error
     row, `ReadTimeout`): a slow input never holds the rest of its batch. An input larger than
     `max_bytes` (``--max-bytes``) is a ``read`` error row, never read into memory. Rows of one Parquet
-    file are read together (their row group is read once).
+    file are read together (their row group is read once). With `digest` (``--dedup sha256``) each
+    input's sha256 is computed where its bytes are read (``sha256``: 32 bytes, None when the read
+    failed): the shard's input record keeps it.
     """
 
     #: reads in flight at once for object stores / http (each waits on the network)
@@ -86,12 +88,13 @@ class ReadStage:
 
     def __init__(self, storage_options: dict[str, Any] | None = None, *, threads: int = 1,
                  probe_max_pixels: int | None = None, timeout: float | None = None,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, digest: bool = False) -> None:
         self.storage_options = dict(storage_options or {})
         self.threads = max(1, int(threads))
         self.probe_max_pixels = probe_max_pixels
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.digest = digest
         self._pools: dict[bool, Any] = {}
 
     def __getstate__(self) -> dict:  # thread pools don't pickle (Ray ships stages to actors)
@@ -113,11 +116,17 @@ class ReadStage:
 
         so, cap = self.storage_options, self.max_bytes
         got = [read_one(items[0], so, cap)] if len(items) == 1 else read_items(items, so, max_bytes=cap)
+        digests: list[bytes | None] = [None] * len(got)
+        if self.digest:  # in the reading thread (hashlib releases the GIL on large inputs)
+            import hashlib
+
+            digests = [None if isinstance(g, Exception) else hashlib.sha256(g).digest() for g in got]
         if self.probe_max_pixels is None:
-            return [(g, None) for g in got]
+            return [(g, None, d) for g, d in zip(got, digests, strict=True)]
         from resize_pipeline.decode.probe import probe
 
-        return [(g, None if isinstance(g, Exception) else probe(bytes(g), self.probe_max_pixels)) for g in got]
+        return [(g, None if isinstance(g, Exception) else probe(bytes(g), self.probe_max_pixels), d)
+                for g, d in zip(got, digests, strict=True)]
 
     def __call__(self, batch: Batch) -> Batch:
         from functools import partial
@@ -128,6 +137,7 @@ class ReadStage:
         items = batch_to_items(batch, rows)
         n = len(batch["key"])
         data, probes = objects([b""] * n), objects([None] * n)
+        digests = objects([None] * n)
         units: list[list[int]] = []  # positions in `items`: one input each, or one Parquet file's rows
         parquet: dict[str, list[int]] = {}
         for j, it in enumerate(items):
@@ -141,14 +151,16 @@ class ReadStage:
         remote = bool(items) and is_remote_url(items[0].url)
         outs = self._pool(remote).map([partial(self._read, [items[j] for j in u]) for u in units], self.timeout)
         for unit, out in zip(units, outs, strict=True):
-            got = [(out, None)] * len(unit) if isinstance(out, Exception) else out
-            for j, (value, pr) in zip(unit, got, strict=True):
+            got = [(out, None, None)] * len(unit) if isinstance(out, Exception) else out
+            for j, (value, pr, digest) in zip(unit, got, strict=True):
                 i = rows[j]
                 if isinstance(value, Exception):
                     fail(batch, i, "read", value)
                 else:
-                    data[i], probes[i] = bytes(value), pr
+                    data[i], probes[i], digests[i] = bytes(value), pr, digest
         batch["data"] = data
+        if self.digest:
+            batch["sha256"] = digests
         if self.probe_max_pixels is not None:
             batch["probe"] = probes
         return batch

@@ -172,7 +172,7 @@ CONTRACT = ["--size", "--mode", "--resizer", "--format", "--encode", "--quality"
             "-q", "--quiet", "--config"]
 NEW = ["--precision", "--compile", "--no-compile", "--hw-decoder-load", "--ray-gpus-per-actor",
        "--ray-cpus-per-actor", "--ray-max-task-retries", "--ray-ship-code", "--no-ray-ship-code",
-       "--read-timeout", "--dry-run",
+       "--read-timeout", "--dry-run", "--update", "--on-change", "--prune-deleted", "--dedup",
        "--max-batch-pixels", "--max-bytes", "--io-timeout",  # issue 20: the names the issue spells out
        # issue 17: GPU-path options that could not be set, and the attempt cap
        "--cuda-graphs", "--no-cuda-graphs", "--channels-last", "--no-channels-last", "--jpeg-fancy-upsampling",

@@ -135,6 +135,10 @@ BAD_VALUES = [
     ("ray_max_task_retries", 1.5, "ray_max_task_retries must be an integer, got the number 1.5"),
     ("ray_max_task_retries", -1, "ray_max_task_retries must be an integer in 0..1000000"),
     ("ray_ship_code", "1", "ray_ship_code must be true or false, got the string '1'"),
+    ("update", "yes", "config: update must be true or false, got the string 'yes'"),
+    ("on_change", "overwrite", "config: on_change must be one of refuse, skip, replace, got the string 'overwrite'"),
+    ("prune_deleted", 1, "prune_deleted must be true or false, got the integer 1"),
+    ("dedup", "md5", "config: dedup must be one of sha256, got the string 'md5'"),
     ("storage_options", [1], "storage_options must be a mapping"),
     ("storage_options", {1: 2}, "storage_options must be a mapping with string keys"),
     ("cuda_graphs", "false", "config: cuda_graphs must be true or false, got the string 'false'"),
@@ -203,6 +207,8 @@ OTHER_VALUES = {
     "quiet": True, "storage_options": {"anon": True}, "ray_gpus_per_actor": 0.5, "ray_cpus_per_actor": 2,
     "ray_max_task_retries": 3, "ray_ship_code": True, "dest": "elsewhere",
     "cuda_graphs": False, "channels_last": False, "jpeg_fancy_upsampling": False, "shard_attempts": 5,
+    # the update options (alone only --update: the others need it, see test_update_options_...)
+    "update": True, "on_change": "refuse", "prune_deleted": False, "dedup": None,
 }
 OUTPUT = {"size", "mode", "resizer", "format", "encode", "quality", "samples_per_shard", "max_shard_bytes",
           "shard_prefix", "background", "pad_color", "max_pixels", "draft", "decoder", "precision", "compile",
@@ -228,6 +234,16 @@ def test_fingerprint_follows_what_is_written(field):
     changed = base.replace(**{field: OTHER_VALUES[field]})
     assert changed.fingerprint() != base.fingerprint()
     assert field in changed.output_dict()
+
+
+def test_update_options_are_not_part_of_the_fingerprint_and_need_update():
+    base = ConvertConfig("s", "d", update=True)
+    for field, value in (("on_change", "replace"), ("prune_deleted", True), ("dedup", "sha256")):
+        assert base.replace(**{field: value}).fingerprint() == base.fingerprint() == ConvertConfig("s", "d").fingerprint()
+        with pytest.raises(ConfigError, match="applies to --update only"):
+            ConvertConfig("s", "d", **{field: value})
+    with pytest.raises(ConfigError, match="give one of them"):
+        base.replace(overwrite=True)
 
 
 def test_fingerprint_is_stable():

@@ -21,6 +21,9 @@ sample written, the file decides what happens (read each time, so one cluster se
   next action of the script runs: ``stage`` raises an ordinary exception (a failed shard attempt),
   ``device`` raises a CUDA error (a device fault), ``die`` kills the process (``os._exit(1)``);
   past the end of the script, nothing happens. The log's line count is the number of attempts.
+- ``{"die_at": "_run.json", "nth": 2, "when": "after"}``: the process kills itself (``os._exit(9)``, as
+  SIGKILL would) at the nth rename into place (fsspec's local ``mv``, how every file of a local DEST
+  is committed) whose final path contains ``die_at``, just ``before`` or ``after`` it.
 
 Ray workers run `install` through ``runtime_env={"worker_process_setup_hook": "faults_plugin.install"}``;
 local worker processes through ``sitecustomize.py`` in this folder.
@@ -155,6 +158,26 @@ def _install_os_faults() -> None:
 
     LocalFileOpener.write = write
     LocalFileOpener._faulty = True
+    from fsspec.implementations.local import LocalFileSystem
+
+    real_mv = LocalFileSystem.mv
+    renames = [0]
+
+    def mv(self, path1, path2, *args, **kwargs):
+        faults = _faults()
+        target = faults.get("die_at")
+        hit = bool(target) and target in str(path2)
+        if hit:
+            renames[0] += 1
+            hit = renames[0] == int(faults.get("nth", 1))
+        if hit and faults.get("when", "after") == "before":
+            os._exit(9)
+        out = real_mv(self, path1, path2, *args, **kwargs)
+        if hit:
+            os._exit(9)
+        return out
+
+    LocalFileSystem.mv = mv
     real_scandir = os.scandir
 
     def scandir(path="."):

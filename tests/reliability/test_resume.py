@@ -234,13 +234,14 @@ def test_different_config_is_refused_then_overwrite(tmp_path):
     after = tree_files(out)
     manifest = json.loads(after["_manifest.json"])
     assert manifest["size"] == [48, 48] and manifest["counts"]["written"] == 8
-    shard_files = {n for n in after if n.endswith((".tar", ".parquet"))}
+    shard_files = {n for n in after if n.endswith((".tar", ".parquet")) and "/" not in n}
     assert (
         shard_files
         == {s["name"] for s in manifest["shards"]}
         == {"shard-00000.tar", "shard-00001.tar", "shard-00002.tar"}
     )
     assert len([n for n in after if n.startswith("_stats/")]) == 3
+    assert len([n for n in after if n.startswith("_inputs/")]) == 3  # the old run's 4 input records are gone
     assert keep.read_text() == "user file"
 
 
