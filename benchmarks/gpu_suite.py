@@ -13,16 +13,22 @@ it measured:
 2. **decode-only**: `DaliDecoder` (mixed: nvJPEG + GPU crop/resize into torch CUDA tensors; ``--cpu``:
    DALI CPU-only) over the corpus, at 224 (the classical output) and 448 (the learned resizer's
    input), with the runner's settings (threads, batch, ``hw_decoder_load``), header probes computed
-   beforehand: the decoder's rate, the reference of every ratio.
+   beforehand: the decoder's rate, the reference of every ratio. On the GPU also at 224 with
+   ``jpeg_fancy_upsampling`` off (DALI's default; ours is on): if it is much faster, the hardware
+   decoder is not taking its share with fancy upsampling on.
 3. **convert**, classical (``bilinear`` -> DALI linear, fused) and ``learned`` (DALI 448 -> CNN fp16
-   with CUDA graphs), through the local engine as ``convert`` runs it on one GPU: one in-process
-   worker (read threads with the header probe, DALI two runs ahead, CNN one batch ahead, one pinned
-   copy per batch, OpenCV JPEG q95 in threads, tar shards on local disk), then the default of a GPU
-   job: one worker process per 4 cores sharing the GPU (at least 2; 4 on a 16-core machine: more
-   host side, which one process's GIL bounds). Steady
-   rate from the first shard result to the last; start-up and end-to-end rate reported apart.
+   with a CUDA graph captured at start-up), through the local engine as ``convert`` runs it, with
+   1, 2 and 4 worker processes sharing the GPU (``--procs``; 1 = one in-process worker): read
+   threads with the header probe, DALI one run in flight, the CNN one batch behind on its own
+   stream, one pinned copy per batch, OpenCV JPEG q95 in threads, tar shards on local disk. Steady
+   rate from the first shard result of every worker to the last; start-up and end-to-end rate apart;
+   peak device memory in use (``nvidia-smi``, all processes) and per process, next to the engine's
+   estimate (`engine.local.estimate_worker_gpu_mib`); the shards' digest (the same for 1, 2 and 4
+   processes: ``targets.same_bytes``) and how the samples went (``paths``: decoded by DALI/Pillow,
+   CNN as CUDA graph or eager).
 4. **CNN alone** (bundled resizer, 448 -> 224, batch ``--batch``, real pixels from DALI): eager fp32,
-   eager fp16 channels_last, fp16 + CUDA graphs (the product path), bf16 + CUDA graphs, fp16 +
+   eager fp16 channels_last (deterministic cuDNN, the product's), the same with ``cudnn.benchmark``
+   (what determinism costs), fp16 + CUDA graphs (the product path), bf16 + CUDA graphs, fp16 +
    ``torch.compile`` + CUDA graphs; max/mean |difference| from eager fp32 in grey levels.
 5. **encode**: nvImageCodec (``nvidia-nvimgcodec-cu13``, GPU nvJPEG) on the CNN's output batch, when
    importable; and the host path alone (read -> ready-made 224 arrays -> OpenCV encode -> tar) with
@@ -76,7 +82,7 @@ sys.path.insert(0, str(REPO))  # run from the tree, uninstalled
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 GPU_TESTS = ("tests/learned/test_cuda_runner.py", "tests/learned/test_learned_inference.py",
-             "tests/decode/test_dali.py", "tests/test_gpu_path.py")
+             "tests/decode/test_dali.py", "tests/test_gpu_path.py", "tests/test_determinism.py")
 log = logging.getLogger("gpu_suite")
 
 
@@ -214,14 +220,14 @@ class Suite:
         self.save()
 
     # 2 ---------------------------------------------------------------------------------------------
-    def decode_only(self, blobs: list[bytes], out_side: int) -> dict:
+    def decode_only(self, blobs: list[bytes], out_side: int, fancy: bool = True) -> dict:
         from resize_pipeline.decode.dali import DaliDecoder
         from resize_pipeline.decode.probe import probe
         from resize_pipeline.geometry import ResizeOp, plan_resize
 
         a = self.args
         dec = DaliDecoder(device="mixed" if self.gpu else "cpu", num_threads=a.threads, batch_size=a.batch,
-                          hw_decoder_load=a.hw_decoder_load, interp="linear")
+                          hw_decoder_load=a.hw_decoder_load, jpeg_fancy_upsampling=fancy, interp="linear")
         probes = [probe(b) for b in blobs]  # the read stage's job in the pipeline, not the decoder's
 
         def plan(w, h):
@@ -260,9 +266,17 @@ class Suite:
         """The local engine (`engine.local.run_local`, what ``convert`` runs) on the GPU path: one
         in-process worker, or `workers` processes sharing the one GPU. Steady rate: `steady_rate` over
         the shard results once every worker has delivered one (the first results carry the start-up:
-        pipelines, weights, graph capture, worker processes)."""
+        pipelines, weights, graph capture, worker processes). Device memory in use (all processes) is
+        sampled every 0.5 s (``nvidia-smi``): its peak over the row, minus what was in use before, per
+        process, is what `engine.local.estimate_worker_gpu_mib` estimates. The shards' digest is
+        recorded: rows with 1, 2 and 4 processes must write the same bytes."""
+        import hashlib
+        import shutil
+        import threading
+
         from resize_pipeline.config import ConvertConfig
-        from resize_pipeline.engine.local import run_local
+        from resize_pipeline.devices import gpu_memory_used_mib
+        from resize_pipeline.engine.local import estimate_worker_gpu_mib, run_local
         from resize_pipeline.preflight import resolve
         from resize_pipeline.shards import plan_shards
         from resize_pipeline.sources import list_source
@@ -275,23 +289,49 @@ class Suite:
                             quiet=True, overwrite=True)
         resolved = resolve(cfg)
         tasks = plan_shards(list_source(src).items, a.per_shard)
+        base = gpu_memory_used_mib(0) if self.gpu else None
+        peak, stop = [base or 0], threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.5):
+                used = gpu_memory_used_mib(0)
+                if used is not None:
+                    peak[0] = max(peak[0], used)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if base is not None:
+            sampler.start()
         t0 = time.perf_counter()
         stamps, results = [], []
-        for r in run_local(cfg, resolved, tasks):
-            stamps.append(time.perf_counter())
-            results.append(r)
+        try:
+            for r in run_local(cfg, resolved, tasks):
+                stamps.append(time.perf_counter())
+                results.append(r)
+        finally:
+            stop.set()
         failed = sum(r.failed for r in results)
         if failed:
             raise RuntimeError(f"{failed} samples failed: {next(r.errors[:1] for r in results if r.failed)}")
-        import shutil
-
+        digest = hashlib.sha256()
+        for name in sorted(os.listdir(dst)):
+            if name.endswith(".tar"):
+                digest.update(name.encode() + Path(dst, name).read_bytes())
         shutil.rmtree(dst, ignore_errors=True)
         built = results[0].built or {}
-        return {"img_s": steady_rate(stamps, [r.written for r in results], workers), "n": sum(r.written for r in results),
-                "workers": workers,
-                "startup_s": stamps[0] - t0, "end_to_end_img_s": sum(r.written for r in results) / (stamps[-1] - t0),
-                "resolved": resolved.output_dict(),
-                "built": {k: v for k, v in built.items() if k in ("decoder", "resizer", "encoder", "overlap")}}
+        paths: dict[str, dict[str, int]] = {}
+        for r in results:
+            for col, counts in r.paths.items():
+                for how, k in counts.items():
+                    paths.setdefault(col, {})[how] = paths.setdefault(col, {}).get(how, 0) + k
+        out = {"img_s": steady_rate(stamps, [r.written for r in results], workers),
+               "n": sum(r.written for r in results), "workers": workers,
+               "startup_s": stamps[0] - t0, "end_to_end_img_s": sum(r.written for r in results) / (stamps[-1] - t0),
+               "resolved": resolved.output_dict(), "paths": paths, "tar_sha256": digest.hexdigest(),
+               "estimated_gpu_mib_per_process": estimate_worker_gpu_mib(cfg, resolved)["total"],
+               "built": {k: v for k, v in built.items() if k in ("decoder", "resizer", "encoder", "overlap")}}
+        if base is not None:
+            out.update(device_peak_mib=peak[0], device_mib_per_process=(peak[0] - base) / workers)
+        return out
 
     # 4 ---------------------------------------------------------------------------------------------
     def cnn_input(self):
@@ -309,13 +349,19 @@ class Suite:
         batch = batch.repeat(reps, 1, 1, 1)[: a.cnn_batch]
         return batch.to("cuda" if self.gpu else "cpu").contiguous(memory_format=torch.channels_last)
 
-    def cnn(self, x, ref, *, precision: str, graphs: bool, compile: bool = False) -> dict:
+    def cnn(self, x, ref, *, precision: str, graphs: bool, compile: bool = False, benchmark: bool = False) -> dict:
+        """The CNN alone. `graphs`: captured up front for 448 -> 224 (what the pipeline does in the
+        fixed-size modes). `benchmark`: eager with cuDNN's timed algorithm choice instead of the
+        runner's deterministic one (what determinism costs)."""
         from resize_pipeline.learned.inference import LearnedResizer
 
         torch = self.torch
         a = self.args
         r = LearnedResizer(device="cuda" if self.gpu else "cpu", batch_size=x.shape[0], precision=precision,
-                           cuda_graphs=graphs, compile=compile, threads=a.threads if not self.gpu else None)
+                           cuda_graphs=graphs, compile=compile, threads=a.threads if not self.gpu else None,
+                           graph_shapes=[(224, 224)] if graphs else ())
+        if benchmark:
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
         t = time.perf_counter()
         y = r.resize_tensor(x, (224, 224))
         first_s = time.perf_counter() - t
@@ -335,6 +381,10 @@ class Suite:
             d = (y.int() - ref.int()).abs()
             out.update(max_diff_vs_fp32=int(d.max()), mean_diff_vs_fp32=float(d.float().mean()))
         self._cnn_out = y
+        if benchmark:  # back to what the product runs with
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+        if r._runner is not None:
+            out["runner"] = dict(r._runner.stats)
         return out
 
     # 5 ---------------------------------------------------------------------------------------------
@@ -443,32 +493,30 @@ class Suite:
             print("DALI is not installed: decode and convert rows skipped", flush=True)
         else:
             self.row("decode-only 224 (DALI, decoder rate)", lambda: self.decode_only(blobs, 224), kind="decode224")
+            if self.gpu:  # DALI's own default; with fancy upsampling on, does the HW decoder keep its share?
+                self.row("decode-only 224, jpeg_fancy_upsampling off (DALI's default)",
+                         lambda: self.decode_only(blobs, 224, fancy=False), kind="decode224_nofancy")
             self.row("decode-only 448 (DALI, learned input)", lambda: self.decode_only(blobs, 448), kind="decode448")
-            self.row("convert bilinear (DALI resize), jpg q95, tar", lambda: self.convert(src, "bilinear"),
-                     needs=30, kind="convert_classical")
-            self.row("convert learned (DALI 448 -> CNN), jpg q95, tar", lambda: self.convert(src, "learned"),
-                     needs=45, kind="convert_learned")
-            # the host side of one process is bounded by the GIL (docs/benchmarks.md): the default on a
-            # GPU job is one worker process per 4 cores (engine.local.CORES_PER_GPU_WORKER) on the GPU
-            from resize_pipeline.engine.local import CORES_PER_GPU_WORKER
-
-            k = max(2, (os.cpu_count() or 1) // CORES_PER_GPU_WORKER)
-            self.row(f"convert bilinear, {k} worker processes on the GPU (the default)",
-                     lambda: self.convert(src, "bilinear", k), needs=45, kind="convert_classical_2w")
-            self.row(f"convert learned, {k} worker processes on the GPU (the default)",
-                     lambda: self.convert(src, "learned", k), needs=60, kind="convert_learned_2w")
+            # processes per GPU (finding 6): one process's host side is bounded by its GIL, each process
+            # holds its own CUDA context, DALI pools and CNN: 1, 2 and 4 processes sharing the GPU
+            for resizer, label, kind, need in (("bilinear", "bilinear (DALI resize)", "convert_classical", 30),
+                                               ("learned", "learned (DALI 448 -> CNN)", "convert_learned", 45)):
+                for procs in a.procs:
+                    self.row(f"convert {label}, jpg q95, tar, {procs} process(es) on the GPU",
+                             lambda r=resizer, p=procs: self.convert(src, r, p), needs=need + 10 * procs,
+                             kind=kind if procs == 1 else f"{kind}_{procs}p")
         x = self.cnn_input()
         ref = None
-        cnn_rows = [("fp32", False, False)] + ([("fp16", False, False), ("fp16", True, False), ("bf16", True, False)]
-                                              if self.gpu else [("bf16", False, False)])
+        cnn_rows = [("fp32", False, False, False)] + (
+            [("fp16", False, False, False), ("fp16", False, False, True), ("fp16", True, False, False),
+             ("bf16", True, False, False)] if self.gpu else [("bf16", False, False, False)])
         if self.gpu and not a.no_compile:
-            cnn_rows.append(("fp16", True, True))
-        for precision, graphs, comp in cnn_rows:
+            cnn_rows.append(("fp16", True, True, False))
+        for precision, graphs, comp, bench in cnn_rows:
             label = f"CNN alone 448->224, {precision}" + (", CUDA graphs" if graphs else ", eager") + \
-                (", torch.compile" if comp else "")
-            got = self.row(label, lambda p=precision, g=graphs, c=comp, rf=ref: self.cnn(x, rf, precision=p, graphs=g,
-                                                                                     compile=c),
-                           needs=90 if comp else 15, kind="cnn")
+                (", torch.compile" if comp else "") + (", cudnn.benchmark (not deterministic)" if bench else "")
+            got = self.row(label, lambda p=precision, g=graphs, c=comp, b=bench, rf=ref: self.cnn(
+                x, rf, precision=p, graphs=g, compile=c, benchmark=b), needs=90 if comp else 15, kind="cnn")
             if ref is None and got and "img_s" in got:
                 ref = self._cnn_out
         if self.gpu:
@@ -502,13 +550,18 @@ class Suite:
                 note += f" (best at {r['cores']} cores; machine check {checks})"
             if "startup_s" in r:
                 note += f" start-up {r['startup_s']:.1f} s, end to end {r['end_to_end_img_s']:,.0f} img/s"
+            if "device_mib_per_process" in r:
+                note += (f" device {r['device_mib_per_process']:,.0f} MiB/process (estimate "
+                         f"{r['estimated_gpu_mib_per_process']:,} MiB)")
+            if r.get("paths"):
+                note += " " + "; ".join(f"{k}: {v}" for k, v in r["paths"].items())
             gm = r.get("peak_gpu_mib")
             dm = r.get("device_used_mib")
             print(f"| {r['row']} | {'-' if rate is None else f'{rate:,.0f}'} | {x} | "
                   f"{'-' if gm is None else f'{gm:,.0f}'} | {'-' if dm is None else f'{dm:,.0f}'} | {note.strip()} |")
         targets = {}
         for kind, goal in (("convert_classical", 0.8), ("convert_learned", 0.5)):
-            for k in (kind, kind + "_2w"):
+            for k in (kind, *(f"{kind}_{p}p" for p in self.args.procs if p != 1)):
                 r = next((r for r in rows if r.get("kind") == k and "img_s" in r), None)
                 if r and base:
                     targets[k] = {"ratio": r["img_s"] / base, "target": goal, "met": r["img_s"] / base >= goal}
@@ -516,6 +569,11 @@ class Suite:
         if cnn and base:
             best = max(cnn, key=lambda r: r["img_s"])
             targets["cnn_alone_best"] = {"row": best["row"], "ratio": best["img_s"] / base, "aim": 2.0}
+        for kind in ("convert_classical", "convert_learned"):  # determinism across process counts
+            digests = {r.get("workers"): r["tar_sha256"] for r in rows
+                       if str(r.get("kind", "")).startswith(kind) and "tar_sha256" in r}
+            if len(digests) > 1:
+                targets[f"{kind}_same_bytes"] = {"processes": sorted(digests), "met": len(set(digests.values())) == 1}
         self.report["targets"] = targets
         pt = self.report.get("pytest")
         print(f"\ntargets: {json.dumps(targets)}")
@@ -548,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pytest-timeout", type=float, default=180.0)
     ap.add_argument("--skip-pytest", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile CNN row")
+    ap.add_argument("--procs", default="1,2,4", help="worker processes per GPU for the convert rows (1,2,4)")
     args = ap.parse_args(argv)
+    args.procs = [int(p) for p in str(args.procs).split(",") if p.strip()]
     small = args.small
     for name, big, tiny in (("n", 24576, 48), ("n_distinct", 2048, 16), ("per_shard", 1024, 8), ("batch", 128, 16),
                             ("cnn_batch", 256, 4), ("min_seconds", 2.0, 0.2), ("host_n", 12000, 64)):

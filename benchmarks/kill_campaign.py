@@ -6,8 +6,14 @@ delay (the job alone, or its whole process group), then rerun the same command t
 compare every file with the reference run (``_manifest.json`` without its timings). With ``--s3`` the
 destination is a bucket on a local moto S3 server (nothing leaves 127.0.0.1).
 
+With ``--update`` each round kills an *update*: DEST starts as generation 1 of SOURCE (converted with
+``--update``), SOURCE then grows (new images, two changed, one deleted, a duplicate), and the killed
+command is ``convert ... --update --on-change replace --prune-deleted --dedup sha256``; its rerun must
+give the same generation 2 as an update that was never killed.
+
     python benchmarks/kill_campaign.py --rounds 20
     python benchmarks/kill_campaign.py --rounds 10 --s3
+    python benchmarks/kill_campaign.py --rounds 20 --update [--s3]
 """
 
 from __future__ import annotations
@@ -47,9 +53,30 @@ def env_for(config: Path | None) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
 
-def cmd(src: str, dest: str, workers: int, config: Path | None) -> list[str]:
+UPDATE = ["--update", "--on-change", "replace", "--prune-deleted", "--dedup", "sha256"]
+
+
+def cmd(src: str, dest: str, workers: int, config: Path | None, update: bool = False) -> list[str]:
     extra = ["--config", str(config)] if config else []
-    return [sys.executable, "-m", "resize_pipeline.cli", "convert", src, dest, *ARGS, "--workers", str(workers), *extra]
+    return [sys.executable, "-m", "resize_pipeline.cli", "convert", src, dest, *ARGS, "--workers", str(workers), *extra,
+            *(UPDATE if update else [])]
+
+
+def grow_source(folder: Path, n: int) -> None:
+    """What arrives between two nights: n/3 new images (one a copy of an old one), two changed, one gone."""
+    rng = np.random.default_rng(1)
+    for i in range(n, n + max(3, n // 3)):
+        w, h = (int(v) for v in rng.integers(64, 200, 2))
+        y, x = np.mgrid[0:h, 0:w]
+        img = np.stack([y * 255 // h, x * 255 // w, (x * y + i) % 256], -1).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"{i:05d}.jpg", quality=85)
+    (folder / f"{n + 1000:05d}.jpg").write_bytes((folder / "00003.jpg").read_bytes())
+    for i, seed in ((1, 7), (5, 8)):
+        y, x = np.mgrid[0:90, 0:120]
+        Image.fromarray(np.stack([x * 2 % 256, y * 2 % 256, (x + seed * 40) % 256], -1).astype(np.uint8)).save(
+            folder / f"{i:05d}.jpg", quality=85)
+        os.utime(folder / f"{i:05d}.jpg", ns=(1, 2 * 10**18 + i))
+    (folder / "00002.jpg").unlink()
 
 
 class LocalStore:
@@ -65,6 +92,9 @@ class LocalStore:
 
     def clear(self, name: str) -> None:
         shutil.rmtree(self.root / name, ignore_errors=True)
+
+    def copy(self, a: str, b: str) -> None:
+        shutil.copytree(self.root / a, self.root / b)
 
 
 class S3Store:
@@ -102,6 +132,11 @@ class S3Store:
         if self.fs.exists(f"campaign/{name}"):
             self.fs.rm(f"campaign/{name}", recursive=True)
 
+    def copy(self, a: str, b: str) -> None:
+        for key, data in self.files(a).items():
+            self.fs.pipe_file(f"campaign/{b}/{key}", data)
+        self.fs.invalidate_cache()
+
 
 def converted_nothing(files: dict[str, bytes]) -> bool:
     return "_manifest.json" in files and json.loads(files["_manifest.json"])["run"]["converted"] == 0
@@ -116,6 +151,9 @@ def comparable(files: dict[str, bytes], without_workers: bool) -> dict[str, byte
         m = json.loads(out["_manifest.json"])
         m.pop("created", None)
         m.pop("run", None)
+        for g in m.get("generations", []):  # each generation's time
+            g.pop("created", None)
+            g.pop("seconds", None)
         m.pop("config", None)  # holds DEST, which differs per round
         if without_workers:
             m["components"] = {k: v for k, v in m.get("components", {}).items() if k in ("requested", "resolved")}
@@ -128,6 +166,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--images", type=int, default=80)
     ap.add_argument("--s3", action="store_true")
+    ap.add_argument("--update", action="store_true", help="kill updates (generation 2) instead of first runs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -138,10 +177,17 @@ def main() -> None:
         store = S3Store(tmp) if args.s3 else LocalStore(tmp)
         config = getattr(store, "config", None)
         refs = {}
-        for workers in (1, 2):
-            t = time.perf_counter()
-            r = subprocess.run(cmd(str(src), store.dest(f"ref{workers}"), workers, config), env=env_for(config),
+        if args.update:  # generation 1, then SOURCE grows; the rounds start from a copy of generation 1
+            r = subprocess.run(cmd(str(src), store.dest("base"), 1, config, True), env=env_for(config),
                                capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            grow_source(src, args.images)
+        for workers in (1, 2):
+            if args.update:
+                store.copy("base", f"ref{workers}")
+            t = time.perf_counter()
+            r = subprocess.run(cmd(str(src), store.dest(f"ref{workers}"), workers, config, args.update),
+                               env=env_for(config), capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
             refs[workers] = (store.files(f"ref{workers}"), time.perf_counter() - t)
         survived, results = 0, []
@@ -151,15 +197,18 @@ def main() -> None:
             ref, seconds = refs[workers]
             delay = rng.uniform(0.2, max(0.3, seconds * 0.9))
             group = rng.random() < 0.5
-            proc = subprocess.Popen(cmd(str(src), store.dest(name), workers, config), env=env_for(config),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            if args.update:
+                store.copy("base", name)
+            proc = subprocess.Popen(cmd(str(src), store.dest(name), workers, config, args.update),
+                                    env=env_for(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
             time.sleep(delay)
             finished_first = proc.poll() is not None
             if not finished_first:
                 os.killpg(proc.pid, signal.SIGKILL) if group else proc.send_signal(signal.SIGKILL)
             proc.wait()
             time.sleep(0.6)  # orphaned workers notice their parent is gone within 0.5 s
-            r = subprocess.run(cmd(str(src), store.dest(name), workers, config), env=env_for(config),
+            r = subprocess.run(cmd(str(src), store.dest(name), workers, config, args.update), env=env_for(config),
                                capture_output=True, text=True)
             raw = store.files(name)
             nothing_left = converted_nothing(raw)
@@ -174,7 +223,7 @@ def main() -> None:
             store.clear(name)
         killed = sum(r["killed"] for r in results)
         print(json.dumps({"rounds": args.rounds, "killed_mid_run": killed, "byte_identical_after_rerun": survived,
-                          "dest": "s3 (moto)" if args.s3 else "local"}))
+                          "dest": "s3 (moto)" if args.s3 else "local", "update": args.update}))
 
 
 if __name__ == "__main__":

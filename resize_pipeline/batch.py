@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from resize_pipeline.errors import DeviceFault, error_kind
 from resize_pipeline.sources.base import SourceItem
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ def isolate(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T]) -> list[R 
     their own get an exception (in place). `fn` must return one result per item, in order.
 
     The one failure policy for batched work whose failure names no culprit: a DALI batch with a
-    corrupt member, a resizer batch, a fused decode+resize group.
+    corrupt member, a resizer batch, a fused decode+resize group. It follows the typed error policy
+    (`errors.error_kind`): only *sample* errors are narrowed down and returned in place. A device
+    fault (a CUDA error, GPU out of memory: no sample is to blame, and a sticky CUDA error would fail
+    every half again) is raised at once as `DeviceFault`, and a job error (`ResizePipelineError`) as
+    it is; neither is ever bisected.
     """
     out: list[R | Exception] = [None] * len(items)  # type: ignore[list-item]
     stack = [(0, list(items))] if items else []
@@ -95,6 +100,11 @@ def isolate(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T]) -> list[R 
             if len(results) != len(chunk):
                 raise RuntimeError(f"batched call returned {len(results)} results for {len(chunk)} inputs")
         except Exception as exc:  # noqa: BLE001 - narrowed down below, then returned in place
+            kind = error_kind(exc)
+            if kind == "device":
+                raise exc if isinstance(exc, DeviceFault) else DeviceFault(f"{type(exc).__name__}: {exc}") from exc
+            if kind == "job":
+                raise
             if len(chunk) == 1:
                 out[start] = exc
                 continue

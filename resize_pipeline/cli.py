@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ResizePipelineError as exc:
         print(f"resize-pipeline: error: {one_line(str(exc)) or type(exc).__name__}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("resize-pipeline: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -33,7 +33,22 @@ ENCODINGS = ("jpg", "png", "webp", "npy")
 ENGINES = ("local", "ray")
 PARALLELISM = ("process", "thread")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: ``--on-change``: what ``--update`` does with an input converted before whose stamp changed
+ON_CHANGE = ("refuse", "skip", "replace")
+#: ``--dedup``: how equal inputs are recognised
+DEDUP = ("sha256",)
 MAX_SIDE = 16384
+#: upper bounds of the numeric options (documented in docs/reliability.md): far beyond any real use,
+#: well inside what the platform holds (a C long, a time_t, a thread wait)
+MAX_INPUTS_PER_SHARD = 10_000_000
+MAX_BYTES = 1 << 40  # 1 TiB
+MAX_PIXELS = 1 << 40
+MAX_ROW_GROUP = 1_000_000
+MAX_WORKERS = 1024
+MAX_BATCH = 65_536
+MAX_SECONDS = 86_400.0  # one day; 0 or none means no timeout
+MAX_RAY_RESOURCES = 1024.0
+MAX_RETRIES = 1_000_000
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N (N >= 0)"
 #: environment variables that override the Ray fields (`ray_knobs_from_env`)
 RAY_ENV = {
@@ -58,11 +73,43 @@ def describe(value: Any) -> str:
     if isinstance(value, float):
         return f"the number {value!r}"
     if isinstance(value, (list, tuple)):
-        text = json.dumps(list(value), default=repr)  # as written in TOML/YAML: [1, true]
+        text = _bounded_json(value, 61)  # as written in TOML/YAML: [1, true]
         return f"the list {text if len(text) <= 60 else text[:57] + '...'}"
     if isinstance(value, Mapping):
         return "a mapping"
     return f"a {type(value).__name__}"
+
+
+def _bounded_json(value: Any, limit: int) -> str:
+    """`value` as JSON, but only its first `limit` characters or so are ever built: a config value
+    (a list of lists from YAML) may be huge, and a message never formats an unbounded value."""
+    out: list[str] = []
+    size = 0
+
+    def emit(text: str) -> bool:
+        nonlocal size
+        out.append(text)
+        size += len(text)
+        return size < limit
+
+    def walk(v: Any) -> bool:
+        if isinstance(v, (list, tuple)):
+            if not emit("["):
+                return False
+            for i, x in enumerate(v):
+                if (i and not emit(", ")) or not walk(x):
+                    return False
+            return emit("]")
+        if isinstance(v, Mapping):
+            return emit("{...}")
+        try:
+            text = json.dumps(v)
+        except (TypeError, ValueError):
+            text = repr(v)
+        return emit(text[:limit])
+
+    walk(value)
+    return "".join(out)
 
 
 def _is_int(value: Any) -> bool:
@@ -132,7 +179,7 @@ class Float(Kind):
     @property
     def expects(self) -> str:  # type: ignore[override]
         if self.lo is not None and self.hi is not None:
-            return f"a number in [{self.lo:g}, {self.hi:g}]"
+            return f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
         if self.lo is not None:
             return f"a number {'>' if self.lo_open else '>='} {self.lo:g}"
         return "a number"
@@ -154,6 +201,45 @@ class Float(Kind):
 
     def describe_default(self, value: Any) -> str:
         return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Timeout(Kind):
+    """Seconds in ``(0, hi]``, or no timeout at all: ``0`` or ``none`` (also ``null`` in YAML), kept
+    as None. A huge number is refused rather than taken as "no timeout" (``1e10`` overflows the
+    platform's waits)."""
+
+    hi: float = 86_400.0
+
+    @property
+    def seconds(self) -> Float:
+        return Float(0.0, self.hi, lo_open=True)
+
+    @property
+    def expects(self) -> str:  # type: ignore[override]
+        return f"{self.seconds.expects} (or 0 / none for no timeout)"
+
+    def check(self, label: str, value: Any, shown: str | None = None) -> float | None:
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return None
+        if (_is_int(value) or isinstance(value, float)) and value == 0:
+            return None
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value) \
+                or not 0 < value <= self.hi:
+            raise self.refuse(label, value, None, shown)
+        return float(value)
+
+    def parse(self, label: str, text: str) -> float | None:
+        if text.strip().lower() == "none":
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise self.refuse(label, text, None, repr(text)) from None
+        return self.check(label, value, repr(text))
+
+    def describe_default(self, value: Any) -> str:
+        return "none" if value is None else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -379,8 +465,8 @@ class ConvertConfig:
     format: str = _opt("webdataset", kind=Str(choices=formats.CHOICES), help="shard format")
     encode: str = _opt("jpg", kind=Str(choices=ENCODINGS), help="image encoding (npy: raw uint8 HWC, lossless)")
     quality: int = _opt(95, kind=Int(1, 100), help="jpg/webp quality")
-    samples_per_shard: int = _opt(1000, kind=Int(1), help="inputs per shard")
-    max_shard_bytes: int | None = _opt(None, kind=Int(1024), optional=True, metavar="BYTES",
+    samples_per_shard: int = _opt(1000, kind=Int(1, MAX_INPUTS_PER_SHARD), help="inputs per shard")
+    max_shard_bytes: int | None = _opt(None, kind=Int(1024, MAX_BYTES), optional=True, metavar="BYTES",
                                        default_text="no cap", help="also roll shard parts past this many bytes")
     shard_prefix: str = _opt("shard", kind=Str(pattern=r"[A-Za-z0-9_-]+",
                                                pattern_says="made of letters, digits, _ and -"),
@@ -389,25 +475,39 @@ class ConvertConfig:
                                             help="colour alpha is composited over")
     pad_color: tuple[int, int, int] = _opt((0, 0, 0), kind=Color(), metavar="R,G,B|#rrggbb",
                                            help="letterbox colour for --mode pad")
-    max_pixels: int = _opt(178_956_970, kind=Int(1), help="refuse images declaring more pixels (decompression-bomb guard)")
+    max_pixels: int = _opt(178_956_970, kind=Int(1, MAX_PIXELS), help="refuse images declaring more pixels (decompression-bomb guard)")
     draft: bool = _opt(True, kind=Bool(), bool_flag="off", flags=("--no-draft",), help=(
         "decode JPEGs at full resolution (default: DCT-domain draft downscale when much larger than needed)"))
     decoder: str = _opt("pillow", kind=Str(choices=_decoders), help=(
         "auto: DALI mixed (nvJPEG) on a GPU, else DALI CPU-only, else Pillow"))
     precision: str = _opt("auto", kind=Str(choices=PRECISIONS), help=(
-        "learned resizer precision (auto: bf16, else fp16, on CUDA; bf16 on CPUs with native bf16, else fp32)"))
+        "learned resizer precision (auto: fp16 on a GPU; bf16 on CPUs with native bf16, else fp32)"))
     compile: bool = _opt(False, kind=Bool(), help="torch.compile the learned resizer")
     hw_decoder_load: float = _opt(0.65, kind=Float(0.0, 1.0), metavar="SHARE", help=(
         "share of JPEGs the DALI mixed decoder gives the GPU's hardware JPEG decoder (where it has one)"))
+    # --- the GPU path and shard attempts (issue 17). Output options that only matter on some paths
+    # (the learned resizer, the GPU, DALI mixed) are dropped from a run's fingerprint elsewhere
+    # (`manifest.run_record`), so they never block the resume of a job they cannot change ---
+    cuda_graphs: bool = _opt(True, kind=Bool(), help=(
+        "learned resizer on a GPU: run the CNN as CUDA graphs captured at start-up (fixed-shape modes "
+        "center-crop and stretch; other modes run eagerly); --no-cuda-graphs: always eager"))
+    channels_last: bool = _opt(True, kind=Bool(), help=(
+        "learned resizer: channels_last memory layout (the fast layout for fp16/bf16 convolutions)"))
+    jpeg_fancy_upsampling: bool = _opt(True, kind=Bool(), help=(
+        "DALI mixed (nvJPEG) decoder: upsample chroma like libjpeg-turbo/Pillow (DALI's own default is "
+        "off: faster, but GPU and CPU decodes then differ)"))
+    shard_attempts: int = _run(3, kind=Int(1, 100), metavar="N", help=(
+        "attempts per shard (a failed stage or write, a GPU fault, a worker that died) before its inputs "
+        "are recorded as failed (stage shard; a rerun attempts them again)"))
     path_column: str | None = _opt(None, kind=Str(), optional=True, metavar="NAME",
                                    default_text="path, url, file, ...", help="manifest column holding paths")
     label_column: str | None = _opt(None, kind=Str(), optional=True, metavar="NAME",
                                     default_text="label", help="manifest column holding labels")
-    row_group_size: int = _opt(512, kind=Int(1), help="Parquet rows per row group")
+    row_group_size: int = _opt(512, kind=Int(1, MAX_ROW_GROUP), help="Parquet rows per row group")
     # --- how it runs (not part of the output fingerprint) ---
-    workers: int = _run(0, kind=Int(0), default_text="0 = one per CPU core", help="parallel workers")
+    workers: int = _run(0, kind=Int(0, MAX_WORKERS), default_text="0 = one per CPU core", help="parallel workers")
     parallelism: str = _run("process", kind=Str(choices=PARALLELISM), help="workers as processes or threads")
-    batch_size: int = _run(64, kind=Int(1), help="images per batch through the stages")
+    batch_size: int = _run(64, kind=Int(1, MAX_BATCH), help="images per batch through the stages")
     overlap: bool | None = _run(None, kind=Bool(), optional=True, default_text=(
         "auto: on with a GPU or a remote source, off for CPU-only local work; see runner.should_overlap"),
         help="run read/decode/resize/encode concurrently in threads")
@@ -418,25 +518,47 @@ class ConvertConfig:
              "ray://HOST:10001")
     device: str = _run("auto", kind=Str(validate=_device_problem), metavar="DEVICE",
                        help=f"torch device for the learned resizer: {DEVICE_FORMS}")
-    read_timeout: float = _run(60.0, kind=Float(0.0, lo_open=True), metavar="SECONDS",
-                               help="give up a single read after this long (recorded as a read error)")
+    read_timeout: float | None = _run(60.0, kind=Timeout(hi=MAX_SECONDS), optional=True, metavar="SECONDS",
+                                      help="give up a single read after this long (recorded as a read error)")
+    # --- bounds on what one worker holds and waits for (docs/reliability.md, section 11) ---
+    max_batch_pixels: int = _run(1 << 27, kind=Int(1, MAX_PIXELS), metavar="PIXELS", help=(
+        "decoded pixels one batch may hold at once: a batch of large images is split into smaller ones "
+        "(same bytes written); one image larger than this is decoded alone"))
+    max_bytes: int = _run(256 << 20, kind=Int(1, MAX_BYTES), metavar="BYTES", help=(
+        "read at most this many bytes of one input; a larger input (or one that is not a regular file, "
+        "such as /dev/zero) is a read error"))
+    io_timeout: float | None = _run(30.0, kind=Timeout(hi=MAX_SECONDS), optional=True, metavar="SECONDS", help=(
+        "give up an object-store request (list, write, lock) that gets no answer for this long; a write "
+        "is retried, then the job stops (exit 2)"))
     dry_run: bool = _run(False, kind=Bool(), bool_flag="on",
                          help="list and plan, print counts and shards, convert nothing")
     overwrite: bool = _run(False, kind=Bool(), bool_flag="on", help="replace existing output in DEST")
+    # --- growing datasets: not in the output fingerprint (an update must keep it), recorded per generation ---
+    update: bool = _run(False, kind=Bool(), bool_flag="on", help=(
+        "convert only the inputs DEST does not hold yet, into new shards: a new generation of DEST "
+        "(an empty DEST: the first one)"))
+    on_change: str = _run("refuse", kind=Str(choices=ON_CHANGE), help=(
+        "with --update, inputs converted before whose size/mtime or ETag changed: refuse (exit 2, naming "
+        "them), skip (keep the old sample) or replace (convert them again; the old sample is superseded)"))
+    prune_deleted: bool = _run(False, kind=Bool(), bool_flag="on", help=(
+        "with --update, mark the samples of inputs gone from SOURCE superseded (default: reported, kept)"))
+    dedup: str | None = _run(None, kind=Str(choices=DEDUP), optional=True, default_text="off", help=(
+        "an input whose bytes equal an already converted sample is recorded as its duplicate, not converted "
+        "(within the run and across generations)"))
     quiet: bool = _run(False, kind=Bool(), bool_flag="on", flags=("-q", "--quiet"), help="no progress bar or summary")
     storage_options: dict[str, Any] = _run(dataclasses.MISSING, factory=dict, kind=StrMapping(), cli=False,
                                            help="fsspec options for SOURCE and DEST (config file or Python)")
     # --- Ray engine knobs (None: decided from the cluster); RESIZE_PIPELINE_RAY_* override them ---
-    ray_gpus_per_actor: float | None = _ray(kind=Float(0.0), metavar="N", default_text=(
+    ray_gpus_per_actor: float | None = _ray(kind=Float(0.0, MAX_RAY_RESOURCES), metavar="N", default_text=(
         "when the job uses a GPU, a share of one: one actor per 4 of the smallest GPU node's CPUs per GPU "
         "(0.25 on 16-CPU one-GPU nodes; 1 with fewer than 8 CPUs per GPU, or when --ray-cpus-per-actor is "
         "given); else 0"), help="GPUs per Ray actor")
-    ray_cpus_per_actor: float | None = _ray(kind=Float(0.0, lo_open=True), metavar="N", default_text=(
+    ray_cpus_per_actor: float | None = _ray(kind=Float(0.0, MAX_RAY_RESOURCES, lo_open=True), metavar="N", default_text=(
         "1 without GPUs; else the CPUs per GPU of the smallest GPU node divided among the actors sharing it "
         "(4 on 16-CPU one-GPU nodes), at most 8"),
         help="CPUs reserved per Ray actor, also its decode/torch thread count")
-    ray_max_task_retries: int | None = _ray(kind=Int(0), metavar="N", default_text=(
-        "Ray's (it retries; the job's attempt ledger records a shard attempted 3 times as failed)"),
+    ray_max_task_retries: int | None = _ray(kind=Int(0, MAX_RETRIES), metavar="N", default_text=(
+        "Ray's (it retries; the job's attempt ledger records a shard attempted --shard-attempts times as failed)"),
         help="Ray's own cap on retries of a task whose actor died (past it the whole job fails)")
     ray_ship_code: bool | None = _ray(kind=Bool(), default_text="on for ray://, off otherwise",
                                       help="upload this checkout's resize_pipeline and workers with the Ray job")
@@ -447,6 +569,13 @@ class ConvertConfig:
             object.__setattr__(self, f.name, value)  # frozen: normalised once, here
         if self.mode in ("shorter-side", "longer-side") and self.size[0] != self.size[1]:
             raise ConfigError(f"mode {self.mode} takes a single size N, got {self.size[0]}x{self.size[1]}")
+        if self.update and self.overwrite:
+            raise ConfigError("--update adds to DEST and --overwrite replaces it: give one of them")
+        if not self.update and (self.on_change != "refuse" or self.prune_deleted or self.dedup is not None):
+            flag = "--on-change" if self.on_change != "refuse" else "--prune-deleted" if self.prune_deleted \
+                else "--dedup"
+            raise ConfigError(f"{flag} applies to --update only (--update on an empty DEST makes its first "
+                              "generation)")
 
     @property
     def num_workers(self) -> int:
@@ -503,9 +632,12 @@ class ConvertConfig:
         unknown = [k for k in values if k not in names]
         if unknown:
             hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, names, n=1)
-                hints.append(f"{k} (did you mean {close[0]}?)" if close else k)
+            for k in unknown[:10]:
+                shown = k if len(k) <= 60 else k[:57] + "..."
+                close = difflib.get_close_matches(k[:100], names, n=1)
+                hints.append(f"{shown} (did you mean {close[0]}?)" if close else shown)
+            if len(unknown) > 10:
+                hints.append(f"(+{len(unknown) - 10} more)")
             raise ConfigError(f"unknown config keys: {', '.join(hints)}")
         missing = [k for k in ("source", "dest") if k not in values]
         if missing:
@@ -578,9 +710,11 @@ def load_config_file(path: str) -> dict[str, Any]:
     """
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 10} KiB: not a config file")
     if path.endswith(".toml"):
         import tomllib
 
@@ -594,7 +728,7 @@ def load_config_file(path: str) -> dict[str, Any]:
         import yaml
 
         try:
-            data = yaml.safe_load(raw)
+            data = yaml.load(raw, Loader=_strict_yaml_loader())  # noqa: S506 - a SafeLoader, stricter still
         except yaml.YAMLError as exc:
             raise ConfigError(f"invalid YAML in {path}: {_yaml_problem(exc)}") from None
         if data is None:
@@ -608,6 +742,42 @@ def load_config_file(path: str) -> dict[str, Any]:
             raise ConfigError(f"config file {path}: 'convert' must be a table of options, got {describe(data['convert'])}")
         data = data["convert"]
     return normalise_keys(data)
+
+
+#: a config file is a few hundred bytes; anything much larger is not one
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _strict_yaml_loader() -> type:
+    """`yaml.SafeLoader` that refuses aliases (``*name``: a few hundred bytes of nested aliases expand
+    to gigabytes) and duplicate keys (the last would silently win; TOML refuses them too)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not allowed in a config file: write each value out",
+                    event.start_mark)
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    fresh = key not in seen
+                except TypeError:  # an unhashable key: the constructor below says so
+                    continue
+                if not fresh:
+                    shown = describe(key) if not isinstance(key, str) else repr(key[:60])
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {shown}: each option may be given once", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
 
 
 def _one_line(text: str) -> str:

@@ -97,3 +97,37 @@ def place_workers(device: str, workers: int, *, isolate: bool = True) -> list[Pl
         else:
             out.append(Placement(f"cuda:{local}", {}))
     return out
+
+
+def _nvidia_smi(query: str, index: str) -> int | None:
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-i", index],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    try:
+        return int(float(out.stdout.strip().splitlines()[0])) if out.returncode == 0 else None
+    except (ValueError, IndexError):
+        return None
+
+
+def _physical(index: int) -> str:
+    visible = _visible_env()
+    return visible[index] if visible is not None and index < len(visible) else str(index)
+
+
+def gpu_memory_mib(index: int = 0) -> int | None:
+    """Total memory of visible GPU `index` in MiB, without creating a CUDA context (NVML through
+    ``nvidia-smi``); None when it cannot be known (no GPU, no driver tools)."""
+    return _nvidia_smi("memory.total", _physical(index))
+
+
+def gpu_memory_used_mib(index: int = 0) -> int | None:
+    """Memory in use on visible GPU `index` in MiB, all processes together (``nvidia-smi``); None
+    when it cannot be known."""
+    return _nvidia_smi("memory.used", _physical(index))

@@ -5,6 +5,10 @@
 each sample's ``.json``/``.cls`` members and the member sizes from the tar headers). `verify_shards`
 recomputes every shard's sha256 against the manifest. `contact_sheet` draws random samples with
 their keys and labels. ``resize-pipeline inspect`` is the thin CLI over these.
+
+A DEST grown by ``convert --update`` is inspected as one generation (the latest by default): its
+shards and live samples; the report lists every generation (`Report.generations`), and
+`generations.verify.verify_generations` checks each generation's record files and input records.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+import posixpath
 import random
 import re
 import tarfile
@@ -66,16 +71,44 @@ class Report:
     samples: list[SampleInfo] = field(default_factory=list, repr=False)  # the random picks (sheet)
     verify: list[dict[str, Any]] | None = None
     sheet: str | None = None
+    generation: int = 1  # the generation inspected
+    generations: list[dict[str, Any]] = field(default_factory=list)  # every generation's entry
+    verify_generations: list[dict[str, Any]] | None = None
+
+    @property
+    def generations_ok(self) -> bool | None:
+        return None if self.verify_generations is None else all(bool(v["ok"]) for v in self.verify_generations)
 
     @property
     def verified_ok(self) -> bool | None:
-        return None if self.verify is None else all(bool(v["ok"]) for v in self.verify)
+        if self.verify is None:
+            return None
+        return all(bool(v["ok"]) for v in self.verify) and self.generations_ok is not False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("samples")
         d["verified_ok"] = self.verified_ok
         return d
+
+    def generation_lines(self) -> list[str]:
+        """The generations section of `text` (only for a DEST grown by ``convert --update``)."""
+        if len(self.generations) <= 1 and not any(g.get("kind") == "update" for g in self.generations):
+            return []
+        lines = [f"generations: {len(self.generations)} (inspected: {self.generation})"]
+        for g in self.generations:
+            c = g.get("counts", {})
+            shards = g.get("shards", [])
+            span = f"{shards[0]} .. {shards[-1]}" if len(shards) > 1 else (shards[0] if shards else "no shards")
+            lines.append(f"  {g.get('generation'):>3} {g.get('created', '?')}  {span} ({len(shards)})  "
+                         + ", ".join(f"{k} {c.get(k, 0)}" for k in ("new", "changed", "deleted", "duplicates",
+                                                                      "failed", "superseded")))
+        if self.verify_generations is not None:
+            bad = [v for v in self.verify_generations if not v["ok"]]
+            lines.append(f"verify: {len(self.verify_generations) - len(bad)}/{len(self.verify_generations)} "
+                         "generations' records match the manifest")
+            lines.extend(f"  MISMATCH generation {v['generation']}: {v['reason']}" for v in bad)
+        return lines
 
     def text(self) -> str:
         c = self.counts
@@ -87,7 +120,8 @@ class Report:
             f"shards: {len(self.shards)} files, {_human(self.total_bytes)}",
         ]
         for s in self.shards:
-            lines.append(f"  {s['name']:<28} {s['samples']:>8} samples {_human(s['bytes']):>10}")
+            gone = f"  ({s['superseded']} superseded)" if s.get("superseded") else ""
+            lines.append(f"  {s['name']:<28} {s['samples']:>8} samples {_human(s['bytes']):>10}{gone}")
         if self.not_scanned:
             lines.append(f"not scanned (failed verification): {', '.join(self.not_scanned)}")
         if self.labels:
@@ -105,10 +139,13 @@ class Report:
             lines.append(f"most common errors (of {c.get('failed', 0)}; all in {ERRORS_FILE}):")
             for e in self.errors:
                 lines.append(f"  {e['count']:>6} x {e['stage']}: {e['error_type']}: {e['error']}  (e.g. {e['example']})")
+        lines.extend(self.generation_lines())
         if self.verify is not None:
             bad = [v for v in self.verify if not v["ok"]]
-            lines.append(f"verify: {len(self.verify) - len(bad)}/{len(self.verify)} shards match the manifest's sha256")
-            lines.extend(f"  MISMATCH {v['name']}: {v['reason']}" for v in bad)
+            listed = [v for v in self.verify if v.get("status") != "EXTRA"]
+            good = sum(1 for v in listed if v["ok"])
+            lines.append(f"verify: {good}/{len(listed)} shards match the manifest's sha256")
+            lines.extend(f"  {v.get('status', 'MISMATCH')} {v['name']}: {v['reason']}" for v in bad)
         if self.sheet:
             lines.append(f"contact sheet: {self.sheet} ({len(self.samples)} samples)")
         return "\n".join(lines)
@@ -231,12 +268,17 @@ def inspect_output(
     seed: int = 0,
     top_errors: int = 5,
     skip: frozenset[str] | set[str] = frozenset(),
+    generation: int | None = None,
 ) -> Report:
-    """Summarise DEST; keeps `sample_count` random samples (reservoir, `seed`) for `contact_sheet`.
+    """Summarise DEST (at `generation`: default the latest); keeps `sample_count` random samples
+    (reservoir, `seed`) for `contact_sheet`.
 
-    Shards named in `skip` (those that failed `verify_shards`) are left out of the scan.
+    Shards named in `skip` (those that failed `verify_shards`) are left out of the scan, and so are
+    the samples the generation superseded.
     """
-    out = open_output(dest, storage_options)
+    from resize_pipeline.readers.generations import entries
+
+    out = open_output(dest, storage_options, generation)
     m = out.manifest
     tars, parquets = out.shards("webdataset"), out.shards("parquet")
     refs, scanned = (tars, "webdataset") if tars else (parquets, "parquet")
@@ -251,8 +293,11 @@ def inspect_output(
     for ref in refs:
         if ref.name in skip:
             continue
+        dead = set(ref.dead)
         try:
-            for s in read(out, ref):
+            for pos, s in enumerate(read(out, ref)):
+                if pos in dead:
+                    continue
                 name = s.label_name or (classes[s.label] if 0 <= s.label < len(classes) else "")
                 labels[name or (str(s.label) if s.label >= 0 else "(unlabelled)")] += 1
                 sizes[f"{s.width}x{s.height}"] += 1
@@ -270,11 +315,19 @@ def inspect_output(
     order = {c: i for i, c in enumerate(classes)}
     label_hist = dict(sorted(labels.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
     shards: list[dict[str, Any]] = [
-        {"name": r.name, "format": r.format, "samples": r.samples, "bytes": r.bytes} for r in out.shards()
+        dict({"name": r.name, "format": r.format, "samples": r.samples, "bytes": r.bytes},
+             **({"generation": r.generation, "superseded": len(r.dead)} if m.get("generations") else {}))
+        for r in out.shards()
     ]
+    counts = dict(m.get("counts", {}))
+    gens = entries(m)
+    if out.generation < int(gens[-1].get("generation", 1)):  # an earlier generation: its own view
+        own = gens[out.generation - 1].get("counts", {})
+        live = out.live_samples
+        counts = {"total": live + int(own.get("failed", 0)), "written": live, "failed": int(own.get("failed", 0))}
     return Report(
         dest=dest,
-        counts=dict(m.get("counts", {})),
+        counts=counts,
         formats=out.formats(),
         encode=str(m.get("encode", "")),
         size=list(m.get("size", [])),
@@ -289,33 +342,77 @@ def inspect_output(
         scanned=scanned,
         not_scanned=[r.name for r in refs if r.name in skip],
         samples=picks,
+        generation=out.generation,
+        generations=[g for g in entries(m) if int(g.get("generation", 1)) <= out.generation],
     )
 
 
 # ------------------------------------------------------------------------------------------- verify
 
 
+def _verify_one(out: Output, ref: ShardRef) -> dict[str, Any]:
+    """One manifest shard checked: ``{name, ok, status, reason}``; status ``ok``, ``MISMATCH`` (size or
+    sha256 differ, or the file is missing) or ``UNREADABLE`` (a folder, not a regular file, no
+    permission, a read error): the shard is reported and the others are still checked."""
+    def bad(status: str, reason: str) -> dict[str, Any]:
+        return {"name": ref.name, "ok": False, "status": status, "reason": reason}
+
+    try:
+        kind = out.fs.info(ref.path).get("type")
+    except FileNotFoundError:
+        return bad("MISMATCH", "missing")
+    except Exception as exc:  # noqa: BLE001 - any failure to look at it is this shard's result
+        return bad("UNREADABLE", f"{type(exc).__name__}: {_first_line(exc)}")
+    if kind == "directory":
+        return bad("UNREADABLE", "a folder, not a file")
+    if kind not in ("file", None):  # a FIFO would block the read forever, a device never end
+        return bad("UNREADABLE", f"not a regular file ({kind})")
+    h, n = hashlib.sha256(), 0
+    try:
+        with out.fs.open(ref.path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                n += len(chunk)
+                if n > ref.bytes:  # already wrong: no need to read a huge file to the end
+                    return bad("MISMATCH", f"more than the {ref.bytes} bytes the manifest says")
+    except FileNotFoundError:
+        return bad("MISMATCH", "missing")
+    except Exception as exc:  # noqa: BLE001
+        return bad("UNREADABLE", f"{type(exc).__name__}: {_first_line(exc)}")
+    if n != ref.bytes:
+        return bad("MISMATCH", f"{n} bytes, manifest says {ref.bytes}")
+    if h.hexdigest() != ref.sha256:
+        return bad("MISMATCH", f"sha256 {h.hexdigest()[:16]}..., manifest says {ref.sha256[:16]}...")
+    return {"name": ref.name, "ok": True, "status": "ok", "reason": ""}
+
+
+def _first_line(exc: BaseException) -> str:
+    return ((str(exc).strip().splitlines() or [""])[0])[:300]
+
+
+def extra_shards(out: Output) -> list[str]:
+    """Files in DEST named like shards of this output (``{prefix}-*.tar`` / ``.parquet``: what a reader's
+    glob would pick up) that the manifest does not list."""
+    prefix = str((out.manifest.get("config") or {}).get("shard_prefix") or "shard")
+    listed = {r.name for r in out.shards(with_dead=False)}
+    pattern = re.compile(rf"^{re.escape(prefix)}-.*\.(?:tar|parquet)$")
+    out.fs.invalidate_cache(out.root)
+    try:
+        names = [posixpath.basename(p.rstrip("/")) for p in out.fs.ls(out.root, detail=False)]
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if pattern.match(n) and n not in listed)
+
+
 def verify_shards(dest: str, storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Recompute each shard file's size and sha256; one ``{name, ok, reason}`` per manifest entry."""
+    """Recompute each shard file's size and sha256: one ``{name, ok, status, reason}`` per manifest entry
+    (see `_verify_one`), then one ``EXTRA`` entry per file named like a shard that the manifest does
+    not list (a foreign ``shard-00009.tar`` beside ours)."""
     out = open_output(dest, storage_options)
-    results = []
-    for ref in out.shards():
-        h, n = hashlib.sha256(), 0
-        try:
-            with out.fs.open(ref.path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-                    n += len(chunk)
-        except FileNotFoundError:
-            results.append({"name": ref.name, "ok": False, "reason": "missing"})
-            continue
-        if n != ref.bytes:
-            reason = f"{n} bytes, manifest says {ref.bytes}"
-        elif h.hexdigest() != ref.sha256:
-            reason = f"sha256 {h.hexdigest()[:16]}..., manifest says {ref.sha256[:16]}..."
-        else:
-            reason = ""
-        results.append({"name": ref.name, "ok": not reason, "reason": reason})
+    results = [_verify_one(out, ref) for ref in out.shards(with_dead=False)]
+    for name in extra_shards(out):
+        results.append({"name": name, "ok": False, "status": "EXTRA",
+                        "reason": "in DEST but not in the manifest (not written by this conversion)"})
     return results
 
 

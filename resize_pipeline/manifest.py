@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from resize_pipeline.config import digest
+from resize_pipeline.errorlog import ShardErrors, line
 from resize_pipeline.errors import OutputError
-from resize_pipeline.layout import ERRORS_FILE, MANIFEST_FILE, RUN_FILE, STATS_DIR, OutputNames
+from resize_pipeline.layout import ERRORS_FILE, INPUTS_DIR, MANIFEST_FILE, RUN_FILE, STATS_DIR, OutputNames
 from resize_pipeline.ownership import check_foreign, check_not_in_the_way, clear_dest
 from resize_pipeline.shards import ShardResult
 from resize_pipeline.sinks.dest import Dest
@@ -40,11 +41,8 @@ def run_record(config, resolved, listing: Any = None) -> dict[str, Any]:
     in parallel on Ray, after DEST is locked) the last two are None until it is listed."""
     output = config.output_dict()
     # knobs that cannot change this job's bytes do not block its resume
-    if resolved.precision is None:
-        output.pop("precision", None)
-        output.pop("compile", None)
-    if resolved.decoder != "dali-mixed":
-        output.pop("hw_decoder_load", None)
+    for name in resolved.unused_output_options():
+        output.pop(name, None)
     output["resolved"] = resolved.output_dict()
     known = listing is not None and listing.prepared
     return {
@@ -54,18 +52,46 @@ def run_record(config, resolved, listing: Any = None) -> dict[str, Any]:
         "outputs": OutputNames.of(config, listing.bound).to_dict() if known else None,
         "config": output,
         "version": __version__,
+        "generation": 1,
     }
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def diff_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The (dotted) names of the fields that differ between two config records."""
     out = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{k}.{sub}" for sub in _diff(a, b)]
+            out += [f"{k}.{sub}" for sub in diff_fields(a, b)]
         elif a != b:
             out.append(k)
     return out
+
+
+def _known_to(new: Any, old: Any) -> Any:
+    """`new` without the keys that `old` does not have (at any depth)."""
+    if not isinstance(new, dict) or not isinstance(old, dict):
+        return new
+    return {k: _known_to(v, old[k]) for k, v in new.items() if k in old}
+
+
+def same_output(old: dict[str, Any], run: dict[str, Any]) -> bool:
+    """Whether the earlier run record `old` makes the same bytes as `run`.
+
+    Equal fingerprints, or a record of an earlier version that did not yet record some of today's
+    choices (a field that version did not have, e.g. the JPEG backend): then the fingerprint of
+    today's choices restricted to the fields it recorded must equal its own. A field both know and
+    that differs is always a different config."""
+    if old.get("fingerprint") == run["fingerprint"]:
+        return True
+    then = old.get("config")
+    if not isinstance(then, dict):
+        return False
+    if digest(_known_to(run["config"], then)) != old.get("fingerprint"):
+        return False
+    log.warning("resuming output of version %s, which did not record %s; recorded from now on",
+                old.get("version"), ", ".join(diff_fields(then, run["config"])))
+    return True
 
 
 @dataclass(slots=True)
@@ -101,6 +127,12 @@ def read_run(dest: Dest, present: bool = True) -> dict[str, Any] | None:
         shape = f"a JSON {type(old).__name__}" if not isinstance(old, dict) else "an object without a fingerprint"
         raise OutputError(f"{where} holds {shape}, not a run record of this tool; move it away (with the rest "
                           "of DEST) or choose another destination")
+    problem = OutputNames.problem(old["outputs"]) if "outputs" in old else None
+    if problem is None and "outputs" not in old and OutputNames.from_record(old) is None:
+        problem = "no outputs, and a config that does not give them"
+    if problem is not None:
+        raise OutputError(f"{where} holds an invalid record ({problem}), not a run record of this tool; move it "
+                          "away (with the rest of DEST) or choose another destination")
     return old
 
 
@@ -117,8 +149,13 @@ def inspect_dest(dest: Dest, config, run: dict[str, Any]) -> DestState:
         return DestState(None, entries)
     if config.overwrite:
         return DestState(old, entries)
-    if old.get("fingerprint") != run["fingerprint"]:
-        fields = ", ".join(_diff(old.get("config", {}) if isinstance(old.get("config"), dict) else {},
+    if isinstance(old.get("update"), dict) or int(old.get("generation", 1)) > 1:
+        raise OutputError(
+            f"{dest.url} is grown by --update (generation {old.get('generation', 1)}): rerun with --update to add "
+            "what is new in SOURCE, or --overwrite to start over"
+        )
+    if not same_output(old, run):
+        fields = ", ".join(diff_fields(old.get("config", {}) if isinstance(old.get("config"), dict) else {},
                                  run["config"])) or "config"
         raise OutputError(
             f"{dest.url} holds output made with a different config (differs in: {fields}); "
@@ -171,6 +208,7 @@ def prepare_dest(dest: Dest, config, run: dict[str, Any], state: DestState) -> N
     if run["listing"] is not None or state.old is None or config.overwrite or state.legacy:
         dest.write_json(run, RUN_FILE)  # first: from here on DEST is ours (and says what it will hold)
     dest.makedirs(STATS_DIR)
+    dest.makedirs(INPUTS_DIR)
 
 
 def finalize(
@@ -180,42 +218,88 @@ def finalize(
     results: Sequence[ShardResult],
     *,
     listing_kind: str,
-    list_errors: Any,
-    shard_errors: Any,
+    list_errors: Any = (),
+    shard_errors: Any = None,
     classes: Sequence[str],
     skipped: int,
+    skipped_members: dict[str, int] | None = None,
+    skipped_examples: Sequence[dict[str, str]] = (),
     seconds: float,
     components: dict[str, Any],
     converted: int | None = None,
+    generation: dict[str, Any] | None = None,
+    previous: dict[str, Any] | None = None,
+    counts: dict[str, Any] | None = None,
+    extra_errors: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """Write ``_errors.jsonl`` (the listing's error rows, then each shard's failed inputs in shard
-    order, streamed from `errorlog` spools) then ``_manifest.json`` (last) from the per-shard results."""
+    order, streamed from `errorlog` spools, then `extra_errors`) then ``_manifest.json`` (last) from
+    the per-shard results. `shard_errors` None: the failed inputs are the results' own ``errors``.
+
+    A plain run is generation 1. An update (`generation`: its entry, `previous`: the manifest it
+    grows, `counts`: DEST's counts after it) lists the previous generations' shards and its own."""
     results = sorted(results, key=lambda r: r.index)
+    if shard_errors is None:
+        shard_errors = ShardErrors()
+        for r in results:
+            shard_errors.put(r.index, r.errors)
+    by_stage: dict[str, int] = {}
     with Dest.spool() as spool:
-        list_errors.copy_to(spool)
-        shard_errors.copy_to(spool)
+        for src in (list_errors, shard_errors):
+            if hasattr(src, "copy_to"):
+                src.copy_to(spool)
+                for stage, n in src.by_stage.items():
+                    by_stage[stage] = by_stage.get(stage, 0) + n
+            else:
+                for e in src:
+                    spool.write(line(e))
+                    by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
+        for e in extra_errors:
+            spool.write(line(e))
+            by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
         dest.commit(spool, ERRORS_FILE)
     total = sum(r.total for r in results) + len(list_errors)
     written = sum(r.written for r in results)
     failed = sum(r.failed for r in results) + len(list_errors)
-    by_stage: dict[str, int] = {}
-    for source in (list_errors.by_stage, shard_errors.by_stage):
-        for stage, n in source.items():
-            by_stage[stage] = by_stage.get(stage, 0) + n
+    paths: dict[str, dict[str, int]] = {}  # how the samples went where a stage had a choice
+    for r in results:
+        for column, hows in r.paths.items():
+            into = paths.setdefault(column, {})
+            for how, k in hows.items():
+                into[how] = into.get(how, 0) + k
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    g = int(generation["generation"]) if generation else 1
+    shards = [dict(f, shard=r.name, index=r.index, generation=g) for r in results for f in r.files]
+    stats = [dict({"name": r.name, "index": r.index, "total": r.total, "written": r.written, "failed": r.failed,
+                   "generation": g}, **({"inputs": r.record} if r.record is not None else {})) for r in results]
+    if generation is None:
+        generation = {"generation": 1, "kind": "full", "shards": [r.name for r in results],
+                      "counts": {"listed": total, "new": total - len(list_errors), "written": written,
+                                 "failed": failed}}
+    if previous is not None:
+        shards = [dict(f, generation=f.get("generation", 1)) for f in previous.get("shards", [])] + shards
+        stats = [dict(s, generation=s.get("generation", 1)) for s in previous.get("shard_stats", [])] + stats
+    entry = dict(generation, created=created, fingerprint=run["fingerprint"], seconds=round(seconds, 3))
+    previous_entries = []
+    if previous is not None:
+        from resize_pipeline.readers.generations import entries as generation_entries
+
+        previous_entries = generation_entries(previous)
     manifest = {
         "tool": "resize_pipeline",
         "version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": created,
         "source": config.source,
         "source_kind": listing_kind,
         "classes": list(classes),
-        "counts": {"total": total, "written": written, "failed": failed, "failed_by_stage": by_stage,
-                   "skipped_non_images": skipped},
-        "shards": [dict(f, shard=r.name, index=r.index) for r in results for f in r.files],
-        "shard_stats": [
-            {"name": r.name, "index": r.index, "total": r.total, "written": r.written, "failed": r.failed}
-            for r in results
-        ],
+        "counts": dict(counts or {"total": total, "written": written, "failed": failed, "duplicates": 0,
+                                  "superseded": 0},
+                       failed_by_stage=by_stage, skipped_non_images=skipped,
+                       **({"skipped_tar_members": dict(skipped_members), "skipped_examples": list(skipped_examples)}
+                          if skipped_members else {})),
+        "shards": shards,
+        "shard_stats": stats,
+        "paths": {k: dict(sorted(v.items())) for k, v in sorted(paths.items())},
         "formats": list(config.formats),
         "encode": config.encode,
         "size": list(config.size),
@@ -227,6 +311,8 @@ def finalize(
                 "images_per_second": round((total if converted is None else converted) / seconds, 2)
                 if seconds else None},
         "errors_file": ERRORS_FILE,
+        "generation": g,
+        "generations": previous_entries + [entry],
     }
     dest.write_json(manifest, MANIFEST_FILE)
     return manifest

@@ -4,10 +4,12 @@ themselves are `layout`'s).
 The tool deletes only what its own records say it wrote: the files listed by ``_stats/*.json``,
 shard files named by the ``outputs`` pattern recorded in ``_run.json`` (prefix, digits, formats,
 count), its own JSON documents (``_run.json``, ``_manifest.json``, ``_errors.jsonl``,
-``_lock.json``, ``_stats/{shard}.json``), the DALI index files ``inspect --dali-index`` writes beside
-our tars (``{shard}.idx``, ``_dali_index.json``), the listing in ``_listing/`` (parts, runs, index:
-names only this tool writes) and temporary files of exactly its temp-name pattern whose final name
-is one of those. Anything else in DEST is left alone, with or without ``--overwrite``.
+``_lock.json``, ``_stats/{shard}.json``), the input records of those shards (``_inputs/{shard}.parquet``),
+generation records (``_generations/{g:06d}.{kind}.parquet``), the DALI index files ``inspect
+--dali-index`` writes beside our tars (``{shard}.idx``, ``{shard}.g{g}.idx``, ``_dali_index.json``),
+the listing in ``_listing/`` (parts, runs, index: names only this tool writes) and temporary files
+of exactly its temp-name pattern whose final name is one of those. Anything else in DEST is left
+alone, with or without ``--overwrite``.
 
 Without ``_run.json`` DEST holds nothing of ours: ``--overwrite`` there is refused when DEST holds
 any file, and a plain run is refused when a file is in the way of a name it would write. SOURCE and
@@ -25,14 +27,17 @@ from resize_pipeline.errors import ConfigError, OutputError
 from resize_pipeline.layout import (
     DOCUMENTS,
     ERRORS_FILE,
+    INPUTS_DIR,
     LISTING_DIR,
     LOCK_FILE,
     MANIFEST_FILE,
+    RECORD_DIRS,
     RUN_FILE,
     STATS_DIR,
     TEMP_RE,
     OutputNames,
     is_ours,
+    shard_name,
 )
 from resize_pipeline.sinks.dest import Dest
 
@@ -51,8 +56,9 @@ def check_not_in_the_way(dest: Dest, entries: dict[str, str], names: OutputNames
     if blocked:
         raise OutputError(f"{dest.url} holds a folder named like an output file ({_few(blocked)}); "
                           "move it away or choose another destination")
-    for folder, what in ((STATS_DIR, "its shard records"), (LISTING_DIR, "the job's listing")):
+    for folder in RECORD_DIRS:
         if entries.get(folder) == "file":
+            what = "the job's listing" if folder == LISTING_DIR else "its shard records"
             raise OutputError(f"{posixpath.join(dest.url, folder)} is a file where this tool keeps {what}; "
                               "move it away or choose another destination")
 
@@ -66,7 +72,7 @@ def check_foreign(dest: Dest, entries: dict[str, str], names: OutputNames | None
     if overwrite and present:
         raise OutputError(f"--overwrite: {dest.url} holds files this tool did not write (no {RUN_FILE}): "
                           f"{_few(present)}; it only replaces its own output: choose an empty or new destination")
-    in_way = [e for e in present if e in (MANIFEST_FILE, ERRORS_FILE, STATS_DIR, LISTING_DIR)
+    in_way = [e for e in present if e in (MANIFEST_FILE, ERRORS_FILE, *RECORD_DIRS)
               or (names is not None and names.matches(e))]
     if in_way:
         raise OutputError(f"{dest.url} already holds {_few(in_way)}, which this tool did not write (no {RUN_FILE}); "
@@ -96,11 +102,15 @@ def clear_dest(dest: Dest, old: dict[str, Any], names: OutputNames | None) -> in
         if kind == "file" and base not in (RUN_FILE, LOCK_FILE) and (base in listed or is_ours(base, recorded)):
             dest.remove(base)
             removed += 1
+    for folder in (d for d in RECORD_DIRS if d != STATS_DIR):
+        for base, kind in sorted(dest.entries(folder).items()):
+            if kind == "file" and is_ours(base, recorded, folder=folder):
+                dest.remove(folder, base)
+                removed += 1
     for base in sorted(stats):  # the records last: a crash in between leaves them to be redone
         dest.remove(STATS_DIR, base)
         removed += 1
-    removed += remove_listing(dest)
-    for folder in (STATS_DIR, LISTING_DIR):
+    for folder in RECORD_DIRS:
         if not dest.object_store and dest.entries().get(folder) == "directory" and not dest.entries(folder):
             dest.remove(folder, recursive=True)  # empty: ours (a folder still holding a file of yours stays)
     return removed
@@ -111,12 +121,35 @@ def remove_listing(dest: Dest, runs_only: bool = False) -> int:
     parallel listing, and temp files); anything else there stays. Returns the number removed."""
     removed = 0
     for base, kind in sorted(dest.entries(LISTING_DIR).items()):
-        if kind != "file" or not is_ours(base, [], in_listing=True):
+        if kind != "file" or not is_ours(base, [], folder=LISTING_DIR):
             continue
         if runs_only and not (TEMP_RE.match(base) or base.startswith("run-")):
             continue
         dest.remove(LISTING_DIR, base)
         removed += 1
+    return removed
+
+
+def remove_shards_from(dest: Dest, names: OutputNames, first: int) -> int:
+    """Remove the shards numbered `first` and up that `names` covers (files, input records, stats):
+    the unpublished shards of an interrupted generation that cannot be resumed as planned. Returns
+    the number of files removed."""
+
+    def number(base: str) -> int | None:
+        stem = base.split(".", 1)[0]
+        digits = stem[len(names.prefix) + 1 :].split("-", 1)[0]
+        return int(digits) if digits.isdigit() and shard_name(names.prefix, int(digits), names.width) == \
+            f"{names.prefix}-{digits}" else None
+
+    removed = 0
+    for folder in (None, INPUTS_DIR, STATS_DIR):  # shard files, then input records, then stats (last)
+        where = () if folder is None else (folder,)
+        for base, kind in sorted(dest.entries(*where).items()):
+            final = base if not TEMP_RE.match(base) else None
+            n = number(final) if final is not None else None
+            if kind == "file" and n is not None and n >= first and is_ours(base, [names], folder=folder):
+                dest.remove(*where, base)
+                removed += 1
     return removed
 
 
@@ -126,12 +159,10 @@ def remove_partials(dest: Dest, names: list[OutputNames]) -> None:
     for base, kind in dest.entries().items():
         if kind == "file" and TEMP_RE.match(base) and is_ours(base, names):
             dest.remove(base)
-    for base, kind in dest.entries(STATS_DIR).items():
-        if kind == "file" and TEMP_RE.match(base) and is_ours(base, names, in_stats=True):
-            dest.remove(STATS_DIR, base)
-    for base, kind in dest.entries(LISTING_DIR).items():
-        if kind == "file" and TEMP_RE.match(base) and is_ours(base, names, in_listing=True):
-            dest.remove(LISTING_DIR, base)
+    for folder in RECORD_DIRS:
+        for base, kind in dest.entries(folder).items():
+            if kind == "file" and TEMP_RE.match(base) and is_ours(base, names, folder=folder):
+                dest.remove(folder, base)
 
 
 # ------------------------------------------------------------------------------ SOURCE vs DEST

@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resize_pipeline.errors import OutputError
-from resize_pipeline.layout import LISTING_DIR, LISTING_INDEX, STATS_DIR, shard_name, shard_width, stats_name
+from resize_pipeline.layout import (
+    INPUTS_DIR,
+    LISTING_DIR,
+    LISTING_INDEX,
+    STATS_DIR,
+    inputs_name,
+    shard_name,
+    shard_width,
+    stats_name,
+)
 from resize_pipeline.shards import ShardResult, ShardTask
 from resize_pipeline.sources.base import ROW_COLUMNS
 from resize_pipeline.sources.parts import (
@@ -101,12 +110,14 @@ class Outcome:
 
 class DoneShards:
     """Which shards DEST already holds complete: their stats exist, parse, count the shard's inputs,
-    and every file they list is present (DEST's listings are read once)."""
+    every file they list is present, and so is the input record they name (DEST's listings are read
+    once)."""
 
     def __init__(self, dest: Any) -> None:
         self.dest = dest
         self.have = set(dest.ls(STATS_DIR)) if dest is not None else set()
         self.present = set(dest.ls()) if self.have else set()
+        self.records = set(dest.ls(INPUTS_DIR)) if self.have else set()
 
     def candidate(self, name: str) -> bool:
         return f"{name}.json" in self.have
@@ -119,7 +130,8 @@ class DoneShards:
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # torn: redo it
             return None
         if res.total == size and res.index == index and all(
-                isinstance(f, dict) and f.get("name") in self.present for f in res.files):
+                isinstance(f, dict) and f.get("name") in self.present for f in res.files) \
+                and (res.record is None or inputs_name(name)[1] in self.records):
             res.reused = True
             return res
         return None
@@ -209,6 +221,7 @@ class Planner:
         lay, out = self.layout, self.outcome
         group = rows_per_group(lay.samples_per_shard)
         first_shard = 0
+        classes = tuple(self.listing.classes) or None  # known before the rows (a manifest's are read first)
         for p, rows in self._parts():
             n = len(rows["key"])
             if n == 0 and p > 0:
@@ -233,7 +246,7 @@ class Planner:
                 else:
                     rows_ref = PartRows(self.dest.url, self.dest.storage_options, part_name(p)) \
                         if self.dest is not None else None
-                    tasks.append(ShardTask(index, name, rows_ref, a, b))
+                    tasks.append(ShardTask(index, name, rows_ref, a, b, classes))
             first_shard += lay.shards_per_part
             on_part(PartEvent(p, n, tasks, done, last=n < lay.rows_per_part))
             if n < lay.rows_per_part:
@@ -360,3 +373,24 @@ class PlanThread:
 
 class _Stopped(Exception):
     pass
+
+
+def listing_digests(listing: Any) -> tuple[str, str]:
+    """A listing read into memory (`Listing.items`): release 0.1.0's listing and stamps digests over
+    all its rows, as `Planner` computes them with ``legacy`` (``--update`` compares them between
+    generations: the same digests mean the same inputs with the same stamps)."""
+    import numpy as np
+
+    items = listing.items
+    h, hs = hashlib.sha256(), hashlib.sha256()
+    for a in range(0, len(items), 65536):
+        block = items.columns(a, min(len(items), a + 65536))
+        h.update("".join(f"{k}\t{u}\t{o}\t{n}\t{r}\t{la}\n" for k, u, o, n, r, la in zip(
+            block["key"], block["url"], block["offset"], block["length"], block["row"], block["label"],
+            strict=True)).encode("utf-8", "surrogatepass"))
+        hs.update(np.asarray(block["stamp"], dtype="<i4").tobytes())
+    extra = np.asarray(listing.source_stamps, dtype="<i4").tobytes()
+    if listing.stamps_complete:
+        hs.update(extra)
+        return h.hexdigest()[:16], hs.hexdigest()[:16]
+    return h.hexdigest()[:16], hashlib.sha256(extra).hexdigest()[:16]

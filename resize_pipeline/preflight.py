@@ -5,7 +5,8 @@ learned:PATH``, ``--precision auto``) into one `Resolved` decision that every wo
 (a worker never decides on its own, so all of them write the same bytes). Anything that cannot work
 raises `ConfigError` with a one-line message: a missing GPU, DALI not installed, a checkpoint that
 is missing, unreadable or fails its sha256. What changes the output bytes (decoder mode, precision,
-the checkpoint's sha256, CPU or GPU for the CNN) goes into the run fingerprint.
+the checkpoint's sha256, CPU or GPU for the CNN, the JPEG codec, the CNN's convolution algorithms)
+goes into the run fingerprint.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Resolved:
         precision: the learned resizer's arithmetic (``fp32``, ``bf16``, ``fp16``); None otherwise.
         resizer: what was checked about the resizer (name; for a learned one path, sha256, input scale).
         gpus: GPUs visible to the driver.
+        jpeg_backend: the JPEG codec every worker encodes with (``opencv`` or ``pillow``, `encode.Encoder`);
+            None when the output is not JPEG. The two write the same bytes with the libjpeg-turbo builds
+            tested here, but they bundle their own builds: it is fingerprinted, and decided once.
     """
 
     device: str
@@ -40,6 +44,7 @@ class Resolved:
     precision: str | None = None
     resizer: dict[str, Any] = field(default_factory=dict)
     gpus: int = 0
+    jpeg_backend: str | None = None
 
     @property
     def uses_gpu(self) -> bool:
@@ -51,7 +56,26 @@ class Resolved:
         if self.precision is not None:
             out.update(precision=self.precision, resizer_sha256=self.resizer.get("sha256", ""),
                        resizer_device="cuda" if self.uses_gpu else "cpu")
+            if self.uses_gpu:  # cuDNN picks its algorithms by heuristics, deterministically (cuda_runner)
+                out["cnn_algorithms"] = "cudnn-deterministic"
+        if self.jpeg_backend is not None:
+            out["jpeg_backend"] = self.jpeg_backend
         return out
+
+    def unused_output_options(self) -> list[str]:
+        """Output options of the config that cannot change this job's bytes (left out of its run
+        fingerprint, so that changing them never blocks a resume): the learned resizer's when it is
+        not used, the GPU CNN's when it runs on the CPU, the other decoders' (`DecoderSpec`)."""
+        from resize_pipeline.decode import DECODER_SPECS
+
+        unused = []
+        if self.precision is None:
+            unused += ["precision", "compile", "channels_last", "cuda_graphs"]
+        elif not self.uses_gpu:
+            unused.append("cuda_graphs")
+        running = DECODER_SPECS[self.decoder].output_options
+        unused += [o for spec in DECODER_SPECS.values() for o in spec.output_options if o not in running]
+        return sorted(set(unused))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,17 +100,23 @@ def _resolve_device(spec: str, wants_gpu: bool, gpus: int) -> str:
     return spec
 
 
-def _resolve_decoder(name: str, device: str) -> str:
-    from resize_pipeline.decode.dali import INSTALL_HINT, dali_installed
+def _resolve_decoder(name: str, device: str, dali_available: bool | None = None) -> str:
+    """``--decoder`` -> a buildable decoder of the registry (`decode.DECODER_SPECS`). `dali_available`:
+    whether the workers can import DALI (the Ray engine asks an actor); default: this process."""
+    from resize_pipeline.decode import decoder_spec, resolve_decoder
+    from resize_pipeline.decode.dali_graph import INSTALL_HINT
 
     if name == "pillow":
         return "pillow"
-    if not dali_installed():
+    dali = resolve_decoder("dali", device)
+    if dali_available is None:
+        dali_available = decoder_spec(dali).available()
+    if not dali_available:
         if name == "dali":
             raise ConfigError(f"--decoder dali: {INSTALL_HINT}")
         log.info("DALI not installed; decoding with Pillow (%s)", INSTALL_HINT)
         return "pillow"
-    return "dali-mixed" if device != "cpu" else "dali-cpu"
+    return dali
 
 
 def _check_learned(spec: str) -> dict[str, Any]:
@@ -107,40 +137,67 @@ def _check_learned(spec: str) -> dict[str, Any]:
 
 
 def _resolve_precision(requested: str, device: str) -> str:
-    """``auto``: fp16 on a GPU (supported by every CUDA GPU with tensor cores, and closer to fp32
-    than bf16 on 0..1 pixel data); on a CPU bf16 where the CPU computes it natively (AVX512-BF16 or
-    AMX: ~2x faster), else fp32. Decided here, on the driver, so that all workers agree."""
-    if requested != "auto":
-        return requested
-    if device != "cpu":
-        return "fp16"
-    from resize_pipeline.learned.inference import cpu_has_native_bf16
+    """Decided here, on the driver, so that all workers agree; the one function
+    (`learned.precision.resolve_precision`) that `LearnedResizer(precision="auto")` also asks."""
+    from resize_pipeline.learned.precision import resolve_precision
 
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return resolve_precision(requested, device)
 
 
 def check(config) -> dict[str, Any]:
     """What can be checked without knowing the machine that will run the job: the device string,
     DALI installed when ``--decoder dali`` asks for it, the resizer (a learned checkpoint is loaded
     and its sha256 verified). Returns what was learnt about the resizer."""
-    from resize_pipeline.decode.dali import INSTALL_HINT, dali_installed
+    from resize_pipeline.decode.dali_graph import INSTALL_HINT, dali_installed
 
     try:
         parse_device(config.device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if config.decoder == "dali" and not dali_installed():
+    # on Ray the actors' environment decides (`resolve(worker_env=...)`), not the driver's
+    if config.decoder == "dali" and config.engine != "ray" and not dali_installed():
         raise ConfigError(f"--decoder dali: {INSTALL_HINT}")
     if config.resizer.startswith("learned"):
         return _check_learned(config.resizer)
     return {"name": config.resizer}
 
 
-def resolve(config, gpus: int | None = None, checked: dict[str, Any] | None = None) -> Resolved:
+def _resolve_jpeg_backend(config, opencv: bool | None) -> str | None:
+    """The JPEG codec of the whole job (`encode.Encoder`): OpenCV where the workers have it."""
+    if config.encode != "jpg":
+        return None
+    if opencv is None:
+        from resize_pipeline.encode import opencv_available
+
+        opencv = opencv_available()
+    return "opencv" if opencv else "pillow"
+
+
+def worker_environment_here() -> dict[str, bool]:
+    """What this process can import among the packages that decide a job's choices: DALI (imported
+    for real: a broken install counts as missing) and OpenCV. Run on a Ray actor by
+    `workers.ray_engine.worker_environment`, so the workers' environment decides, not the driver's."""
+    env: dict[str, bool] = {}
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception:  # noqa: BLE001 - any failure to import it: the workers have no DALI
+        env["dali"] = False
+    else:
+        env["dali"] = True
+    from resize_pipeline.encode import opencv_available
+
+    env["opencv"] = opencv_available()
+    return env
+
+
+def resolve(config, gpus: int | None = None, checked: dict[str, Any] | None = None,
+            worker_env: dict[str, Any] | None = None) -> Resolved:
     """Check and resolve `config`'s device, decoder and resizer; `ConfigError` if they cannot work.
 
     `gpus`: GPUs a worker can use (the Ray engine passes its cluster's); default: this machine's.
     `checked`: `check(config)`'s result, when it ran already.
+    `worker_env`: what the workers can import (``{"dali": bool, "opencv": bool}``) when they do not run
+    in this environment (the Ray engine asks an actor: `workers.ray_engine.worker_environment`).
     """
     from resize_pipeline.stages_fused import can_fuse
 
@@ -148,10 +205,12 @@ def resolve(config, gpus: int | None = None, checked: dict[str, Any] | None = No
     learned = config.resizer.startswith("learned")
     gpus = gpu_count() if gpus is None else gpus
     device = _resolve_device(config.device, learned or config.decoder != "pillow", gpus)
-    decoder = _resolve_decoder(config.decoder, device)
+    env = worker_env or {}
+    decoder = _resolve_decoder(config.decoder, device, env.get("dali"))
     precision = _resolve_precision(config.precision, device) if learned else None
     if not learned and device != "cpu" and decoder == "pillow":
         device = "cpu"  # nothing left for the GPU to do
-    resolved = Resolved(device, decoder, can_fuse(decoder, config.resizer), precision, resizer, gpus)
+    resolved = Resolved(device, decoder, can_fuse(decoder, config.resizer), precision, resizer, gpus,
+                        _resolve_jpeg_backend(config, env.get("opencv")))
     log.info("resolved: %s", resolved)
     return resolved

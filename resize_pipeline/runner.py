@@ -4,13 +4,21 @@ a Ray actor). Built once per worker, it owns the stages, the shard writers and t
 It converts a *stream* of shard tasks: batches flow from the reader through decode/resize/encode to
 the writers without draining at shard boundaries (batch k+1 of the next shard is read while this
 shard's last batch encodes); every batch carries its shard, and a shard is committed (its files,
-then its stats file) when its last batch is written. Shards stay the unit of retry, resume and
+then its input record ``_inputs/{shard}.parquet``: every input it took, written or failed, then its
+stats file) when its last batch is written. Shards stay the unit of retry, resume and
 atomic commit:
+
+The typed error policy (`errors.error_kind`):
 
 - a per-sample failure is an error row (`batch.fail`), recorded in the shard's stats;
 - an exception inside a stage, or a write that still fails after the sink's own retries, fails the
   shard attempt: its partial files are dropped, the rest of its batches are skipped, and the shard
-  is queued again; after `SHARD_ATTEMPTS` its inputs are recorded as failed (stage ``shard``);
+  is attempted again; the runner's `attempts.AttemptLedger` counts the attempts (shared with the
+  engine, which also counts dead workers) and after the last one its inputs are recorded as failed
+  (stage ``shard``, no stats file: a rerun attempts it again);
+- a device fault (`errors.DeviceFault`: a CUDA error, GPU out of memory, a DALI device failure)
+  ends the runner: every open shard attempt is dropped and `run` raises it; the engine ends the
+  worker and attempts its shards again elsewhere (a sticky CUDA error poisons the whole process);
 - a job-level error (`ResizePipelineError`, e.g. the destination is full) stops the stream.
 
 `ShardService` runs a runner on a background thread, fed by `submit(task) -> Future`: what a Ray
@@ -19,37 +27,41 @@ actor (whose calls arrive one by one) and a worker process use.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from resize_pipeline import formats
+from resize_pipeline.attempts import FORWARDED, AttemptLedger
 from resize_pipeline.devices import Placement
-from resize_pipeline.errors import ResizePipelineError, error_record
-from resize_pipeline.layout import stats_name
-from resize_pipeline.shards import ShardResult, ShardTask, failed_shard, shard_attempts
+from resize_pipeline.errors import DeviceFault, ResizePipelineError, error_record, is_device_fault
+from resize_pipeline.layout import inputs_name, stats_name
+from resize_pipeline.shards import ShardResult, ShardTask
 from resize_pipeline.sinks import RollingShardWriter, Sample
-from resize_pipeline.sinks.dest import Dest, DestinationFull, is_full
+from resize_pipeline.sinks.dest import Dest, is_full
 from resize_pipeline.stream import IDLE, Attempt, Work, chain
 from resize_pipeline.urls import is_remote_url
 
 log = logging.getLogger(__name__)
 
 #: the batch columns a written sample is made of (`ShardRunner._write`)
+#: per-sample columns saying which way a stage went where it had a choice (`ShardResult.paths`)
+PATH_COLUMNS = ("decoded_by", "resized_by")
 _WRITE_COLUMNS = ("key", "url", "payload", "width", "height", "orig_width", "orig_height", "label",
                   "label_name", "meta")
+#: the batch columns a shard's input record keeps (`generations.records.RECORD_COLUMNS`)
+_RECORD_COLUMNS = ("key", "url", "offset", "length", "row", "label", "stamp")
 
 
 class TaskQueue:
-    """Shard tasks for a runner: `put` them, `close` when no more will come. An item may be a
-    ``(task, attempt)`` pair: a shard already attempted elsewhere (a Ray actor that died) starts at
-    that attempt."""
+    """Shard tasks for a runner: `put` them, `close` when no more will come."""
 
     def __init__(self, tasks: list[ShardTask] | None = None, *, closed: bool = False) -> None:
         self._items: deque[Any] = deque(tasks or [])
@@ -74,17 +86,19 @@ class TaskQueue:
 class _Feed:
     """Works for the stream: retries first, then new tasks; `IDLE` once before waiting for more.
 
-    Ends when the queue is closed and every task taken has finished (committed or finally failed).
+    Each shard taken starts an attempt in the ledger (``ledger.start``). Ends when the queue is
+    closed and every task taken has finished (committed, finally failed, or handed back).
     """
 
-    def __init__(self, tasks: TaskQueue, batch_size: int) -> None:
-        self.tasks, self.batch_size = tasks, batch_size
-        self._retries: deque[tuple[ShardTask, int]] = deque()
+    def __init__(self, tasks: TaskQueue, batch_size: int, ledger) -> None:
+        self.tasks, self.batch_size, self.ledger = tasks, batch_size, ledger
+        self._retries: deque[ShardTask] = deque()
         self._open = 0  # tasks taken and not finished
+        self._attempts = itertools.count(1)  # this runner's attempt ids (keys of its open shards)
 
-    def retry(self, task: ShardTask, attempt: int) -> None:
+    def retry(self, task: ShardTask) -> None:
         with self.tasks._cond:
-            self._retries.append((task, attempt))
+            self._retries.append(task)
             self.tasks._cond.notify_all()
 
     def finished(self) -> None:
@@ -92,14 +106,13 @@ class _Feed:
             self._open -= 1
             self.tasks._cond.notify_all()
 
-    def _take(self) -> tuple[ShardTask, int] | None:
-        """The next (task, attempt) if one is ready; call with the lock held."""
+    def _take(self) -> ShardTask | None:
+        """The next task if one is ready; call with the lock held."""
         if self._retries:
             return self._retries.popleft()
         if self.tasks._items:
             self._open += 1
-            item = self.tasks._items.popleft()
-            return item if isinstance(item, tuple) else (item, 1)
+            return self.tasks._items.popleft()
         return None
 
     def _ended(self) -> bool:
@@ -109,17 +122,17 @@ class _Feed:
         cond = self.tasks._cond
         while True:
             with cond:
-                nxt = self._take()
-                if nxt is None and self._ended():
+                task = self._take()
+                if task is None and self._ended():
                     return
-            if nxt is None:
+            if task is None:
                 yield IDLE  # let lagged steps finish what they hold, then wait for more
                 with cond:
                     while not (self._retries or self.tasks._items or self._ended()):
                         cond.wait(timeout=1.0)
                 continue
-            task, attempt = nxt
-            state = Attempt()
+            self.ledger.start(task)
+            attempt, state = next(self._attempts), Attempt()
             starts = list(range(0, task.size, self.batch_size)) or [0]
             for seq, s in enumerate(starts):
                 last = seq == len(starts) - 1
@@ -138,8 +151,12 @@ class _Shard:
     t0: float = field(default_factory=time.perf_counter)
     errors: list[dict[str, str]] = field(default_factory=list)
     written: int = 0
+    #: per path column (`PATH_COLUMNS`), how many of its samples went each way
+    paths: dict[str, Counter] = field(default_factory=dict)
     #: shared with the attempt's works: once failed, its remaining batches skip every step
     state: Attempt = field(default_factory=Attempt)
+    #: per batch, the columns of the shard's input record (`generations.records.shard_record`)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ShardRunner:
@@ -150,27 +167,29 @@ class ShardRunner:
         resolved: the driver's `preflight.Resolved` decisions (decoder, device, precision).
         placement: where this worker runs (``cpu`` or its GPU as it sees it).
         threads: CPU threads this worker may use (the engine divides the cores among workers).
+        ledger: the `attempts.AttemptLedger` counting shard attempts (the engine's, shared with its
+            other workers; a worker process gets a `attempts.ForwardingLedger` reporting to the
+            driver's); default: a ledger of its own with ``config.shard_attempts``.
     """
 
-    def __init__(self, config, resolved, placement: Placement | None = None, threads: int = 1) -> None:
+    def __init__(self, config, resolved, placement: Placement | None = None, threads: int = 1,
+                 ledger=None) -> None:
         from resize_pipeline.pipeline import build_stages
 
         self.config, self.resolved = config, resolved
+        self.ledger = ledger if ledger is not None else AttemptLedger(config.shard_attempts)
         self.placement = placement or Placement("cpu", {})
-        self.dest = Dest(config.dest, config.storage_options)
+        self.dest = Dest(config.dest, config.storage_options, io_timeout=config.io_timeout)
         self.stages = build_stages(config, resolved, self.placement.device, max(1, threads))
         self.overlap = should_overlap(config, resolved)
         self.built = dict(self.stages.built, pid=os.getpid(), overlap=self.overlap,
                           cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
-        self.attempts = shard_attempts(config)
-        #: told of every retry of a shard (``(task, attempt)``): the Ray engine's attempt ledger
-        self.on_retry: Callable[[ShardTask, int], None] | None = None
         log.info("worker %d built %s", os.getpid(), self.built)
 
     def run(self, tasks: TaskQueue, on_progress: Callable[[int], None] | None = None) -> Iterator[ShardResult]:
         """Yield each shard's result as it is committed (or finally fails), until `tasks` is closed
         and drained."""
-        feed = _Feed(tasks, self.config.batch_size)
+        feed = _Feed(tasks, self.config.batch_size, self.ledger)
         open_: dict[tuple[int, int], _Shard] = {}
         counted: dict[int, int] = {}  # progress reported per shard, so retries never count twice
 
@@ -206,42 +225,57 @@ class ShardRunner:
                     progress(w.task, len(w.batch["key"]))
                     if w.last:
                         del open_[key]
-                        yield finish(shard, self._commit(shard))
+                        result = self._commit(shard)
+                        self.ledger.done(w.task)
+                        yield finish(shard, result)
                         continue
                 except ResizePipelineError:
                     self._abort(shard)
                     raise
                 except Exception as exc:  # noqa: BLE001 - the shard attempt fails; retried or recorded below
-                    if is_full(exc):  # the local spool filled its disk: no retry can help
+                    if is_full(exc):  # DEST (or the local spool) filled its disk: no retry can help
                         self._abort(shard)
-                        raise DestinationFull(f"no space left for the local spool of shard {w.task.name} "
-                                              f"({type(exc).__name__}: {exc}); free some space and rerun the "
-                                              "same command to resume") from exc
+                        raise self.dest.full(f"writing shard {w.task.name}", exc) from exc
+                    if is_device_fault(exc):  # the typed error policy: this worker is done for
+                        for other in open_.values():
+                            other.state.failed = True
+                            self._abort(other)
+                        log.error("worker %d: device fault in shard %s (%s: %s); the worker stops", os.getpid(),
+                                  w.task.name, type(exc).__name__, exc)
+                        raise exc if isinstance(exc, DeviceFault) else DeviceFault(
+                            f"{type(exc).__name__}: {exc}") from exc
                     shard.state.failed = True  # its remaining batches are skipped as they arrive
                     self._abort(shard)
-                    if shard.attempt < self.attempts:
-                        log.warning("shard %s failed (%s: %s); retrying", w.task.name, type(exc).__name__, exc)
-                        if self.on_retry is not None:
-                            self.on_retry(w.task, shard.attempt + 1)
-                        feed.retry(w.task, shard.attempt + 1)
+                    outcome = self.ledger.fail(w.task, exc, self.built)
+                    if outcome is None:
+                        feed.retry(w.task)
+                    elif outcome is FORWARDED:  # a worker process: the driver attempts it again or records it
+                        counted.pop(w.task.index, None)
+                        feed.finished()
                     else:
-                        log.error("shard %s failed %d times, its %d inputs are recorded as failed: %s: %s",
-                                  w.task.name, shard.attempt, w.task.size, type(exc).__name__, exc)
-                        yield finish(shard, failed_shard(w.task, exc, self.built))
+                        yield finish(shard, outcome)
             if w.last:
                 open_.pop(key, None)
 
     def _writers(self, task: ShardTask) -> list[RollingShardWriter]:
         c = self.config
+        options = {"row_group_size": c.row_group_size, "classes": task.classes}
         return [RollingShardWriter(self.dest, task.name, fmt, formats.get(fmt).load("writer"), c.max_shard_bytes,
-                                   {"row_group_size": c.row_group_size}) for fmt in c.formats]
+                                   options) for fmt in c.formats]
 
     def _write(self, shard: _Shard, batch: dict) -> None:
         # The hot path of a GPU worker (~20k samples/s through one process, under the GIL): columns
         # become Python lists once per batch, not element by element.
         ext, writers = self.config.encode, shard.writers
+        for name in PATH_COLUMNS:
+            if name in batch:
+                counts = shard.paths.setdefault(name, Counter())
+                counts.update(v for v in batch[name].tolist() if v)
         cols = {k: batch[k].tolist() for k in _WRITE_COLUMNS}
-        for i, err in enumerate(batch["error"].tolist()):
+        errors = batch["error"].tolist()
+        shard.inputs.append({**{c: batch[c] for c in _RECORD_COLUMNS}, "sha256": batch.get("sha256"),
+                             "written": [not e for e in errors], "stage": batch["error_stage"]})
+        for i, err in enumerate(errors):
             if err:
                 shard.errors.append(error_record(
                     key=str(cols["key"][i]), source=str(cols["url"][i]), stage=str(batch["error_stage"][i]),
@@ -257,10 +291,15 @@ class ShardRunner:
             shard.written += 1
 
     def _commit(self, shard: _Shard) -> ShardResult:
+        from resize_pipeline.generations.records import shard_record, write_table
+
         files = [f.to_dict() for w in shard.writers for f in w.close()]
         t = shard.task
+        # what the shard took, before its stats: a shard with stats always has its input record
+        record = write_table(self.dest, shard_record(shard.inputs), *inputs_name(t.name))
         result = ShardResult(t.index, t.name, t.size, shard.written, len(shard.errors), files,
-                             shard.errors, time.perf_counter() - shard.t0, self.built)
+                             shard.errors, time.perf_counter() - shard.t0, self.built,
+                             {k: dict(sorted(v.items())) for k, v in sorted(shard.paths.items()) if v}, record)
         self.dest.write_json(result.to_dict(), *stats_name(t.name))
         return result
 
@@ -316,15 +355,15 @@ class ShardService:
             for fut in pending:
                 fut.set_exception(exc)
 
-    def submit(self, task: ShardTask, attempt: int = 1) -> Future:
-        """Queue `task` (as its `attempt`-th attempt) on the runner's stream; a Future of its result."""
+    def submit(self, task: ShardTask) -> Future:
+        """Queue `task` on the runner's stream; a Future of its result."""
         fut: Future = Future()
         with self._lock:
             if self._error is not None:
                 fut.set_exception(self._error)
                 return fut
             self._futures[task.index] = fut
-        self.tasks.put(task if attempt == 1 else (task, attempt))  # type: ignore[arg-type]
+        self.tasks.put(task)
         return fut
 
     def close(self, timeout: float | None = None) -> None:

@@ -37,15 +37,21 @@ class ShardTask:
     `rows` is a listing part in DEST (`sources.rows.PartRows`: the task is a descriptor, the worker
     reads its rows), or rows in memory (`sources.rows.RowTable` or any sequence of `SourceItem`: tests,
     benchmarks). Items are made when asked for (`items`, `batch`). A task on a part pickles as its
-    address; one on rows in memory carries its own items, never the whole listing.
+    address; one on rows in memory carries its own items, never the whole listing. `classes` are the
+    listing's class names (index -> name; None when its labels are plain numbers): the Parquet sink
+    declares them as the ``label`` column's Hugging Face ``ClassLabel``. A task on a part does not
+    carry them in its Ray task row (`descriptor`: a few dozen bytes): the Ray actor is given the job's
+    classes once.
     """
 
-    __slots__ = ("index", "name", "rows", "start", "stop")
+    __slots__ = ("index", "name", "rows", "start", "stop", "classes")
 
     def __init__(self, index: int, name: str, rows: Sequence[SourceItem] | Any, start: int = 0,
-                 stop: int | None = None) -> None:
+                 stop: int | None = None, classes: Sequence[str] | None = None) -> None:
         self.index, self.name, self.rows = int(index), name, rows
         self.start, self.stop = int(start), int(len(rows) if stop is None else stop)
+        names = classes if classes is not None else getattr(rows, "classes", None)
+        self.classes: tuple[str, ...] | None = tuple(names) if names else None
 
     @property
     def size(self) -> int:
@@ -85,8 +91,8 @@ class ShardTask:
 
     def __reduce__(self) -> tuple:
         if self.on_part:
-            return ShardTask, (self.index, self.name, self.rows, self.start, self.stop)
-        return ShardTask, (self.index, self.name, self.items)
+            return ShardTask, (self.index, self.name, self.rows, self.start, self.stop, self.classes)
+        return ShardTask, (self.index, self.name, self.items, 0, None, self.classes)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ShardTask):
@@ -107,7 +113,9 @@ class ShardResult:
     """What one shard produced: its files, counts and the failed inputs with reasons.
 
     `built` (what the worker that converted it built: decoder, resizer, device, precision) travels
-    to the driver for the manifest; it is not part of the stats file.
+    to the driver for the manifest; it is not part of the stats file. `paths` counts, per column
+    (``decoded_by``, ``resized_by``), how its samples went where a stage had a choice (DALI or Pillow,
+    a Pillow fallback, a CUDA graph or eager): in the stats file when there was any.
     """
 
     index: int
@@ -119,11 +127,15 @@ class ShardResult:
     errors: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     built: dict[str, Any] | None = None
+    paths: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: the shard's input record (``_inputs/{shard}.parquet``: name, rows, bytes, sha256); None for
+    #: shards committed before input records existed
+    record: dict[str, Any] | None = None
     #: complete in DEST before this run (resumed, not converted)
     reused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "index": self.index,
             "name": self.name,
             "total": self.total,
@@ -132,18 +144,34 @@ class ShardResult:
             "files": self.files,
             "errors": self.errors,
         }  # no timings: stats (and so reruns) stay byte-identical
+        if self.paths:
+            out["paths"] = self.paths
+        if self.record is not None:
+            out["inputs"] = self.record
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ShardResult:
-        return cls(**{k: d[k] for k in ("index", "name", "total", "written", "failed", "files", "errors")})
+        record = d.get("inputs")
+        res = cls(**{k: d[k] for k in ("index", "name", "total", "written", "failed", "files", "errors")},
+                  record=record if isinstance(record, dict) else None)
+        paths = d.get("paths")
+        if isinstance(paths, dict):
+            res.paths = paths
+        return res
 
 
-def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefix: str = "shard") -> list[ShardTask]:
-    """Shard *i* = inputs ``[i*N, (i+1)*N)``; each task refers to its slice of `items` (no copy)."""
+def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefix: str = "shard", *,
+                first: int = 0, width: int | None = None, classes: Sequence[str] | None = None) -> list[ShardTask]:
+    """Shard *first + i* = inputs ``[i*N, (i+1)*N)``; each task refers to its slice of `items` (no copy).
+
+    `first` and `width`: a generation of ``--update`` continues the numbering of the shards DEST holds,
+    with the digits its first generation chose (default: from this listing's size). `classes`: the
+    class names the labels index (default: the listing's own, `ItemTable.classes`)."""
     n = len(items)
-    width = shard_width(n, samples_per_shard)
+    width = shard_width(n, samples_per_shard) if width is None else width
     return [
-        ShardTask(i, shard_name(prefix, i, width), items, s, min(n, s + samples_per_shard))
+        ShardTask(first + i, shard_name(prefix, first + i, width), items, s, min(n, s + samples_per_shard), classes)
         for i, s in enumerate(range(0, n, samples_per_shard))
     ]
 

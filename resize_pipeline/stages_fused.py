@@ -10,17 +10,22 @@ Classical filters map to DALI's own interpolation (nearest, linear, cubic, lancz
 to the output size happens in DALI; ``area`` has no DALI equivalent and keeps the unfused path.
 
 Decode is split into `submit` / `finish` so that the engine can keep DALI one batch ahead
-(`stream.lagged`): DALI decodes batch k+1 while the CNN resizes batch k. The resize is split
-the same way (`resize_submit` / `resize_finish`): in GPU mode the data stays on the GPU from decode to
-resize (DALI's batch is copied once, device to device, into one torch buffer whose per-sample views
-are re-stacked without a copy, `stack_views`); each group of equal shapes (one group per batch in the
-fixed-size modes) runs the CNN and is copied to the host **once**, as one uint8 batch, asynchronously
-into pinned memory; one CUDA event per batch is the only wait, in `resize_finish`, after the next
-batch has been launched. No per-sample synchronisation.
+(`stream.lagged`): DALI decodes batch k+1 while the CNN resizes batch k. The resize is split the
+same way (`resize_submit` / `resize_finish`).
+
+On the GPU every call runs on the worker's `cuda_streams.CudaLane` (its GPU set in the calling
+thread, explicit streams): DALI's outputs are handed to torch on the lane's *decode* stream and an
+event is recorded there when a batch is handed over (`finish`); the *compute* stream waits for that
+event (on the GPU), runs the CNN per group of equal shapes (one group per batch in the fixed-size
+modes; a view of DALI's copy re-stacked without a copy, `stack_views`) and copies each group's
+uint8 output to pinned host memory once, asynchronously; one blocking event per batch, recorded on
+the compute stream, is the only host wait, in `resize_finish`, after the next batch was launched.
+The batch's GPU tensors (and DALI's outputs) are released only after that wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 from typing import Any
@@ -39,7 +44,9 @@ DALI_INTERP = {"nearest": "nearest", "bilinear": "linear", "bicubic": "cubic", "
 
 def can_fuse(decoder: str, resizer: str) -> bool:
     """Whether `FusedDecodeResizeStage` serves a resolved decoder and a resizer spec."""
-    return decoder.startswith("dali") and (resizer in DALI_INTERP or resizer.startswith("learned"))
+    from resize_pipeline.decode import decoder_spec
+
+    return decoder_spec(decoder).fuses_resize and (resizer in DALI_INTERP or resizer.startswith("learned"))
 
 
 class FusedDecodeResizeStage:
@@ -50,6 +57,10 @@ class FusedDecodeResizeStage:
             classical filter, linear in front of a learned resizer).
         resizer: a built `LearnedResizer` on the decoder's device, or None for a classical filter.
         size, mode, pad_color: the target geometry.
+
+    Rows get ``decoded_by`` (how each input was decoded: DALI, Pillow-routed, Pillow fallback) and, on
+    the GPU with a learned resizer, ``resized_by`` (``cuda-graph`` or ``cuda-eager``): the runner
+    counts them into the shard's stats and the manifest.
     """
 
     def __init__(self, decoder, resizer, *, size: tuple[int, int], mode: str,
@@ -58,10 +69,19 @@ class FusedDecodeResizeStage:
         self.size, self.mode = size, mode
         self.gpu = decoder.mode == "mixed"
         self.pad_color = np.asarray(pad_color, dtype=np.uint8)
+        self.lane = None
+        if self.gpu:
+            from resize_pipeline.cuda_streams import CudaLane
+
+            self.lane = CudaLane(f"cuda:{decoder.device_id}")
 
     def describe(self) -> dict[str, Any]:
         return {"decoder": self.decoder.describe(),
-                "resizer": self.resizer.describe() if self.resizer else {"name": f"dali-{self.decoder.interp}"}}
+                "resizer": self.resizer.describe() if self.resizer else {"name": f"dali-{self.decoder.interp}"},
+                **({"lane": self.lane.describe()} if self.lane is not None else {})}
+
+    def _on(self, stream_name: str):
+        return self.lane.on(getattr(self.lane, stream_name)) if self.lane is not None else contextlib.nullcontext()
 
     def _plan(self, w: int, h: int) -> ResizeOp:
         op = plan_output(w, h, self.size, self.mode)
@@ -73,25 +93,32 @@ class FusedDecodeResizeStage:
         """Start decoding ``data`` (crop + resize to the resizer's input size) in DALI."""
         rows = ok_rows(batch)
         probes = [batch["probe"][i] for i in rows] if "probe" in batch else None
-        pending = self.decoder.submit([batch["data"][i] for i in rows], self._plan, probes=probes, gpu=self.gpu)
+        with self._on("decode"):
+            pending = self.decoder.submit([batch["data"][i] for i in rows], self._plan, probes=probes, gpu=self.gpu)
         return batch, rows, pending
 
     def finish(self, token) -> Batch:
-        """``image`` at the resizer's input size (CUDA tensors in GPU mode), ``op``, original sizes."""
+        """``image`` at the resizer's input size (CUDA tensors in GPU mode), ``op``, original sizes,
+        ``decoded_by``."""
         batch, rows, pending = token
-        results = self.decoder.finish(pending)
+        with self._on("decode"):
+            results = self.decoder.finish(pending)
+            handed = self.lane.mark(self.lane.decode) if self.lane is not None else None
         n = len(batch["key"])
-        images, ops = objects([None] * n), objects([None] * n)
+        images, ops, how = objects([None] * n), objects([None] * n), objects([""] * n)
         ow, oh = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
-        for i, pr, got in zip(rows, pending.probes, results, strict=True):
+        for i, pr, got, path in zip(rows, pending.probes, results, pending.paths, strict=True):
             if isinstance(got, Exception):
                 fail(batch, i, "decode", got)
                 continue
             w, h = pr.size if pr.size else (0, 0)
             ow[i], oh[i] = w, h
             ops[i] = plan_output(w, h, self.size, self.mode)
-            images[i] = got
+            images[i], how[i] = got, path or ""
         batch["image"], batch["op"], batch["orig_width"], batch["orig_height"] = images, ops, ow, oh
+        batch["decoded_by"] = how
+        if handed is not None:  # the hand-off event, and DALI's outputs kept alive until the batch is done
+            batch["_handoff"] = objects([(handed, pending)])
         batch.pop("data", None)
         batch.pop("probe", None)
         return batch
@@ -102,31 +129,37 @@ class FusedDecodeResizeStage:
     def resize_submit(self, batch: Batch):
         """Start resizing ``image`` (at the resizer's input size) to the output size: per group of equal
         shapes, the CNN (or nothing, for a classical filter: DALI resized already) and, in GPU mode,
-        one asynchronous copy of the group's uint8 output into pinned host memory; one CUDA event
-        marks the end of the batch. Nothing waits for the GPU here (`resize_finish` does), so the
-        next batch is launched while this one is still running."""
+        one asynchronous copy of the group's uint8 output into pinned host memory, all on the compute
+        stream after it waited (on the GPU) for the batch's hand-off; one event recorded there marks
+        the end of the batch. Nothing waits on the host here (`resize_finish` does)."""
         images, ops = batch["image"], batch.pop("op")
+        handoff = batch.pop("_handoff", None)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i in ok_rows(batch):
             groups[(ops[i].size, tuple(images[i].shape))].append(i)
         launched: list[tuple[list[int], list]] = []
-        for (size, _), idx in groups.items():
-            outs = isolate(lambda part, size=size: self._launch([images[i] for i in part], size), idx)
-            launched.append((idx, outs))
-        event = None
-        if self.gpu and launched:
-            import torch
-
-            event = torch.cuda.Event()
-            event.record()
-        return batch, ops, launched, event
+        done = None
+        with self._on("compute"):
+            if handoff is not None and self.lane is not None:
+                self.lane.compute.wait_event(handoff[0][0])
+            for (size, _), idx in groups.items():
+                outs = isolate(lambda part, size=size: self._launch([images[i] for i in part], size), idx)
+                launched.append((idx, outs))
+                if self.gpu and self.resizer is not None:
+                    how = self.resizer.path_for(len(idx), tuple(images[idx[0]].shape[1:]), (size[1], size[0]))
+                    batch.setdefault("resized_by", objects([""] * len(batch["key"])))
+                    for i in idx:
+                        batch["resized_by"][i] = how
+            if self.lane is not None and launched:
+                done = self.lane.mark(self.lane.compute)
+        return batch, ops, launched, done, handoff
 
     def resize_finish(self, token) -> Batch:
         """Wait for the batch's copy (GPU mode), then ``image`` = uint8 HWC host arrays at the target
         geometry (views of the batch's host buffer; letterboxed in pad mode)."""
-        batch, ops, launched, event = token
-        if event is not None:
-            event.synchronize()
+        batch, ops, launched, done, handoff = token
+        if done is not None:
+            done.synchronize()  # a blocking event: the host sleeps, it does not spin
         images = batch["image"]
         for idx, outs in launched:
             for i, out in zip(idx, outs, strict=True):
@@ -138,6 +171,10 @@ class FusedDecodeResizeStage:
                 except Exception as exc:  # noqa: BLE001
                     images[i] = None
                     fail(batch, i, "resize", exc)
+        for i in range(len(images)):  # a row that failed here must not keep a GPU tensor alive
+            if images[i] is not None and not isinstance(images[i], np.ndarray):
+                images[i] = None
+        del handoff  # DALI's outputs and the decode-side buffers may be reused from here on
         return batch
 
     def resize(self, batch: Batch) -> Batch:
@@ -149,7 +186,7 @@ class FusedDecodeResizeStage:
 
     def _launch(self, items: list, size: tuple[int, int]) -> list:
         """Equal-shape items -> one result per item: in GPU mode ``(pinned host tensor (n, h, w, 3), k)``
-        whose copy is in flight; in CPU mode the uint8 HWC array itself."""
+        whose copy is in flight on the current (compute) stream; in CPU mode the uint8 HWC array."""
         if not self.gpu:
             if self.resizer is None:  # DALI already produced the output size
                 return [np.ascontiguousarray(a) for a in items]

@@ -1,7 +1,8 @@
 """The per-worker stream: units of work flowing through steps, serially or overlapped in threads.
 
 A `Work` is one batch of one shard attempt. A *step* maps an iterator of works to an iterator of
-works (same order). `map_step` turns a stage (``Batch -> Batch``) into a step; `lagged` turns a
+works (same order). `map_step` turns a stage (``Batch -> Batch``) into a step; `split_step` cuts a
+batch into several (a pixel budget: `stages.PixelBudget`); `lagged` turns a
 ``submit``/``finish`` pair into a step that keeps work in flight (DALI decoding batch k+1 while the
 next step works on batch k). An exception raised by a stage is caught into ``work.error``: it fails
 that work's shard (which the runner retries), never the stream.
@@ -67,6 +68,30 @@ def map_step(fn: Callable[[dict], dict]) -> Step:
                 except Exception as exc:  # noqa: BLE001 - fails the shard, which the runner retries
                     w.error = exc
             yield w
+
+    return step
+
+
+def split_step(split: Callable[[dict], list[dict] | None]) -> Step:
+    """A step that may cut each work's batch into several consecutive batches (`split` returns them,
+    or None to keep the batch whole): they go on as works of the same shard attempt, in order, the
+    last one keeping the work's `last` mark. An exception fails that work."""
+
+    def step(works: Iterator[Any]) -> Iterator[Any]:
+        for w in works:
+            if w is IDLE or not w.live:
+                yield w
+                continue
+            try:
+                parts = split(w.batch)
+            except Exception as exc:  # noqa: BLE001 - fails the shard, which the runner retries
+                w.error = exc
+                parts = None
+            if not parts or len(parts) == 1:
+                yield w
+                continue
+            for j, part in enumerate(parts):
+                yield Work(w.task, w.attempt, w.seq, w.last and j == len(parts) - 1, part, state=w.state)
 
     return step
 

@@ -53,3 +53,28 @@ def url_to_fs(url: str, storage_options: dict[str, Any] | None = None):
     from fsspec.core import url_to_fs as _url_to_fs
 
     return _url_to_fs(url, **(storage_options or {}))
+
+
+#: S3 protocols whose per-request timeouts and retries `store_options` sets (s3fs over botocore)
+S3_PROTOCOLS = ("s3", "s3a")
+
+
+def store_options(storage_options: dict[str, Any], urls: list[str], io_timeout: float | None) -> dict[str, Any]:
+    """`storage_options` with per-request timeouts for S3, unless the user set their own.
+
+    botocore's connect and read timeouts become `io_timeout` and its retries "standard" mode with 3
+    attempts (5xx, throttling such as ``SlowDown``, timeouts, dropped connections); s3fs retries each
+    call 5 times on top, so a listing request that never gets an answer is given up after about
+    15 x `io_timeout` (the defaults multiply to tens of minutes; DEST's calls have their own, shorter
+    deadline: `sinks.dest`). Only when every remote URL of the job is S3 (the same options go to every
+    filesystem of the job)."""
+    remote = {protocol(u) for u in urls} - set(LOCAL_PROTOCOLS + IN_PROCESS_PROTOCOLS)
+    out = dict(storage_options)
+    if io_timeout is None or not remote or not remote <= set(S3_PROTOCOLS):
+        return out
+    config = dict(out.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", io_timeout)
+    config.setdefault("read_timeout", io_timeout)
+    config.setdefault("retries", {"mode": "standard", "max_attempts": 3})
+    out["config_kwargs"] = config
+    return out

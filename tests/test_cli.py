@@ -105,9 +105,10 @@ def test_help_and_version_exit_0(capsys):
     assert main(["--version"]) == 0
     assert main(["convert", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # as wrapped for the terminal's width
-    for text in ("--quality N", "jpg/webp quality (default: 95)", "{auto,fp32,bf16,fp16}", "(default: auto)",
-                 "--compile, --no-compile", "--hw-decoder-load SHARE", "(default: 0.65)", "--read-timeout SECONDS",
-                 "(default: 60)", "--dry-run", "--ray-gpus-per-actor N", "--ray-ship-code, --no-ray-ship-code",
+    for text in ("--quality N", "jpg/webp quality (range 1..100; default: 95)", "{auto,fp32,bf16,fp16}", "(default: auto)",
+                 "--compile, --no-compile", "--hw-decoder-load SHARE", "(range [0, 1]; default: 0.65)",
+                 "--read-timeout SECONDS", "(range (0, 86400], or 0/none for no timeout; default: 60)",
+                 "--batch-size N", "(range 1..65536; default: 64)", "--max-batch-pixels PIXELS", "--dry-run", "--ray-gpus-per-actor N", "--ray-ship-code, --no-ray-ship-code",
                  "{webdataset,parquet,both}", "(default: webdataset)", "(default: 255,255,255)", "-q, --quiet"):
         assert text in out, text
 
@@ -171,7 +172,11 @@ CONTRACT = ["--size", "--mode", "--resizer", "--format", "--encode", "--quality"
             "-q", "--quiet", "--config"]
 NEW = ["--precision", "--compile", "--no-compile", "--hw-decoder-load", "--ray-gpus-per-actor",
        "--ray-cpus-per-actor", "--ray-max-task-retries", "--ray-ship-code", "--no-ray-ship-code",
-       "--read-timeout", "--dry-run"]
+       "--read-timeout", "--dry-run", "--update", "--on-change", "--prune-deleted", "--dedup",
+       "--max-batch-pixels", "--max-bytes", "--io-timeout",  # issue 20: the names the issue spells out
+       # issue 17: GPU-path options that could not be set, and the attempt cap
+       "--cuda-graphs", "--no-cuda-graphs", "--channels-last", "--no-channels-last", "--jpeg-fancy-upsampling",
+       "--no-jpeg-fancy-upsampling", "--shard-attempts"]
 
 
 def test_flag_spellings():

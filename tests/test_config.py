@@ -79,16 +79,16 @@ BAD_VALUES = [
     ("quality", 101, "config: quality must be an integer in 1..100"),
     ("quality", None, "config: quality must be an integer in 1..100, got null"),
     ("samples_per_shard", "10", "config: samples_per_shard must be an integer, got the string '10'"),
-    ("samples_per_shard", 0, "samples_per_shard must be an integer >= 1"),
-    ("max_shard_bytes", 1023, "max_shard_bytes must be an integer >= 1024"),
+    ("samples_per_shard", 0, "samples_per_shard must be an integer in 1..10000000"),
+    ("max_shard_bytes", 1023, "max_shard_bytes must be an integer in 1024..1099511627776"),
     ("max_shard_bytes", "1G", "max_shard_bytes must be an integer, got the string '1G'"),
     ("max_pixels", "lots", "config: max_pixels must be an integer, got the string 'lots'"),
-    ("max_pixels", 0, "max_pixels must be an integer >= 1"),
+    ("max_pixels", 0, "max_pixels must be an integer in 1..1099511627776"),
     ("batch_size", 2.5, "config: batch_size must be an integer, got the number 2.5"),
-    ("batch_size", 0, "batch_size must be an integer >= 1"),
-    ("row_group_size", 0, "config: row_group_size must be an integer >= 1, got the integer 0"),
-    ("row_group_size", -3, "row_group_size must be an integer >= 1"),
-    ("workers", -1, "workers must be an integer >= 0"),
+    ("batch_size", 0, "batch_size must be an integer in 1..65536"),
+    ("row_group_size", 0, "config: row_group_size must be an integer in 1..1000000, got the integer 0"),
+    ("row_group_size", -3, "row_group_size must be an integer in 1..1000000"),
+    ("workers", -1, "workers must be an integer in 0..1024"),
     ("workers", "4", "workers must be an integer, got the string '4'"),
     ("overwrite", "false", "config: overwrite must be true or false, got the string 'false'"),
     ("overwrite", 0, "overwrite must be true or false, got the integer 0"),
@@ -123,16 +123,30 @@ BAD_VALUES = [
     ("hw_decoder_load", "0.5", "hw_decoder_load must be a number in [0, 1], got the string '0.5'"),
     ("hw_decoder_load", True, "hw_decoder_load must be a number in [0, 1], got the boolean true"),
     ("hw_decoder_load", float("nan"), "hw_decoder_load must be a number"),
-    ("read_timeout", 0, "config: read_timeout must be a number > 0, got the integer 0"),
-    ("read_timeout", float("inf"), "read_timeout must be a number > 0"),
-    ("read_timeout", None, "read_timeout must be a number > 0, got null"),
-    ("ray_gpus_per_actor", -1, "ray_gpus_per_actor must be a number >= 0"),
-    ("ray_cpus_per_actor", 0, "ray_cpus_per_actor must be a number > 0"),
+    ("read_timeout", -1, "config: read_timeout must be a number in (0, 86400] (or 0 / none for no timeout), got the integer -1"),
+    ("read_timeout", float("inf"), "read_timeout must be a number in (0, 86400]"),
+    ("read_timeout", 1e10, "read_timeout must be a number in (0, 86400] (or 0 / none for no timeout), got the number 10000000000.0"),
+    ("read_timeout", "soon", "read_timeout must be a number in (0, 86400]"),
+    ("io_timeout", 86401, "config: io_timeout must be a number in (0, 86400] (or 0 / none for no timeout), got the integer 86401"),
+    ("max_batch_pixels", 0, "config: max_batch_pixels must be an integer in 1..1099511627776, got the integer 0"),
+    ("max_bytes", 2**40 + 1, "config: max_bytes must be an integer in 1..1099511627776, got the integer 1099511627777"),
+    ("ray_gpus_per_actor", -1, "ray_gpus_per_actor must be a number in [0, 1024]"),
+    ("ray_cpus_per_actor", 0, "ray_cpus_per_actor must be a number in (0, 1024]"),
     ("ray_max_task_retries", 1.5, "ray_max_task_retries must be an integer, got the number 1.5"),
-    ("ray_max_task_retries", -1, "ray_max_task_retries must be an integer >= 0"),
+    ("ray_max_task_retries", -1, "ray_max_task_retries must be an integer in 0..1000000"),
     ("ray_ship_code", "1", "ray_ship_code must be true or false, got the string '1'"),
+    ("update", "yes", "config: update must be true or false, got the string 'yes'"),
+    ("on_change", "overwrite", "config: on_change must be one of refuse, skip, replace, got the string 'overwrite'"),
+    ("prune_deleted", 1, "prune_deleted must be true or false, got the integer 1"),
+    ("dedup", "md5", "config: dedup must be one of sha256, got the string 'md5'"),
     ("storage_options", [1], "storage_options must be a mapping"),
     ("storage_options", {1: 2}, "storage_options must be a mapping with string keys"),
+    ("cuda_graphs", "false", "config: cuda_graphs must be true or false, got the string 'false'"),
+    ("channels_last", 0, "channels_last must be true or false"),
+    ("jpeg_fancy_upsampling", None, "jpeg_fancy_upsampling must be true or false, got null"),
+    ("shard_attempts", 0, "config: shard_attempts must be an integer in 1..100, got the integer 0"),
+    ("shard_attempts", 101, "shard_attempts must be an integer in 1..100"),
+    ("shard_attempts", "3", "shard_attempts must be an integer, got the string '3'"),
 ]
 
 
@@ -188,13 +202,18 @@ OTHER_VALUES = {
     "pad_color": "#ffffff", "max_pixels": 1000, "draft": False, "decoder": "dali", "precision": "fp32",
     "compile": True, "hw_decoder_load": 0.9, "path_column": "p", "label_column": "l", "row_group_size": 9,
     "workers": 3, "parallelism": "thread", "batch_size": 7, "overlap": True, "engine": "ray",
-    "address": "auto", "device": "cuda:1", "read_timeout": 5, "dry_run": True, "overwrite": True,
+    "address": "auto", "device": "cuda:1", "read_timeout": 5, "max_batch_pixels": 1000, "max_bytes": 1000,
+    "io_timeout": None, "dry_run": True, "overwrite": True,
     "quiet": True, "storage_options": {"anon": True}, "ray_gpus_per_actor": 0.5, "ray_cpus_per_actor": 2,
     "ray_max_task_retries": 3, "ray_ship_code": True, "dest": "elsewhere",
+    "cuda_graphs": False, "channels_last": False, "jpeg_fancy_upsampling": False, "shard_attempts": 5,
+    # the update options (alone only --update: the others need it, see test_update_options_...)
+    "update": True, "on_change": "refuse", "prune_deleted": False, "dedup": None,
 }
 OUTPUT = {"size", "mode", "resizer", "format", "encode", "quality", "samples_per_shard", "max_shard_bytes",
           "shard_prefix", "background", "pad_color", "max_pixels", "draft", "decoder", "precision", "compile",
-          "hw_decoder_load", "path_column", "label_column", "row_group_size", "source"}
+          "hw_decoder_load", "path_column", "label_column", "row_group_size", "source",
+          "cuda_graphs", "channels_last", "jpeg_fancy_upsampling"}
 
 
 def test_output_flags_are_the_documented_ones():
@@ -215,6 +234,16 @@ def test_fingerprint_follows_what_is_written(field):
     changed = base.replace(**{field: OTHER_VALUES[field]})
     assert changed.fingerprint() != base.fingerprint()
     assert field in changed.output_dict()
+
+
+def test_update_options_are_not_part_of_the_fingerprint_and_need_update():
+    base = ConvertConfig("s", "d", update=True)
+    for field, value in (("on_change", "replace"), ("prune_deleted", True), ("dedup", "sha256")):
+        assert base.replace(**{field: value}).fingerprint() == base.fingerprint() == ConvertConfig("s", "d").fingerprint()
+        with pytest.raises(ConfigError, match="applies to --update only"):
+            ConvertConfig("s", "d", **{field: value})
+    with pytest.raises(ConfigError, match="give one of them"):
+        base.replace(overwrite=True)
 
 
 def test_fingerprint_is_stable():
@@ -303,12 +332,12 @@ def test_ray_knobs_from_os_environ(monkeypatch):
 
 
 @pytest.mark.parametrize("var,value,message", [
-    ("RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR", "x", "RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR must be a number >= 0, got 'x'"),
-    ("RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR", "-1", "RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR must be a number >= 0, got '-1'"),
-    ("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "0", "RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR must be a number > 0, got '0'"),
-    ("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "nan", "RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR must be a number > 0, got 'nan'"),
-    ("RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES", "1.5", "RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES must be an integer >= 0, got '1.5'"),
-    ("RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES", "-1", "RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES must be an integer >= 0, got '-1'"),
+    ("RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR", "x", "RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR must be a number in [0, 1024], got 'x'"),
+    ("RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR", "-1", "RESIZE_PIPELINE_RAY_GPUS_PER_ACTOR must be a number in [0, 1024], got '-1'"),
+    ("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "0", "RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR must be a number in (0, 1024], got '0'"),
+    ("RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR", "nan", "RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR must be a number in (0, 1024], got 'nan'"),
+    ("RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES", "1.5", "RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES must be an integer in 0..1000000, got '1.5'"),
+    ("RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES", "-1", "RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES must be an integer in 0..1000000, got '-1'"),
     ("RESIZE_PIPELINE_RAY_SHIP_CODE", "maybe", "RESIZE_PIPELINE_RAY_SHIP_CODE must be 1/true/yes/on or 0/false/no/off, got 'maybe'"),
 ])
 def test_ray_env_errors_name_the_variable(var, value, message):

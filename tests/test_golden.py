@@ -1,7 +1,9 @@
 """Byte identity with the release that made `tests/fixtures/golden/expected.json` (0.1.0, before the
 engine redesign), for every format and encoding, Pillow and DALI CPU decoding. The tar hashes are
-0.1.0's; the Parquet hashes were renewed once, when the image column took the Hugging Face `datasets`
-Image layout (a deliberate format change; the pixels and the other columns are the same).
+0.1.0's; the Parquet hashes were renewed twice, each a deliberate change of the schema metadata only
+(the pixels and the column values are the same): when the image column took the Hugging Face
+`datasets` Image layout, and when the ``label`` column of a listing with class names (the fixture's
+ImageFolder) was declared a `datasets` ``ClassLabel`` (issue 16).
 
 The expected sha256s hold for the library versions recorded in the fixture (Pillow's codecs and
 resamplers, pyarrow's writer, DALI's decoder decide the bytes): with other versions the comparison

@@ -51,10 +51,13 @@ def test_gpu_path_matches_cpu_path(broken_folder, tmp_path, resizer, mode):
     c = _convert(broken_folder, tmp_path / "cpu", device="cpu", resizer=resizer, mode=mode,
                  **({"precision": "fp32"} if resizer == "learned" else {}))
     assert (g.written, g.failed) == (c.written, c.failed) == (10, 3)
-    comp = json.loads((tmp_path / "gpu" / "_manifest.json").read_text())["components"]
-    assert comp["decoder"]["mode"] == "mixed"
-    if resizer == "learned":
-        assert comp["resizer"]["runner"]["cuda_graphs"] is True
+    m = json.loads((tmp_path / "gpu" / "_manifest.json").read_text())
+    comp = m["components"]
+    assert comp["decoder"]["mode"] == "mixed" and m["paths"]["decoded_by"] == {"dali-mixed": 10}
+    if resizer == "learned":  # the graphs replayed (not just "enabled"): counted per sample, per shard
+        want = "cuda-graph" if mode == "center-crop" else "cuda-eager"  # pad: a shape per aspect ratio
+        assert m["paths"]["resized_by"] == {want: 10}
+        assert comp["resizer"]["runner"]["captures"] == (1 if mode == "center-crop" else 0)
     a, b = _images(tmp_path / "gpu"), _images(tmp_path / "cpu")
     assert sorted(a) == sorted(b) and len(a) == 10
     for k in a:

@@ -26,13 +26,26 @@ def test_suite_runs_in_cpu_mode(tmp_path):
     report = json.loads((out / "gpu_suite.json").read_text())
     assert report["mode"] == "cpu" and report["pytest"]["rc"] == 0
     assert "skipped" in (out / "pytest_gpu.log").read_text()  # the gpu tests exist and skip without CUDA
+    assert not [r for r in report["rows"] if str(r.get("note", "")).startswith(("FAILED", "skipped"))]
     kinds = {r["kind"]: r for r in report["rows"]}
-    for kind in ("decode224", "decode448", "convert_classical", "convert_learned", "convert_classical_2w",
-                 "convert_learned_2w", "cnn", "host", "host_scaling"):
+    converts = ("convert_classical", "convert_learned")
+    for kind in ("decode224", "decode448", "cnn", "host", "host_scaling",
+                 *converts, *(f"{k}_{p}p" for k in converts for p in (2, 4))):
         assert kinds[kind].get("img_s", 0) > 0, kinds[kind]
+    for kind in converts:
+        rows = [kinds[kind], kinds[f"{kind}_2p"], kinds[f"{kind}_4p"]]
+        assert [r["workers"] for r in rows] == [1, 2, 4]
+        # every input accounted for, and the same bytes whatever the number of processes
+        assert {r["n"] for r in rows} == {48 + 8 - 8} or {r["n"] for r in rows} == {rows[0]["n"]}
+        assert len({r["tar_sha256"] for r in rows}) == 1, [r["tar_sha256"] for r in rows]
+        assert sum(rows[0]["paths"]["decoded_by"].values()) == rows[0]["n"]
+        assert rows[0]["estimated_gpu_mib_per_process"] > 0
+        assert report["targets"][f"{kind}_same_bytes"] == {"processes": [1, 2, 4], "met": True}
     assert kinds["convert_learned"]["resolved"]["decoder"] == "dali-cpu"
+    assert kinds["convert_learned"]["paths"]["decoded_by"] == {"dali-cpu": kinds["convert_learned"]["n"]}
     assert kinds["convert_classical"]["built"]["encoder"]["backend"] in ("opencv", "pillow")
-    assert kinds["convert_learned_2w"]["workers"] == 2
+    assert kinds["convert_classical"]["resolved"]["jpeg_backend"] == kinds["convert_classical"]["built"]["encoder"][
+        "backend"]
     assert set(kinds["host_scaling"]["x_2_cores"]) == {"opencv", "pillow"}
     assert set(report["targets"]) >= {"convert_classical", "convert_learned", "cnn_alone_best"}
     assert "| convert learned" in proc.stdout and "x decode-only" in proc.stdout

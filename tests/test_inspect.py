@@ -162,4 +162,4 @@ def test_dali_index_option(image_folder, tmp_path, capsys):
 def test_bad_samples_value(image_folder, tmp_path, capsys):
     _convert(image_folder, tmp_path / "out")
     assert main(["inspect", str(tmp_path / "out"), "--samples", "0"]) == 2
-    assert "--samples must be >= 1" in capsys.readouterr().err
+    assert "--samples must be an integer in 1..1024" in capsys.readouterr().err

@@ -3,6 +3,7 @@ engine, worker count and parallelism; and what the driver resolves is what the w
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -32,6 +33,45 @@ def _corrupt_checkpoint(tmp_path) -> str:
     return str(bad)
 
 
+def _nan_checkpoint(tmp_path) -> str:
+    """The bundled checkpoint with NaN in one tensor, written back with a valid sha256 in config.json:
+    what a diverged training run or a hand edit leaves (issue 20, finding 2)."""
+    import hashlib
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from resize_pipeline.learned.inference import DEFAULT_WEIGHTS
+
+    bad = tmp_path / "nan_ckpt"
+    shutil.copytree(DEFAULT_WEIGHTS, bad)
+    weights = bad / "model.safetensors"
+    state = load_file(str(weights))
+    name = next(k for k in state if k.endswith("weight"))
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(weights), metadata={"format": "resize_pipeline.learned_resizer"})
+    meta = json.loads((bad / "config.json").read_text())
+    meta["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (bad / "config.json").write_text(json.dumps(meta))
+    return str(bad)
+
+
+def _nan_torchscript(tmp_path) -> str:
+    import torch
+
+    from resize_pipeline.learned.export import export_torchscript
+    from resize_pipeline.learned.model import create_resizer
+
+    net = create_resizer("resizer_n16_r1_lumahp").eval()
+    path = export_torchscript(net, tmp_path / "r.pt")
+    module = torch.jit.load(str(path))
+    with torch.no_grad():
+        next(iter(module.parameters())).fill_(float("inf"))
+    torch.jit.save(module, str(path))
+    return str(path)
+
+
 def _has_gpu() -> bool:
     from resize_pipeline.devices import gpu_count
 
@@ -41,6 +81,8 @@ def _has_gpu() -> bool:
 CASES = {
     "missing checkpoint": (lambda tmp: ["--resizer", "learned:/nonexistent/ckpt"], "cannot load the resizer"),
     "corrupt checkpoint": (lambda tmp: ["--resizer", f"learned:{_corrupt_checkpoint(tmp)}"], "sha256"),
+    "NaN checkpoint": (lambda tmp: ["--resizer", f"learned:{_nan_checkpoint(tmp)}"], "not finite (nan/inf)"),
+    "inf TorchScript": (lambda tmp: ["--resizer", f"learned:{_nan_torchscript(tmp)}"], "not finite (nan/inf)"),
     "bad device": (lambda tmp: ["--device", "bogus"], "device"),
     "no GPU": (lambda tmp: ["--device", "cuda", "--resizer", "learned"], "no CUDA GPU"),
     "GPU index": (lambda tmp: ["--device", "cuda:7", "--decoder", "dali"], "cuda:7"),
@@ -59,10 +101,12 @@ def test_config_error_exits_2_and_leaves_dest_untouched(case, engine, image_fold
     if case == "no GPU" and engine == "ray":
         pytest.skip("a cluster's GPUs are known once connected (Ray then prints its own start-up lines); "
                     "the decision itself is tested in test_resolution_on_a_gpu_machine_decides_for_the_workers")
-    if case == "DALI missing":
-        from resize_pipeline.decode import dali
+    if case == "DALI missing" and engine == "ray":
+        _hide_dali_from_ray_workers(tmp_path, monkeypatch)  # the actors decide (finding 10), not this process
+    elif case == "DALI missing":
+        from resize_pipeline.decode import dali_graph
 
-        monkeypatch.setattr(dali, "dali_installed", lambda: False)
+        monkeypatch.setattr(dali_graph, "dali_installed", lambda: False)
     if case == "GPU index" and engine == "ray":
         expected = "each actor gets its own GPU"
     else:
@@ -72,10 +116,41 @@ def test_config_error_exits_2_and_leaves_dest_untouched(case, engine, image_fold
     rc = main(["convert", str(image_folder), str(dest), "-q", *args(tmp_path), *ENGINES[engine]])
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
+    if engine == "ray" and case == "DALI missing":  # decided once connected: Ray's own start-up lines come first
+        lines = [ln for ln in lines if not re.match(r"\d{4}-\d\d-\d\d [\d:,]+\s+(INFO|WARNING) \S+ -- ", ln)]
     assert rc == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("resize-pipeline") and expected in lines[0], lines[0]
     assert not dest.exists(), "a config error must not create DEST"
+
+
+def _hide_dali_from_ray_workers(tmp_path, monkeypatch) -> None:
+    """Ray workers started from here see an ``nvidia`` package without DALI (a package that fails to
+    import, first on their PYTHONPATH); this process keeps its own, working DALI."""
+    fake = tmp_path / "no_dali" / "nvidia"
+    (fake / "dali").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "dali" / "__init__.py").write_text("raise ImportError('DALI is not installed on this worker')\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake.parent))
+
+
+@pytest.mark.ray
+def test_ray_asks_the_workers_whether_they_have_dali(image_folder, tmp_path, monkeypatch):
+    """Finding 10: with the Ray engine the actors' environment decides whether DALI can be used. A
+    driver without DALI (here: made to look so) runs ``--decoder dali`` on workers that have it; the
+    workers say what they built."""
+    pytest.importorskip("ray")
+    from resize_pipeline.decode import dali_graph
+
+    monkeypatch.setattr(dali_graph, "dali_installed", lambda: False)
+    dest = tmp_path / "out"
+    rc = main(["convert", str(image_folder), str(dest), "-q", "--size", "32", "--decoder", "dali",
+               "--engine", "ray", "--workers", "1"])
+    assert rc == 0
+    import json
+
+    comp = json.loads((dest / "_manifest.json").read_text())["components"]
+    assert comp["resolved"]["decoder"] == "dali-cpu" and comp["decoder"]["name"] == "dali-cpu"
 
 
 def test_a_corrected_rerun_is_not_refused(image_folder, tmp_path, capsys):

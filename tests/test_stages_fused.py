@@ -83,3 +83,34 @@ def test_stack_views_reuses_the_decoders_buffer():
     assert torch.equal(stack_views(shuffled), torch.stack(shuffled))
     assert stack_views(shuffled).data_ptr() != flat.data_ptr()
     assert torch.equal(stack_views(views[:1]), views[0][None])
+
+
+def test_how_each_sample_was_decoded_is_in_the_shard_stats_and_the_manifest(image_folder, tmp_path):
+    """Finding 9: no decoder fallback goes unrecorded. A CMYK JPEG is routed to Pillow by the
+    pre-screen, a JPEG that DALI's parser refuses (no Huffman table) is decoded by Pillow after DALI
+    failed on it alone (``pillow-fallback``), the rest by DALI; each shard's stats and the manifest
+    count them."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from resize_pipeline.conversion import convert
+
+    good = (image_folder / "chelsea" / "img_0.jpg").read_bytes()
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(good)).convert("CMYK").save(buf, "JPEG")
+    (image_folder / "chelsea" / "cmyk.jpg").write_bytes(buf.getvalue())
+    no_dht = bytearray(good)
+    at = no_dht.index(b"\xff\xc4")
+    del no_dht[at : at + 4]
+    (image_folder / "coffee" / "no_dht.jpg").write_bytes(bytes(no_dht))
+    dst = tmp_path / "out"
+    s = convert(ConvertConfig(str(image_folder), str(dst), decoder="auto", size=32, samples_per_shard=6,
+                              workers=1, quiet=True))
+    assert (s.written, s.failed) == (12, 0)
+    m = json.loads((dst / "_manifest.json").read_text())
+    assert m["paths"] == {"decoded_by": {"dali-cpu": 10, "pillow": 1, "pillow-fallback": 1}}
+    stats = [json.loads(p.read_text()) for p in sorted((dst / "_stats").glob("*.json"))]
+    assert sum(sum(st["paths"]["decoded_by"].values()) for st in stats) == 12
+    assert any(st["paths"]["decoded_by"].get("pillow-fallback") for st in stats)

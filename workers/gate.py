@@ -5,11 +5,14 @@
   (`wait`) and starts when the driver's planner has written it (or, on a rerun, checked it): `open`.
   `end` says how many parts the listing has (a task past them converts nothing); `fail` stops every
   waiting and later call (the listing turned out different: the job ends).
-- **The attempt ledger.** Every attempt of a shard is counted here, whatever ended the previous
-  one: an exception in the actor (`note`, from the runner's own retry) or the actor dying (Ray
-  retries the task, and the next `attempt` call counts it). Past the cap the actor records the
-  shard's inputs as failed (stage ``shard``) instead of converting it, so a shard that crashes its
-  actor every time costs the job at most `cap` actor restarts, never a loop.
+- **The attempt counts.** Every attempt of a shard is counted here, whatever ended the previous one:
+  each time an actor's runner starts it (`GateLedger.start`: the first time, after an exception in
+  the runner, after Ray retried the task of an actor that died). At the cap the shard's inputs are
+  recorded as failed (stage ``shard``: `GateLedger.fail`, or the actor when Ray hands it a task
+  whose attempts are used up) instead of converting it again, so a shard
+  that crashes its actor every time costs the job at most `cap` actor restarts, never a loop.
+  `GateLedger` is the `attempts.AttemptLedger` interface over these counts: the runner in a Ray
+  actor counts and caps its attempts exactly as the local engine's runners do.
 
 It runs on the driver's node, with no CPU, many calls at once (threads), and dies with the driver.
 """
@@ -72,11 +75,62 @@ class PartGate:
             self._attempts[index] = n
             return n
 
-    def note(self, index: int, attempt: int) -> None:
-        """A retry started inside an actor (the runner's own, after an exception)."""
+    def count(self, index: int) -> int:
+        """Attempts of shard `index` started so far."""
         with self._cond:
-            self._attempts[index] = max(self._attempts.get(index, 0), attempt)
+            return self._attempts.get(index, 0)
 
     def attempts(self) -> dict[int, int]:
         with self._cond:
             return dict(self._attempts)
+
+
+class GateLedger:
+    """The `attempts.AttemptLedger` interface of a Ray actor's runner, over the gate's counts (one
+    count per shard for the whole cluster, `PartGate`): `start` counts an attempt, `fail` at the cap
+    records the shard's inputs as failed."""
+
+    def __init__(self, gate: Any, cap: int) -> None:
+        self.gate, self.cap = gate, int(cap)
+        self._lock = threading.Lock()
+        self._running: set[int] = set()
+
+    def _get(self, ref: Any) -> Any:
+        import ray
+
+        return ray.get(ref)
+
+    def start(self, task: Any) -> int:
+        with self._lock:
+            self._running.add(task.index)
+        return int(self._get(self.gate.attempt.remote(task.index)))
+
+    def running(self, task: Any) -> bool:
+        with self._lock:
+            return task.index in self._running
+
+    def attempts(self, task: Any) -> int:
+        return int(self._get(self.gate.count.remote(task.index)))
+
+    def fail(self, task: Any, reason: BaseException | str, built: dict[str, Any] | None = None) -> Any:
+        import logging
+
+        from resize_pipeline.shards import failed_shard
+
+        log = logging.getLogger(__name__)
+        with self._lock:
+            if task.index not in self._running:
+                return None
+            self._running.discard(task.index)
+        n = int(self._get(self.gate.count.remote(task.index)))
+        why = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
+        if n < self.cap:
+            log.warning("shard %s: attempt %d of %d failed (%s); attempting it again", task.name, n, self.cap, why)
+            return None
+        log.error("shard %s failed %d time(s); its %d inputs are recorded as failed (a rerun attempts it "
+                  "again): %s", task.name, n, task.size, why)
+        return failed_shard(task, reason, built)
+
+    def done(self, task: Any) -> None:
+        with self._lock:
+            self._running.discard(task.index)

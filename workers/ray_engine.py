@@ -66,7 +66,7 @@ from resize_pipeline.engine.local import CORES_PER_GPU_WORKER
 from resize_pipeline.errors import ConfigError, OutputError
 from resize_pipeline.shards import ShardResult
 from resize_pipeline.urls import is_in_process_url, is_local_url
-from workers.actors import ShardConverter, result_from_json, task_row
+from workers.actors import ShardConverter, encode_task, result_from_json, task_row
 
 log = logging.getLogger(__name__)
 
@@ -238,11 +238,17 @@ class ShardTasks(ray.data.datasource.Datasource):
         return tasks
 
 
-def build_dataset(config, resolved, indices: np.ndarray, layout: Any, plan: ActorPlan, gate: Any):
-    """The lazy Ray Dataset: one row (and one block) per shard task, mapped by the actor pool."""
-    source = ShardTasks(indices, layout)
-    # one read task at a time: they only do arithmetic, and must not take the actors' CPUs
-    ds = ray.data.read_datasource(source, concurrency=1, num_cpus=0)
+def build_dataset(config, resolved, indices: Any, layout: Any, plan: ActorPlan, gate: Any, classes: Any = None):
+    """The lazy Ray Dataset: one row (and one block) per shard task, mapped by the actor pool.
+
+    `indices`: the shard indices of the listing's `layout` (descriptor rows); or, with `layout`
+    None, `shards.ShardTask`s on rows in memory (``--update``'s plan: rows carry their items)."""
+    if layout is None:
+        rows = [encode_task(t) for t in indices]
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    else:
+        # one read task at a time: they only do arithmetic, and must not take the actors' CPUs
+        ds = ray.data.read_datasource(ShardTasks(indices, layout), concurrency=1, num_cpus=0)
     retries = config.ray_max_task_retries
     extra: dict[str, Any] = {}
     if retries is not None:
@@ -252,7 +258,8 @@ def build_dataset(config, resolved, indices: np.ndarray, layout: Any, plan: Acto
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         return ds.map_batches(
             ShardConverter,
-            fn_constructor_kwargs={"config": config, "resolved": resolved, "threads": plan.threads, "gate": gate},
+            fn_constructor_kwargs={"config": config, "resolved": resolved, "threads": plan.threads, "gate": gate,
+                                   "classes": classes},
             batch_size=1,
             batch_format="numpy",
             zero_copy_batch=True,
@@ -283,7 +290,7 @@ def check_storage(config, nodes: int) -> None:
                         "(shared filesystem), or use an object store URL", what, url, nodes)
 
 
-def _results_here(config, resolved, indices: np.ndarray, layout: Any, gate: Any) -> Iterator[str]:
+def _results_here(config, resolved, indices: Any, layout: Any, gate: Any, classes: Any = None) -> Iterator[str]:
     """Run the dataset with this process as its driver; yields each shard's result (JSON)."""
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
@@ -293,7 +300,7 @@ def _results_here(config, resolved, indices: np.ndarray, layout: Any, gate: Any)
         plan = plan_actors(config, resolved, len(indices))
         log.info("ray: %d shard(s) on %d actor(s) (%.3g CPU, %.3g GPU each)",
                  len(indices), plan.concurrency, plan.num_cpus, plan.num_gpus)
-        for row in build_dataset(config, resolved, indices, layout, plan, gate).iter_rows():
+        for row in build_dataset(config, resolved, indices, layout, plan, gate, classes).iter_rows():
             yield row["result"]
     finally:
         ctx.enable_progress_bars = bars
@@ -307,21 +314,21 @@ class _ClusterDriver:
     on the cluster and the client polls it for finished shards.
     """
 
-    def __init__(self, config, resolved, indices, layout, gate) -> None:
+    def __init__(self, config, resolved, indices, layout, gate, classes=None) -> None:
         import threading
 
         self._lock = threading.Lock()
         self._done: list[str] = []
         self._finished = False
         self._error: str | None = None
-        self._thread = threading.Thread(target=self._run, args=(config, resolved, indices, layout, gate), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(config, resolved, indices, layout, gate, classes), daemon=True)
         self._thread.start()
 
-    def _run(self, config, resolved, indices, layout, gate) -> None:
+    def _run(self, config, resolved, indices, layout, gate, classes) -> None:
         import traceback
 
         try:
-            for text in _results_here(config, resolved, indices, layout, gate):
+            for text in _results_here(config, resolved, indices, layout, gate, classes):
                 with self._lock:
                     self._done.append(text)
         except BaseException:  # noqa: BLE001 - reported to the client by poll()
@@ -335,11 +342,11 @@ class _ClusterDriver:
         return done, self._finished and not self._done, self._error
 
 
-def _results_via_cluster(config, resolved, indices, layout, gate) -> Iterator[str]:
+def _results_via_cluster(config, resolved, indices, layout, gate, classes=None) -> Iterator[str]:
     import time
 
     actor_cls: Any = ray.remote(num_cpus=0, max_restarts=0)(_ClusterDriver)
-    driver = actor_cls.remote(config, resolved, indices, layout, gate)
+    driver = actor_cls.remote(config, resolved, indices, layout, gate, classes)
     try:
         while True:
             done, finished, error = ray.get(driver.poll.remote())
@@ -389,6 +396,26 @@ def start_gate() -> Any:
     return ray.remote(PartGate).options(**options).remote()
 
 
+def worker_environment(cluster_gpus: int) -> dict[str, bool]:
+    """What the actors can import (DALI, OpenCV: `preflight.worker_environment_here`), asked on the
+    cluster by a task placed like the actors (on a GPU node when the cluster has GPUs), not in the
+    driver's environment: the driver may lack DALI that the workers have, or have it where they do not."""
+    from resize_pipeline.preflight import worker_environment_here
+
+    options: dict[str, Any] = {}
+    gpu_nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU", 0) > 0]
+    if cluster_gpus and gpu_nodes:
+        # placed by node, not by a GPU share: a share would hold a GPU until Ray returns the worker's
+        # lease, and an actor that wants the whole GPU would wait for it
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(gpu_nodes[0], soft=False)
+    probe = ray.remote(num_cpus=0, num_gpus=0, max_retries=1)(worker_environment_here)
+    env = ray.get(probe.options(**options).remote())
+    log.info("ray workers can import: %s", env)
+    return env
+
+
 @contextlib.contextmanager
 def session(config) -> Iterator[int]:
     """Check the config for Ray, connect (``config.address``), and yield the GPUs of the cluster's
@@ -406,10 +433,15 @@ def session(config) -> Iterator[int]:
 
 
 def run_ray(config, resolved, plan: Any, on_progress: Callable[[int], None] | None = None) -> Iterator[ShardResult]:
-    """Convert the shards of `plan` (a `planning.PlanThread`, not started) on Ray (connected by
-    `session`), yielding each shard's result as it completes; shards already complete come from
-    the planner (`PlanThread.take_done`)."""
+    """Convert the shards of `plan` on Ray (connected by `session`), yielding each shard's result as
+    it completes. `plan` is a `planning.PlanThread`, not started (shards already complete come from
+    the planner: `PlanThread.take_done`), or a list of `shards.ShardTask`s on rows in memory
+    (``--update``'s plan)."""
+    if isinstance(plan, (list, tuple)):
+        yield from _run_tasks(config, resolved, list(plan), on_progress)
+        return
     layout, done = plan.planner.layout, plan.planner.done
+    classes = tuple(plan.planner.listing.classes) or None
     indices = np.fromiter((i for i in range(layout.shards) if not done.candidate(layout.name(i))), dtype=np.int64)
     gate = start_gate()
     feeder = _GateFeeder(gate, done)
@@ -428,7 +460,7 @@ def run_ray(config, resolved, plan: Any, on_progress: Callable[[int], None] | No
                 log.info("ray: %d shard(s) whose records were not complete", len(batch))
             if not len(batch):
                 continue
-            for text in run(config, resolved, batch, layout, gate):
+            for text in run(config, resolved, batch, layout, gate, classes):
                 res = result_from_json(text)
                 if res is None:
                     continue
@@ -438,11 +470,39 @@ def run_ray(config, resolved, plan: Any, on_progress: Callable[[int], None] | No
     except ray.exceptions.RayError as exc:
         if plan.error is not None:
             raise plan.error from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise OutputError(f"the Ray job failed ({type(exc).__name__}: {first}); the shards completed so "
-                          "far are kept: rerun the same command to resume") from exc
+        raise _job_failed(exc) from exc
     finally:
-        try:
-            ray.kill(gate)
-        except Exception:  # noqa: BLE001 - the cluster may be gone already
-            pass
+        _kill(gate)
+
+
+def _run_tasks(config, resolved, tasks: list, on_progress: Callable[[int], None] | None) -> Iterator[ShardResult]:
+    """Tasks on rows in memory (each row carries its items), counted in a gate like any others."""
+    if not tasks:
+        return
+    gate = start_gate()
+    run = _results_via_cluster if ray.util.client.ray.is_connected() else _results_here
+    try:
+        for text in run(config, resolved, tasks, None, gate):
+            res = result_from_json(text)
+            if res is None:
+                continue
+            if on_progress:
+                on_progress(res.total)
+            yield res
+    except ray.exceptions.RayError as exc:
+        raise _job_failed(exc) from exc
+    finally:
+        _kill(gate)
+
+
+def _job_failed(exc: BaseException) -> OutputError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return OutputError(f"the Ray job failed ({type(exc).__name__}: {first}); the shards completed so "
+                       "far are kept: rerun the same command to resume")
+
+
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor)
+    except Exception:  # noqa: BLE001 - the cluster may be gone already
+        pass

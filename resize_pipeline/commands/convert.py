@@ -13,10 +13,26 @@ _GROUPS = {
 }
 
 
+def _range(kind: Any) -> str | None:
+    """The documented range of a numeric option (``1..65536``, ``[0, 1]``, ``(0, 86400] or 0/none``)."""
+    from resize_pipeline.config import Float, Int, Timeout
+
+    if isinstance(kind, Int) and kind.lo is not None and kind.hi is not None:
+        return f"{kind.lo}..{kind.hi}"
+    if isinstance(kind, Float) and kind.lo is not None and kind.hi is not None:
+        return f"{'(' if kind.lo_open else '['}{kind.lo:g}, {kind.hi:g}]"
+    if isinstance(kind, Timeout):
+        return f"(0, {kind.hi:g}], or 0/none for no timeout"
+    return None
+
+
 def _help(option: Any, default: Any) -> str:
     from resize_pipeline.config import Bool
 
     parts = [option.help]  # choices: argparse shows them as {a,b,c}
+    rng = _range(option.kind)
+    if rng:
+        parts.append(f"range {rng}")
     is_switch = isinstance(option.kind, Bool) and option.bool_flag != "both"
     if not is_switch and option.default_text is not None:
         parts.append(f"default: {option.default_text}")

@@ -27,9 +27,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--val-data", default=None, help="held-out set (default: synthetic -> fresh set; else a split)"
     )
     g.add_argument("--val-fraction", type=float, default=0.2, help="held-out split without --val-data")
+    g.add_argument(
+        "--no-prescan",
+        dest="prescan",
+        action="store_false",
+        help="skip reading every input once before training (its header check finds empty, unidentifiable, "
+        "oversized and truncated files up front); bad files are then only found when first met",
+    )
     g.add_argument("--num-train", type=int, default=3000, help="synthetic train images (default 3000)")
     g.add_argument("--num-val", type=int, default=2000, help="synthetic held-out images (default 2000)")
     g.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data / split")
+    g.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=0.01,
+        help="inputs that cannot be read, decoded or labelled are skipped and counted (OUT_DIR/_skipped.jsonl); "
+        "above this fraction of the inputs training stops (default 0.01)",
+    )
     g = p.add_argument_group("model")
     g.add_argument("--size", type=int, default=32, help="classifier input side = resizer output (default 32)")
     g.add_argument(
@@ -71,9 +85,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="epochs training the backbone alone behind bilinear before joint training (default: 0 for "
         "'small' or with --backbone-weights, else = --epochs: the paper's recipe)",
     )
-    g.add_argument("--epochs", type=int, default=6, help="joint training epochs (default 6)")
+    g.add_argument("--epochs", type=int, default=6, help="joint training epochs (default 6; evaluate: 0 with "
+                   "--backbone-weights scores that backbone as it is)")
     g.add_argument("--max-steps", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=64, help="per process (default 64)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="per process (default 64; 16 on a CPU at --size >= 128, where 64 needs ~10 GB)")
     g.add_argument("--lr", type=float, default=1e-3, help="classifier learning rate (AdamW, cosine)")
     g.add_argument("--resizer-lr", type=float, default=1e-4, help="resizer learning rate")
     g.add_argument("--weight-decay", type=float, default=1e-4)
@@ -105,6 +121,8 @@ def train_config_from_args(args: argparse.Namespace, **extra):
         num_train=args.num_train,
         num_val=args.num_val,
         data_seed=args.data_seed,
+        max_bad_fraction=args.max_bad_fraction,
+        prescan=args.prescan,
         target_size=args.size,
         input_scale=args.input_scale,
         variant=args.variant,
@@ -143,8 +161,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resizer",
         default="learned",
-        help="learned (default), or a fixed baseline to train the backbone behind: "
-        "bilinear, bilinear-noaa, bicubic, bicubic-noaa, area",
+        help="learned (default), learned:PATH (an exported resizer, frozen: only the backbone trains behind "
+        "it), or a fixed baseline to train the backbone behind: bilinear, bilinear-noaa, bicubic, bicubic-noaa, area",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -155,9 +173,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def notify(message: str) -> None:
+    """What `train` / `evaluate` say while they run (cost, skipped inputs): one line on stderr."""
+    import sys
+
+    print(f"resize-pipeline: {message}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from resize_pipeline.errors import ConfigError
-    from resize_pipeline.learned.train import shutdown_distributed, train
+    from resize_pipeline.learned.distributed import shutdown_distributed
+    from resize_pipeline.learned.train import train
 
     try:
         cfg = train_config_from_args(
@@ -171,17 +197,21 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     try:
-        res = train(cfg)
+        res = train(cfg, notify=notify)
     finally:
         shutdown_distributed()
     if res.rank != 0:
         return 0
     procs = f" on {res.world_size} processes" if res.world_size > 1 else ""
     pre = f" ({res.pretrain_steps} behind bilinear first)" if res.pretrain_steps else ""
+    final = f"final train loss {res.epoch_losses[-1]:.4f}" if res.epoch_losses else "no training step"
     print(
-        f"held-out accuracy {res.val_accuracy:.4f} after {res.steps} steps{pre}{procs} ({res.seconds:.0f} s), "
-        f"final train loss {res.epoch_losses[-1]:.4f}"
+        f"held-out accuracy {res.val_accuracy:.4f} after {res.steps} steps{pre}{procs} of batch {res.batch_size} "
+        f"({res.seconds:.0f} s), {final}"
     )
+    if res.skipped:
+        where = f", listed in {res.skipped_file}" if res.skipped_file else " (pass --out-dir to list them)"
+        print(f"skipped {len(res.skipped)} of {res.inputs} inputs that could not be read, decoded or labelled{where}")
     if cfg.out_dir:
         print(f"checkpoint: {cfg.out_dir}/last.pt, trained backbone: {cfg.out_dir}/backbone.pt")
     if res.export_dir:

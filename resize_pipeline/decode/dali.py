@@ -1,35 +1,34 @@
-"""NVIDIA DALI decoder: nvJPEG on the GPU (``mixed``) or DALI CPU-only (``cpu``), Pillow for the rest.
-
-- ``"mixed"``: ``fn.decoders.image(device="mixed")`` — nvJPEG with the A100/H100/H200 hardware JPEG
-  decoder taking ``hw_decoder_load`` of the work (default 0.65, DALI's), the rest on nvJPEG's hybrid
-  path, on GPU ``device_id``.
-- ``"cpu"``: the same graph with ``device="cpu"`` (libjpeg-turbo, libpng) in a ``device_id=None``
-  pipeline (DALI refuses any mixed/GPU operator in that mode, so it is a separately built graph).
+"""NVIDIA DALI decoder: feeding the graphs of `dali_graph` (nvJPEG on the GPU, or DALI CPU-only), Pillow
+for the rest.
 
 Which mode a job uses is decided once, in the driver (`resize_pipeline.preflight`); a worker builds
 exactly that mode or fails. Bytes come from our sources (fsspec), never from DALI readers: they are
-fed with ``fn.external_source``. Which file goes to DALI and which to Pillow is decided by the
-header pre-screen (`decode.probe`), usually computed by the read stage.
+fed with ``feed_input``. Which file goes to DALI and which to Pillow is decided by the header
+pre-screen (`decode.probe`), usually computed by the read stage.
 
-DALI fails a whole batch when one member is corrupt. A failed batch is narrowed down with
-`batch.isolate` (the pipeline's one failure policy); a sample that fails on its own is retried
-through Pillow, and only then returned as an exception. Output is uint8 HWC RGB, like every
-`Decoder`.
+Feeding (`dali_graph` has the DALI contract): each pipeline has **one run in flight** at most.
+`submit` collects the run in flight (the previous batch's) before it schedules the next, so while
+DALI decodes batch k+1 (asynchronously) the caller works on batch k (`finish`, then the next stage
+in its own thread). On a GPU, outputs are taken with ``outputs(cuda_stream=<torch's current
+stream>)`` and copied into torch memory on that stream (`dali_torch.to_torch`, DALI's PyTorch
+plugin); nothing waits for the GPU here. The DALI output is kept with its `Pending` until the caller
+is done with the batch (its copy may still be in flight).
 
-Fused decode + crop + resize (`submit` / `finish`, used by `stages_fused`): decoding, the crop box
-and the antialiased resize (``fn.resize``) run in DALI; in mixed mode the result is copied
-device-to-device into torch memory on torch's current stream (no host round trip). Up to
-``prefetch`` DALI runs are scheduled ahead (``feed_input`` + ``schedule_run``) before the oldest one
-is collected, so DALI decodes batch k+1 while the caller works on batch k.
+Failures follow the typed error policy (`errors.error_kind`). DALI fails a whole batch when one
+member is corrupt: a failed batch is narrowed down with `batch.isolate`, and a sample that fails on
+its own is retried through Pillow (recorded per sample as ``pillow-fallback``: `Pending.paths`), and
+only then returned as an exception. A device fault (CUDA error, GPU out of memory, an nvImageCodec
+allocator/execution failure) is raised as `errors.DeviceFault` at once: never bisected, never
+handed to Pillow, never an error row (the worker ends, its shards are attempted again elsewhere).
+Output is uint8 HWC RGB, like every `Decoder` (or (3, h, w) CUDA tensors with ``gpu=True``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,46 +37,31 @@ import numpy as np
 
 from resize_pipeline.batch import isolate
 from resize_pipeline.decode.base import Decoder, SizeRequest
+from resize_pipeline.decode.dali_graph import (
+    INSTALL_HINT,
+    INTERPOLATIONS,
+    MODES,
+    Plan,
+    SizeSpec,
+    build_pipeline,
+    dali_installed,
+    import_dali,
+    per_sample,
+    resize_feeds,
+    resolve_op,
+)
 from resize_pipeline.decode.pillow import DEFAULT_MAX_PIXELS, PillowDecoder
 from resize_pipeline.decode.probe import Probe, probe
-from resize_pipeline.errors import SampleError
+from resize_pipeline.errors import DeviceFault, error_kind
 from resize_pipeline.geometry import ResizeOp
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = (
-    "NVIDIA DALI is not installed: pip install 'resize-pipeline[dali]' (CUDA 13 wheels, "
-    "nvidia-dali-cuda130) or 'resize-pipeline[dali-cuda120]' (CUDA 12, nvidia-dali-cuda120); "
-    "CPU-only mode works with either"
-)
-MODES = ("cpu", "mixed")
-INTERPOLATIONS = ("linear", "cubic", "lanczos", "triangular", "nearest")
+Chunk = list[tuple[int, dict[str, np.ndarray]]]
 
-#: resize target per sample: a (w, h) size, a ResizeOp (size + crop box), or a plan from the
-#: oriented (w, h) of the image to a ResizeOp (e.g. ``lambda w, h: plan_resize(w, h, t, mode)``)
-SizeSpec = tuple[int, int] | ResizeOp
-Plan = Callable[[int, int], ResizeOp]
-
-
-def import_dali():
-    try:
-        import nvidia.dali  # noqa: F401
-        import nvidia.dali.fn as fn
-        import nvidia.dali.types as types
-        from nvidia.dali import Pipeline
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
-    return Pipeline, fn, types
-
-
-def dali_installed() -> bool:
-    """Whether DALI can be imported, without importing it (importing it is slow and forks badly)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("nvidia.dali") is not None
-    except (ImportError, ValueError):
-        return False
+#: how a sample was decoded (`Pending.paths`, the ``decoded_by`` column): DALI (the decoder's name),
+#: routed to Pillow by the pre-screen, or failed in DALI alone and rescued by Pillow
+PILLOW, FALLBACK = "pillow", "pillow-fallback"
 
 
 @dataclass
@@ -92,7 +76,11 @@ class Pending:
     blobs: Sequence[bytes]
     gpu: bool
     runs: int = 0  # DALI runs scheduled for it and not collected yet
-    failed: list[list[tuple[int, dict[str, np.ndarray]]]] = field(default_factory=list)
+    failed: list[Chunk] = field(default_factory=list)
+    #: per input: how it was decoded (`PILLOW`, `FALLBACK`, the decoder's name) or None (failed)
+    paths: list[str | None] = field(default_factory=list)
+    #: DALI outputs whose device memory the results were copied from: kept until the batch is done
+    outputs: list[Any] = field(default_factory=list)
 
 
 class DaliDecoder(Decoder):
@@ -107,9 +95,9 @@ class DaliDecoder(Decoder):
         num_threads: DALI CPU threads (default: CPU count, at most 8).
         batch_size: largest batch one DALI run takes; bigger inputs are split.
         hw_decoder_load: share of JPEGs sent to the hardware decoder (mixed mode only).
-        jpeg_fancy_upsampling: make nvJPEG upsample chroma like libjpeg-turbo/Pillow (mixed only).
+        jpeg_fancy_upsampling: make nvJPEG upsample chroma like libjpeg-turbo/Pillow (mixed only;
+            DALI's own default is off).
         interp: ``fn.resize`` filter for the fused resize paths (antialiased when downscaling).
-        prefetch: DALI runs in flight in the fused path (``submit``/``finish``).
     """
 
     def __init__(
@@ -125,7 +113,6 @@ class DaliDecoder(Decoder):
         hw_decoder_load: float = 0.65,
         jpeg_fancy_upsampling: bool = True,
         interp: str = "linear",
-        prefetch: int = 2,
     ) -> None:
         if device not in MODES:
             raise ValueError(f"unknown DALI device {device!r}; expected one of {', '.join(MODES)}")
@@ -135,74 +122,33 @@ class DaliDecoder(Decoder):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 <= hw_decoder_load <= 1.0:
             raise ValueError(f"hw_decoder_load must be in [0, 1], got {hw_decoder_load}")
-        self._Pipeline, self._fn, self._types = import_dali()
+        self._dali = import_dali()
         self.mode = device
         self.name = f"dali-{device}"
         self.device_id = (device_id if device_id is not None else 0) if device == "mixed" else None
         self.num_threads = int(num_threads or max(1, min(8, os.cpu_count() or 1)))
         self.batch_size = int(batch_size)
         self.hw_decoder_load = float(hw_decoder_load)
-        self.jpeg_fancy_upsampling = jpeg_fancy_upsampling
+        self.jpeg_fancy_upsampling = bool(jpeg_fancy_upsampling)
         self.interp = interp
-        self.prefetch = max(1, int(prefetch))
         self.background = tuple(background)
         self.max_pixels = int(max_pixels)
         self.pillow = PillowDecoder(background=background, max_pixels=max_pixels, draft=draft)
-        #: counts: dali (decoded by DALI), pillow_routed, pillow_fallback, failed, batch_errors
+        #: counts: dali (decoded by DALI), pillow_routed, pillow_fallback, failed, batch_errors, rebuilds
         self.stats: Counter[str] = Counter()
         self._lock = threading.RLock()
         self._pipes: dict[str, Any] = {}
         self._pid = os.getpid()
-        self._inflight: deque[tuple[Pending, list[tuple[int, dict[str, np.ndarray]]]]] = deque()
+        #: per pipeline kind, its one run in flight: (pending or None, chunk)
+        self._inflight: dict[str, tuple[Pending, Chunk]] = {}
         self._pipe("decode")  # built once here (fails now, not mid-job); fused graphs on first use
 
     # -- pipelines ---------------------------------------------------------------------------
     def _build(self, kind: str):
-        fn, types = self._fn, self._types
-        pipe = self._Pipeline(
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            device_id=self.device_id,
-            # one queue slot; up to `prefetch` runs are scheduled ahead with feed_input+schedule_run
-            # (a deeper queue expects every input fed `depth` iterations ahead)
-            prefetch_queue_depth=1,
-        )
-        dec_kw: dict[str, Any] = {"device": self.mode, "output_type": types.RGB, "adjust_orientation": True}
-        if self.mode == "mixed":
-            dec_kw.update(
-                hw_decoder_load=self.hw_decoder_load, jpeg_fancy_upsampling=self.jpeg_fancy_upsampling
-            )
-        with pipe:
-            if kind == "resize":  # host-decoded (Pillow-routed) images through the same resize
-                img = fn.external_source(name="images", dtype=types.UINT8, ndim=3, layout="HWC")
-                if self.mode == "mixed":
-                    img = img.gpu()
-            else:
-                blobs = fn.external_source(name="blobs", dtype=types.UINT8, ndim=1)
-                img = fn.decoders.image(blobs, **dec_kw)
-            if kind in ("resize", "decode_resize"):
-                size = fn.external_source(name="size", dtype=types.FLOAT, ndim=1)
-                roi_start = fn.external_source(name="roi_start", dtype=types.FLOAT, ndim=1)
-                roi_end = fn.external_source(name="roi_end", dtype=types.FLOAT, ndim=1)
-                interp = {
-                    "linear": types.INTERP_LINEAR,
-                    "cubic": types.INTERP_CUBIC,
-                    "lanczos": types.INTERP_LANCZOS3,
-                    "triangular": types.INTERP_TRIANGULAR,
-                    "nearest": types.INTERP_NN,
-                }[self.interp]
-                img = fn.resize(
-                    img,
-                    device="gpu" if self.mode == "mixed" else "cpu",
-                    size=size,
-                    roi_start=roi_start,
-                    roi_end=roi_end,
-                    interp_type=interp,
-                    antialias=self.interp != "nearest",
-                )
-            pipe.set_outputs(img)
-        pipe.build()
-        return pipe
+        return build_pipeline(self._dali, kind, mode=self.mode, batch_size=self.batch_size,
+                              num_threads=self.num_threads, device_id=self.device_id,
+                              hw_decoder_load=self.hw_decoder_load,
+                              jpeg_fancy_upsampling=self.jpeg_fancy_upsampling, interp=self.interp)
 
     def _pipe(self, kind: str):
         if self._pid != os.getpid():  # forked: the parent's DALI worker threads did not come along
@@ -212,36 +158,59 @@ class DaliDecoder(Decoder):
             self._pipes[kind] = self._build(kind)
         return self._pipes[kind]
 
-    def _schedule(self, kind: str, feeds: dict[str, list[np.ndarray]]) -> None:
+    def _schedule(self, kind: str, chunk: Chunk) -> None:
+        """Feed `chunk` and schedule one run of `kind`; the caller made sure none is in flight."""
         pipe = self._pipe(kind)
-        for name, data in feeds.items():
-            pipe.feed_input(name, data)
+        for name in chunk[0][1]:
+            pipe.feed_input(name, [item[1][name] for item in chunk])
         pipe.schedule_run()
 
-    def _outputs(self, kind: str):
+    def _outputs(self, kind: str, stream: Any = None):
+        """The run's output (bound to CUDA `stream` when given); a device fault is raised as
+        `DeviceFault`, anything else as it is (a sample's: narrowed down by the caller)."""
         try:
-            (out,) = self._pipe(kind).outputs()
+            (out,) = self._pipe(kind).outputs(cuda_stream=stream) if stream is not None else self._pipe(kind).outputs()
             return out
         except Exception as exc:
+            if error_kind(exc) == "device":
+                raise DeviceFault(f"DALI {self.name} ({type(exc).__name__}): {exc}") from exc
             self.stats["batch_errors"] += 1
-            # DALI's dynamic executor survives a bad sample; when it says the pipeline is gone
-            # (CUDA errors...), build a fresh one for the next run
+            # DALI says the pipeline is gone after any failed run (a corrupt sample too): build a
+            # fresh one for the next run (milliseconds)
             if "no longer valid" in str(exc):
                 log.debug("rebuilding the DALI %s pipeline after: %s", kind, exc)
                 self._pipes.pop(kind, None)
                 self.stats["rebuilds"] += 1
             raise
 
-    def _run_isolated(self, kind: str, items: list[tuple[int, dict[str, np.ndarray]]],
-                      collect: Callable[[Any, list[int]], None]) -> dict[int, Exception]:
+    def _drain(self, kind: str) -> None:
+        """Collect the run of `kind` in flight, if any, into its `Pending`."""
+        held = self._inflight.pop(kind, None)
+        if held is None:
+            return
+        pending, chunk = held
+        pending.runs -= 1
+        try:
+            out = self._outputs(kind, self._stream(pending.gpu))
+        except DeviceFault:
+            raise
+        except Exception:  # noqa: BLE001 - a sample's fault: narrowed down in finish()
+            pending.failed.append(chunk)
+            return
+        self.stats["dali"] += len(chunk)
+        self._collector(pending)(out, [it[0] for it in chunk])
+
+    def _run_isolated(self, kind: str, items: Chunk, collect: Callable[[Any, list[int]], None],
+                      gpu: bool = False) -> dict[int, Exception]:
         """Run `items` (position, per-input arrays) synchronously in batches; `collect(out, positions)`
         takes each successful run; a batch that fails is narrowed down (`isolate`). Returns the
-        positions that failed on their own. Needs no run of `kind` in flight."""
+        positions that failed on their own."""
         failed: dict[int, Exception] = {}
 
-        def run(chunk: list[tuple[int, dict[str, np.ndarray]]]) -> list[None]:
-            self._schedule(kind, {name: [it[1][name] for it in chunk] for name in chunk[0][1]})
-            collect(self._outputs(kind), [it[0] for it in chunk])
+        def run(chunk: Chunk) -> list[None]:
+            self._drain(kind)  # one run in flight per pipeline
+            self._schedule(kind, chunk)
+            collect(self._outputs(kind, self._stream(gpu)), [it[0] for it in chunk])
             return [None] * len(chunk)
 
         for start in range(0, len(items), self.batch_size):
@@ -276,7 +245,7 @@ class DaliDecoder(Decoder):
     def _pillow_decode(self, blob: bytes, size_request: SizeRequest | None, dali_exc: Exception | None):
         try:
             return self.pillow.decode_one(blob, size_request)
-        except Exception as exc:  # noqa: BLE001 - per-sample policy
+        except Exception as exc:  # noqa: BLE001 - per-sample policy (Pillow runs on the host: no device faults)
             self.stats["failed"] += 1
             if dali_exc is not None:
                 log.debug("DALI also failed: %s", dali_exc)
@@ -289,19 +258,23 @@ class DaliDecoder(Decoder):
         size_request: SizeRequest | None = None,
         *,
         probes: Sequence[Probe | None] | None = None,
+        paths: list[str | None] | None = None,
     ) -> list[np.ndarray | Exception]:
         """Decode each blob to uint8 HWC RGB, or return its exception in place.
 
         `size_request` is only used by the Pillow fallback (JPEG draft); DALI decodes full size.
+        `paths`, when given, receives how each blob was decoded (see `Pending.paths`).
         """
         with self._lock:
             _, results, to_dali, to_pillow = self._screen(blobs, probes)
+            how: list[str | None] = [None] * len(blobs)
 
             def collect(out, positions):
                 host = out.as_cpu() if self.mode == "mixed" else out
                 self.stats["dali"] += len(positions)
                 for k, pos in enumerate(positions):
                     results[pos] = np.array(host[k], copy=True)
+                    how[pos] = self.name
 
             items = [(i, {"blobs": np.frombuffer(blobs[i], np.uint8)}) for i in to_dali]
             failed = self._run_isolated("decode", items, collect)
@@ -309,60 +282,42 @@ class DaliDecoder(Decoder):
                 if i in failed:
                     self.stats["pillow_fallback"] += 1
                 results[i] = self._pillow_decode(blobs[i], size_request, failed.get(i))
+                if not isinstance(results[i], Exception):
+                    how[i] = FALLBACK if i in failed else PILLOW
+            if paths is not None:
+                paths[:] = how
             return results
 
     # -- fused decode + resize ---------------------------------------------------------------
-    @staticmethod
-    def _resolve(spec: SizeSpec | Plan, size: tuple[int, int] | None) -> ResizeOp:
-        if callable(spec) and not isinstance(spec, ResizeOp):
-            if size is None:
-                raise SampleError("cannot plan a resize without the image size")
-            return spec(*size)
-        if isinstance(spec, ResizeOp):
-            return spec
-        w, h = spec
-        if size is None:
-            raise SampleError("cannot resize without the image size")
-        return ResizeOp((0.0, 0.0, float(size[0]), float(size[1])), (int(w), int(h)))
+    def _stream(self, gpu: bool):
+        """torch's current stream on our GPU (where GPU outputs are handed over), or None (host)."""
+        if not gpu:
+            return None
+        import torch
 
-    @staticmethod
-    def _resize_feeds(op: ResizeOp) -> dict[str, np.ndarray]:
-        left, top, right, bottom = op.box
-        return {
-            "size": np.array([op.size[1], op.size[0]], np.float32),  # DALI: (h, w)
-            "roi_start": np.array([top, left], np.float32),
-            "roi_end": np.array([bottom, right], np.float32),
-        }
+        return torch.cuda.current_stream(self.device_id)
 
     def _collector(self, pending: Pending) -> Callable[[Any, list[int]], None]:
         """How a DALI output becomes results: host arrays, or (3, h, w) CUDA tensors (GPU mode)."""
-        results = pending.results
+        results, paths = pending.results, pending.paths
         if not pending.gpu:
             def collect_host(out, positions):
                 host = out.as_cpu() if self.mode == "mixed" else out
                 for k, pos in enumerate(positions):
                     results[pos] = np.array(host[k], copy=True)
+                    if paths[pos] is None:
+                        paths[pos] = self.name
 
             return collect_host
-        import torch
 
-        stream = torch.cuda.current_stream(self.device_id)
-        device = torch.device("cuda", self.device_id)
-        raw_stream = self._types._raw_cuda_stream_ptr  # what DALI's own feed_ndarray uses
+        from resize_pipeline.decode.dali_torch import to_torch
 
         def collect_gpu(out, positions):
-            shapes = [tuple(s) for s in out.shape()]
-            total = sum(int(np.prod(s)) for s in shapes)
-            flat = torch.empty(total, dtype=torch.uint8, device=device)
-            # one device-to-device copy of the whole (ragged) batch, samples back to back, on
-            # torch's stream; blocking so DALI may reuse its buffers right after (outputs() returned
-            # host-synchronised outputs, so the copy needs no extra stream wait)
-            out.copy_to_external(ctypes.c_void_p(flat.data_ptr()), raw_stream(stream), non_blocking=False)
-            offset = 0
-            for shape, pos in zip(shapes, positions, strict=True):
-                size = int(np.prod(shape))
-                results[pos] = flat[offset : offset + size].view(shape).permute(2, 0, 1)
-                offset += size
+            for pos, tensor in zip(positions, to_torch(out, self.device_id), strict=True):
+                results[pos] = tensor
+                if paths[pos] is None:
+                    paths[pos] = self.name
+            pending.outputs.append(out)  # its device memory may still be read by the copy in flight
 
         return collect_gpu
 
@@ -374,7 +329,8 @@ class DaliDecoder(Decoder):
         probes: Sequence[Probe | None] | None = None,
         gpu: bool = False,
     ) -> Pending:
-        """Start decoding + resizing a batch: DALI runs are scheduled now, results come from `finish`.
+        """Start decoding + resizing a batch: its DALI runs are scheduled now (the previous batch's run
+        is collected first: one run in flight), results come from `finish`.
 
         Args:
             blobs: encoded images.
@@ -383,69 +339,53 @@ class DaliDecoder(Decoder):
                 image's declared, orientation-corrected size. The output is ``op.size`` (a pad op's
                 canvas is left to the caller).
             probes: pre-screen results (None entries are probed here).
-            gpu: results as (3, h, w) uint8 CUDA tensors (mixed mode) instead of host HWC arrays.
+            gpu: results as (3, h, w) uint8 CUDA tensors (mixed mode) on torch's current stream of the
+                calling thread (call `submit` and `finish` with the same current device and stream)
+                instead of host HWC arrays.
 
         `finish` must be called for every `Pending`, in submission order.
         """
         if gpu and self.mode != "mixed":
             raise RuntimeError("GPU output needs DaliDecoder(device='mixed') and a CUDA GPU")
         with self._lock:
-            specs = _per_sample(sizes, len(blobs))
+            specs = per_sample(sizes, len(blobs))
             probes, results, to_dali, to_pillow = self._screen(blobs, probes)
-            pending = Pending(results, list(probes), {}, specs, to_pillow, blobs, gpu)
+            pending = Pending(results, list(probes), {}, specs, to_pillow, blobs, gpu, paths=[None] * len(blobs))
             for i in to_dali + to_pillow:
                 try:
-                    pending.ops[i] = self._resolve(specs[i], probes[i].size)
+                    pending.ops[i] = resolve_op(specs[i], probes[i].size)
                 except Exception as exc:  # noqa: BLE001
                     results[i] = exc
                     self.stats["failed"] += 1
-            items = [(i, {"blobs": np.frombuffer(blobs[i], np.uint8), **self._resize_feeds(pending.ops[i])})
+            items = [(i, {"blobs": np.frombuffer(blobs[i], np.uint8), **resize_feeds(pending.ops[i])})
                      for i in to_dali if i in pending.ops]
             for start in range(0, len(items), self.batch_size):
-                while len(self._inflight) >= self.prefetch:
-                    self._collect_oldest()
+                self._drain("decode_resize")  # one run in flight: the previous one is collected first
                 chunk = items[start : start + self.batch_size]
-                self._schedule("decode_resize", {name: [it[1][name] for it in chunk] for name in chunk[0][1]})
-                self._inflight.append((pending, chunk))
+                self._schedule("decode_resize", chunk)
+                self._inflight["decode_resize"] = (pending, chunk)
                 pending.runs += 1
             return pending
 
-    def _collect_oldest(self) -> None:
-        pending, chunk = self._inflight.popleft()
-        pending.runs -= 1
-        try:
-            out = self._outputs("decode_resize")
-        except Exception:  # noqa: BLE001 - narrowed down in finish()
-            pending.failed.append(chunk)
-            if "decode_resize" not in self._pipes:  # rebuilt: the runs still in flight are gone too
-                while self._inflight:
-                    later, lost = self._inflight.popleft()
-                    later.runs -= 1
-                    later.failed.append(lost)
-            return
-        self.stats["dali"] += len(chunk)
-        self._collector(pending)(out, [it[0] for it in chunk])
-
     def finish(self, pending: Pending) -> list[Any]:
-        """The results of a submitted batch (arrays/tensors, or exceptions in place), in input order."""
+        """The results of a submitted batch (arrays/tensors, or exceptions in place), in input order.
+        `pending.paths` then says how each input was decoded."""
         with self._lock:
             if self._pid != os.getpid():
                 raise RuntimeError("a DALI batch submitted before fork cannot be finished after it")
-            while pending.runs:
-                if not self._inflight:  # the pipeline was rebuilt after a fatal DALI error
-                    raise RuntimeError("the DALI pipeline failed and was rebuilt; the batch must be redone")
-                self._collect_oldest()
-            if pending.failed:
-                while self._inflight:  # later batches' runs first: isolate() runs synchronously
-                    self._collect_oldest()
+            if pending.runs:
+                held = self._inflight.get("decode_resize")
+                if held is None or held[0] is not pending:
+                    raise RuntimeError("a DALI batch's run was lost; finish batches in submission order")
+                self._drain("decode_resize")
             collect = self._collector(pending)
             failed: dict[int, Exception] = {}
             for chunk in pending.failed:
-                failed.update(self._run_isolated("decode_resize", chunk, collect))
+                failed.update(self._run_isolated("decode_resize", chunk, collect, pending.gpu))
             pending.failed = []
             # Pillow: decode on the host, then the same fn.resize (on the GPU in mixed mode)
             results, probes, specs = pending.results, pending.probes, pending.specs
-            host: list[tuple[int, dict[str, np.ndarray]]] = []
+            host: Chunk = []
             for i in [j for j in pending.to_pillow if j in pending.ops] + list(failed):
                 if i in failed:
                     self.stats["pillow_fallback"] += 1
@@ -456,13 +396,15 @@ class DaliDecoder(Decoder):
                 op = pending.ops[i]
                 if (img.shape[1], img.shape[0]) != probes[i].size:  # header lied: re-plan on the real size
                     try:
-                        op = self._resolve(specs[i], (img.shape[1], img.shape[0]))
+                        op = resolve_op(specs[i], (img.shape[1], img.shape[0]))
                     except Exception as exc:  # noqa: BLE001
                         results[i] = exc
                         continue
-                host.append((i, {"images": img, **self._resize_feeds(op)}))
-            for i, err in self._run_isolated("resize", host, collect).items():
+                pending.paths[i] = FALLBACK if i in failed else PILLOW
+                host.append((i, {"images": img, **resize_feeds(op)}))
+            for i, err in self._run_isolated("resize", host, collect, pending.gpu).items():
                 results[i] = err
+                pending.paths[i] = None
                 self.stats["failed"] += 1
             return results
 
@@ -481,38 +423,29 @@ class DaliDecoder(Decoder):
     def __getstate__(self) -> dict:
         """Pickle without the pipelines (Ray actors, spawn workers); they are rebuilt on arrival."""
         state = self.__dict__.copy()
-        for key in ("_pipes", "_lock", "_Pipeline", "_fn", "_types", "_inflight"):
+        for key in ("_pipes", "_lock", "_dali", "_inflight"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._Pipeline, self._fn, self._types = import_dali()
+        self._dali = import_dali()
         self._lock = threading.RLock()
-        self._pipes, self._pid, self._inflight = {}, os.getpid(), deque()
+        self._pipes, self._pid, self._inflight = {}, os.getpid(), {}
 
     def describe(self) -> dict:
         """What goes into the manifest about this decoder."""
+        mixed = self.mode == "mixed"
         return {
             "name": self.name,
             "mode": self.mode,
             "device_id": self.device_id,
             "batch_size": self.batch_size,
             "num_threads": self.num_threads,
-            "hw_decoder_load": self.hw_decoder_load if self.mode == "mixed" else None,
+            "hw_decoder_load": self.hw_decoder_load if mixed else None,
+            "jpeg_fancy_upsampling": self.jpeg_fancy_upsampling if mixed else None,
+            "runs_in_flight": 1,
         }
 
 
-def _per_sample(sizes, n: int) -> list:
-    """Broadcast one size spec (pair, ResizeOp, plan) to `n` samples, or check a per-sample list."""
-    if callable(sizes) or isinstance(sizes, ResizeOp):
-        return [sizes] * n
-    sizes = list(sizes)
-    if len(sizes) == 2 and all(isinstance(v, int | float | np.number) for v in sizes):
-        return [tuple(sizes)] * n
-    if len(sizes) != n:
-        raise ValueError(f"got {len(sizes)} sizes for {n} images")
-    return sizes
-
-
-__all__ = ["DaliDecoder", "Pending", "import_dali", "dali_installed", "INSTALL_HINT", "MODES"]
+__all__ = ["DaliDecoder", "Pending", "import_dali", "dali_installed", "INSTALL_HINT", "MODES", "PILLOW", "FALLBACK"]

@@ -1,8 +1,10 @@
 """The learned resizer (Talebi & Milanfar, ICCV 2021): model, training, evaluation, export, inference.
 
-Modules: `model` (network + variant registry), `folding` (BN folding), `data` (synthetic task and
-dataset readers), `backbones` (the classifier: small / torchvision / timm / your factory),
-`classifier`, `train`, `evaluate`, `fidelity` (colour metrics on real photos), `export` (frozen
+Modules: `model` (network + variant registry), `folding` (BN folding), `synthetic` (the synthetic
+task), `data` (labelled real images through ``convert``'s sources, reader and decoder), `prescan`,
+`backbones` (the classifier: small / torchvision / timm / your factory), `classifier`,
+`train_config`, `build`, `train` (the loop), `modules`, `monitor` (skipped inputs, divergence, cost),
+`distributed` (torchrun), `evaluate`, `fidelity` (colour metrics on real photos), `export` (frozen
 artifact), `inference` (`LearnedResizer`), `preview`. Everything but this package's `bundled_note`
 needs torch; import the submodules you need. See docs/learned_resizer.md.
 """

@@ -1,22 +1,22 @@
-"""Labelled image datasets for training / evaluating the resizer.
+"""Labelled real images for training and evaluating the resizer, read by the same code as ``convert``.
 
-Every dataset yields ``(uint8 tensor (3, S, S), int label)`` at the resizer's *input* size ``S``
-(= input_scale x target size). Sources:
+`open_dataset(spec, size)` lists SOURCE with `resize_pipeline.sources.list_source` (an ImageFolder
+directory, a glob, a manifest, WebDataset tars, Parquet files of image bytes, any fsspec URL), or, for
+a ``convert`` output (a folder with ``_manifest.json``), its complete shards as the manifest lists
+them (`resize_pipeline.readers`); every row keeps the listing's key, URL, byte range and label.
+Samples are read with `sources.reader.read_items` (one call per batch: tar members by byte range,
+Parquet rows a row group at a time) and decoded with `decode.PillowDecoder` (EXIF orientation, the
+colour rule, the decompression-bomb guard, JPEG draft decoding): the same code paths as ``convert``.
 
-- ``synthetic``: a generated task where fine detail decides the class (`SyntheticGratings`).
-- an ImageFolder directory (class = first sub-folder, classes sorted by name);
-- the output folder of ``resize-pipeline convert`` (it holds ``_manifest.json``): its complete shards,
-  listed through `resize_pipeline.readers` (WebDataset preferred, else Parquet), labels from
-  ``.cls`` / the ``label`` column;
-- WebDataset shards (``*.tar``: ``{key}.jpg|jpeg|png|webp|npy`` + ``{key}.cls``);
-- Parquet files (``*.parquet``: an image column and ``label`` (int)); the image column may hold
-  encoded bytes or Hugging Face ``Image`` structs ``{bytes, path}`` (`image_value_bytes`);
-- a manifest (``.csv``, ``.tsv``, ``.jsonl``, ``.ndjson``, ``.json``, or a ``.parquet`` with a path
-  column but no image column): a path column and a label column, read with the same rules as
-  ``convert``'s sources (relative paths resolve against the manifest's folder, string labels are
-  indexed in sorted order).
+Each image becomes a uint8 (3, S, S) tensor at the resizer's input size ``S``: the centred square of
+side ``min(w, h)`` (an integer box, `square_box`) resized to ``S`` with Pillow's antialiased bilinear.
+Pixels stay uint8 until the training loop moves them to the device.
 
-Real images are resized so the shorter side is ``S`` (antialiased bilinear, Pillow) and centre-cropped.
+Bad inputs never stop a run: a sample that cannot be read or decoded comes back as a `Sample` with an
+error record (``_errors.jsonl``'s fields: key, path, stage, error_type, error); `collate` drops it
+from its batch and hands the record to the loop, which counts it (`skips.SkipLedger`). What could not
+be listed (an unreadable folder, a broken tar, a manifest row without a path or label) is counted the
+same way, up front.
 """
 
 from __future__ import annotations
@@ -24,339 +24,293 @@ from __future__ import annotations
 import glob
 import io
 import logging
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from resize_pipeline.errors import error_record
+
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-#: scikit-image's bundled colour photos (no download needed) used as backgrounds.
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
+NPY_MAGIC = b"\x93NUMPY"
 
 
-# --- the synthetic task ------------------------------------------------------------------------------
+class Sample(NamedTuple):
+    """One dataset row: the image (None when it failed), its label, its row number, the error record."""
+
+    image: torch.Tensor | None
+    label: int
+    position: int
+    error: dict[str, str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SyntheticConfig:
-    """Oriented fine gratings pasted on real-photo crops; the orientation is the class.
+def square_box(w: Any, h: Any) -> tuple[Any, Any, Any, Any]:
+    """The centred square of side ``min(w, h)`` as an integer box (left, top, right, bottom).
 
-    The grating period (in input pixels) lies just above the input Nyquist limit, so an antialiased 2x
-    downscale removes it and a plain one aliases it; a learned resizer can turn it into coarse signal.
-    """
-
-    size: int = 64  # input side S; the classifier sees S / input_scale
-    num_classes: int = 4  # orientations 0, 180/K, ... degrees
-    period: tuple[float, float] = (2.2, 3.2)
-    amplitude: tuple[float, float] = (0.12, 0.3)
-    patch: tuple[float, float] = (0.45, 0.9)  # side of the grating patch, fraction of S
-    angle_jitter: float = 8.0  # degrees
-
-    def __post_init__(self) -> None:
-        if self.size < 8 or self.num_classes < 2:
-            raise ValueError(f"size must be >= 8 and num_classes >= 2, got {self.size}, {self.num_classes}")
+    Pure integer arithmetic, so it holds for every size (it never leaves the image, as the float box
+    ``size / (size / min(w, h))`` did); works elementwise on numpy integer arrays too."""
+    side = np.minimum(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return left, top, left + side, top + side
 
 
-_PHOTO_CACHE: list[np.ndarray] = []
-
-
-def _photos() -> list[np.ndarray]:
-    if not _PHOTO_CACHE:
-        try:
-            import skimage.data as skdata
-        except ImportError as e:  # pragma: no cover - depends on the install
-            raise ImportError(
-                "the synthetic task needs scikit-image: pip install 'resize-pipeline[sample]'"
-            ) from e
-        _PHOTO_CACHE.extend(np.ascontiguousarray(getattr(skdata, name)()[..., :3]) for name in PHOTOS)
-    return _PHOTO_CACHE
-
-
-def synthetic_sample(cfg: SyntheticConfig, rng: np.random.Generator, label: int) -> np.ndarray:
-    """One uint8 (S, S, 3) image of class `label`."""
-    from PIL import Image
-
-    s = cfg.size
-    photo = _photos()[rng.integers(len(_photos()))]
-    h, w = photo.shape[:2]
-    side = int(rng.integers(min(s, h, w), min(h, w) + 1))
-    top, left = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
-    crop = Image.fromarray(photo[top : top + side, left : left + side])
-    if rng.random() < 0.5:
-        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    img = np.asarray(crop.resize((s, s), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-
-    theta = math.radians(label * 180.0 / cfg.num_classes + rng.uniform(-cfg.angle_jitter, cfg.angle_jitter))
-    period = rng.uniform(*cfg.period)
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-    phase = rng.uniform(0, 2 * math.pi)
-    grating = np.sin(2 * math.pi * (xx * math.cos(theta) + yy * math.sin(theta)) / period + phase)
-    ph, pw = (int(round(s * rng.uniform(*cfg.patch))) for _ in range(2))
-    y0, x0 = int(rng.integers(s - ph + 1)), int(rng.integers(s - pw + 1))
-    mask = np.zeros((s, s), np.float32)
-    mask[y0 : y0 + ph, x0 : x0 + pw] = 1.0
-    amp = rng.uniform(*cfg.amplitude)
-    img = img + (amp * mask * grating)[..., None]
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-class SyntheticGratings(Dataset):
-    """`count` samples generated up front (deterministic in `seed`), balanced over the classes."""
-
-    def __init__(self, count: int, seed: int, config: SyntheticConfig | None = None) -> None:
-        self.config = cfg = config or SyntheticConfig()
-        rng = np.random.default_rng(seed)
-        labels = np.arange(count) % cfg.num_classes
-        rng.shuffle(labels)
-        images = np.stack([synthetic_sample(cfg, rng, int(c)) for c in labels]) if count else None
-        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous() if count else torch.empty(0)
-        self.labels = torch.from_numpy(labels.astype(np.int64))
-        self.classes = [f"{int(round(k * 180 / cfg.num_classes))}deg" for k in range(cfg.num_classes)]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], int(self.labels[i])
-
-
-# --- real images -------------------------------------------------------------------------------------
-
-MANIFEST_EXTS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
-IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "bytes", "image_bytes", "data")
-
-
-def _read_source(item: bytes | str) -> bytes | str:
-    """Encoded bytes stay; a local path stays (Pillow opens it); a URL is read through fsspec."""
-    if isinstance(item, str) and "://" in item:
-        import fsspec
-
-        with fsspec.open(item, "rb") as fh:
-            return fh.read()
-    return item
-
-
-def load_square(blob_or_path: bytes | str, size: int) -> torch.Tensor:
-    """Decode, shorter side -> `size` (antialiased bilinear), centre crop; uint8 (3, size, size)."""
+def _npy_image(blob: bytes):
     from PIL import Image
 
     from resize_pipeline.decode.base import to_rgb_array
 
-    blob_or_path = _read_source(blob_or_path)
-    if isinstance(blob_or_path, (bytes, bytearray, memoryview)):
-        if bytes(blob_or_path[:6]) == b"\x93NUMPY":
-            arr = np.load(io.BytesIO(bytes(blob_or_path)))
-            img = Image.fromarray(arr.astype(np.uint8)).convert("RGB")
-        else:
-            img = Image.open(io.BytesIO(bytes(blob_or_path)))
+    arr = np.load(io.BytesIO(blob), allow_pickle=False)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"unsupported .npy image: dtype {arr.dtype}, shape {arr.shape} (expected uint8 HW[C])")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    return Image.fromarray(to_rgb_array(img))
+
+
+_DECODER: Any = None
+
+
+def _decoder():
+    global _DECODER
+    if _DECODER is None:  # one per process (DataLoader workers build their own)
+        from resize_pipeline.decode import PillowDecoder
+
+        _DECODER = PillowDecoder()
+    return _DECODER
+
+
+def load_square(blob: bytes, size: int) -> torch.Tensor:
+    """Decode `blob` as ``convert`` does, crop its centred square, resize to `size`; uint8 (3, size, size).
+
+    Raises what the decoder raised (empty file, not an image, truncated, above the bomb guard)."""
+    from PIL import Image
+
+    from resize_pipeline.geometry import draft_request, plan_resize
+
+    if bytes(blob[:6]) == NPY_MAGIC:
+        img = _npy_image(bytes(blob))
     else:
-        img = Image.open(blob_or_path)
-    img = Image.fromarray(to_rgb_array(img))
+        def request(w: int, h: int) -> tuple[int, int]:  # JPEG draft: keep at least `size` on the short side
+            return draft_request(w, h, plan_resize(w, h, (size, size), "center-crop"), 1.0)
+
+        got = _decoder().decode_sized([blob], request, as_image=True)[0]
+        if isinstance(got, Exception):
+            raise got
+        img = got[0]
     w, h = img.size
-    scale = size / min(w, h)
-    cw, ch = size / scale, size / scale
-    box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+    box = tuple(int(v) for v in square_box(w, h))
     out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
     return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-class EncodedImages(Dataset):
-    """Items are paths, URLs or encoded bytes, decoded lazily at `size`."""
+class LabelledImages(Dataset):
+    """Listed inputs with labels, decoded on demand at `size` (see the module docstring).
 
-    def __init__(self, items: Sequence[bytes | str], labels: Sequence[int], size: int, classes=None) -> None:
-        if len(items) != len(labels):
-            raise ValueError("items and labels differ in length")
-        if not items:
+    Args:
+        tables: `ItemTable`s (one per listing), concatenated in order.
+        labels: class index of every row (all >= 0).
+        classes: class names (index -> name), or [] when the source gave numbers only.
+        size: the side of the square tensors.
+        errors: what the listing could not list or label (error records, counted as skipped).
+        rows: for each table, the rows kept (None: all); rows without a label are left out here and
+            recorded in `errors`.
+    """
+
+    def __init__(self, tables: Sequence[Any], labels: np.ndarray, classes: Sequence[str], size: int,
+                 errors: Sequence[dict[str, str]] = (), rows: Sequence[np.ndarray | None] | None = None) -> None:
+        self.tables = list(tables)
+        self.rows = list(rows) if rows is not None else [None] * len(self.tables)
+        counts = [len(t) if r is None else len(r) for t, r in zip(self.tables, self.rows, strict=True)]
+        self.starts = np.cumsum([0, *counts])
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if len(self.labels) != self.starts[-1]:
+            raise ValueError(f"{len(self.labels)} labels for {self.starts[-1]} rows")
+        if not len(self.labels):
             raise ValueError("the dataset is empty")
-        if min(labels) < 0:
-            raise ValueError(f"{sum(1 for v in labels if v < 0)} sample(s) have no label; training needs labels")
-        self.items, self.labels, self.size = list(items), [int(v) for v in labels], size
-        self.classes = classes or [str(c) for c in range(max(self.labels) + 1)]
+        self.num_classes = int(self.labels.max()) + 1
+        self.classes = list(classes) or [str(c) for c in range(self.num_classes)]
+        self.size = size
+        self.errors = list(errors)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return int(self.starts[-1])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        try:
-            return load_square(self.items[i], self.size), self.labels[i]
-        except Exception as exc:  # noqa: BLE001 - name the sample; a bad image stops training loudly
-            item = self.items[i]
-            where = item if isinstance(item, str) else f"item {i}"
-            raise ValueError(f"cannot decode training image {where}: {type(exc).__name__}: {exc}") from exc
+    def item(self, i: int):
+        """The `SourceItem` of row `i`."""
+        t = int(np.searchsorted(self.starts, i, side="right")) - 1
+        r = i - int(self.starts[t])
+        rows = self.rows[t]
+        row = int(rows[r]) if rows is not None else r
+        return self.tables[t].items(row, row + 1)[0]
 
+    def items(self, a: int, b: int) -> list[Any]:
+        """The `SourceItem`s of rows ``[a, b)`` (whole runs of a table at once)."""
+        out: list[Any] = []
+        while a < b:
+            t = int(np.searchsorted(self.starts, a, side="right")) - 1
+            end = min(b, int(self.starts[t + 1]))
+            r0, r1 = a - int(self.starts[t]), end - int(self.starts[t])
+            rows = self.rows[t]
+            if rows is None:
+                out.extend(self.tables[t].items(r0, r1))
+            else:
+                out.extend(self.tables[t].items(int(r), int(r) + 1)[0] for r in rows[r0:r1])
+            a = end
+        return out
 
-def image_folder(root: str, size: int) -> EncodedImages:
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
-    if not classes:
-        raise ValueError(f"{root}: no class sub-folders (expected ROOT/CLASS/.../image.jpg)")
-    items, labels = [], []
-    for k, c in enumerate(classes):
-        for dirpath, _, files in sorted(os.walk(os.path.join(root, c))):
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTS):
-                    items.append(os.path.join(dirpath, f))
-                    labels.append(k)
-    if not items:
-        raise ValueError(f"{root}: no images found")
-    return EncodedImages(items, labels, size, classes)
+    def __getitem__(self, i: int) -> Sample:
+        return self.__getitems__([i])[0]
 
+    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+        """The samples of one batch: their bytes in one `read_items` call, then decoded one by one."""
+        from resize_pipeline.sources.reader import read_items
 
-def webdataset_shards(paths: Sequence[str], size: int) -> EncodedImages:
-    """Tar shards (local paths or fsspec URLs): samples with an image member and a ``.cls``."""
-    import tarfile
-
-    import fsspec
-
-    items, labels = [], []
-    for path in paths:
-        groups: dict[str, dict[str, bytes]] = {}
-        # plain tarfile: the shards are ordinary tars, no streaming needed
-        with fsspec.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                key, _, ext = os.path.basename(m.name).partition(".")
-                key = os.path.join(os.path.dirname(m.name), key)
-                f = tar.extractfile(m)
-                groups.setdefault(key, {})[ext.lower()] = f.read() if f else b""
-        for key, g in groups.items():
-            img = next((g[e] for e in ("jpg", "jpeg", "png", "webp", "npy") if e in g), None)
-            if img is None or "cls" not in g:
-                log.warning("%s: sample %s has no image or no .cls, skipped", path, key)
+        indices = [int(i) for i in indices]
+        items = [self.item(i) for i in indices]
+        # Parquet rows in row order, so each row group is read once per batch
+        order = sorted(range(len(items)), key=lambda k: (items[k].url, items[k].row, items[k].offset))
+        got = read_items([items[k] for k in order])
+        blobs: list[Any] = [None] * len(items)
+        for k, value in zip(order, got, strict=True):
+            blobs[k] = value
+        out = []
+        for i, it, blob in zip(indices, items, blobs, strict=True):
+            label = int(self.labels[i])
+            if isinstance(blob, Exception):
+                out.append(Sample(None, label, i, error_record(key=it.key, source=it.url, stage="read", exc=blob)))
                 continue
-            items.append(img)
-            labels.append(int(g["cls"].decode().strip()))
-    return EncodedImages(items, labels, size)
+            try:
+                out.append(Sample(load_square(blob, self.size), label, i))
+            except Exception as exc:  # noqa: BLE001 - per-sample policy: counted and skipped, never fatal
+                out.append(Sample(None, label, i, error_record(key=it.key, source=it.url, stage="decode", exc=exc)))
+        return out
 
 
-def image_value_bytes(value: Any) -> bytes | str | None:
-    """The encoded image in one Parquet cell: raw bytes, or a Hugging Face ``Image`` struct
-    ``{"bytes": ..., "path": ...}`` (bytes preferred, else the path); None when empty."""
-    if value is None:
-        return None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            return bytes(value["bytes"])
-        if value.get("path"):
-            return str(value["path"])
-        return None
-    raise ValueError(f"unsupported image cell of type {type(value).__name__} (expected bytes or {{bytes, path}})")
+def collate(samples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, dict[str, str]]]]:
+    """A batch ``(uint8 images (B, 3, S, S), labels (B,), [(index, error record), ...])``: the samples
+    that failed are left out of the tensors and listed instead. Plain ``(image, label)`` pairs (the
+    synthetic task) are taken as they are."""
+    good = [s for s in samples if s[0] is not None]
+    bad = [(int(s[2]), s[3]) for s in samples if s[0] is None]
+    x = torch.stack([s[0] for s in good]) if good else torch.empty((0,), dtype=torch.uint8)
+    y = torch.tensor([int(s[1]) for s in good], dtype=torch.int64)
+    return x, y, bad
 
 
-def _image_column(schema: Any, where: str) -> str:
-    import pyarrow as pa
-
-    def is_image(t: Any) -> bool:
-        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-            return True
-        return pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
-
-    cols = [f.name for f in schema if is_image(f.type)]
-    if not cols:
-        raise ValueError(f"{where}: no image column (binary, or a struct with a 'bytes' field)")
-    lower = {c.lower(): c for c in cols}
-    return next((lower[c] for c in IMAGE_COLUMNS if c in lower), cols[0])
+# --- listing -----------------------------------------------------------------------------------------
 
 
-def _table_items(table: Any, where: str) -> tuple[list[bytes | str], list[int]]:
-    col = _image_column(table.schema, where)
-    if "label" not in table.column_names:
-        raise ValueError(f"{where}: no 'label' column (columns: {', '.join(table.column_names)})")
-    items, labels = [], []
-    for value, label in zip(table.column(col).to_pylist(), table.column("label").to_pylist(), strict=True):
-        blob = image_value_bytes(value)
-        if blob is None or label is None:
+def _unlabelled_error(item, where: str) -> dict[str, str]:
+    return error_record(key=item.key, source=item.url, stage="list", exc=f"{where}: no label",
+                        error_type="SourceError")
+
+
+def _combine(listings: Sequence[Any], size: int, where: str, classes: Sequence[str] = ()) -> LabelledImages:
+    """One dataset from several listings. Text labels are re-indexed over the union of their names
+    (sorted); numeric labels are kept. Rows without a label are recorded as list errors."""
+    errors: list[dict[str, str]] = []
+    tables, rows, labels = [], [], []
+    named = any(lst.classes for lst in listings) and not classes
+    all_names = sorted({c for lst in listings for c in lst.classes}) if named else list(classes)
+    index = {c: i for i, c in enumerate(all_names)}
+    for lst in listings:
+        errors.extend(lst.errors)
+        t = lst.items
+        if not len(t):
             continue
-        items.append(blob)
-        labels.append(int(label))
-    return items, labels
+        lab = np.full(len(t), -1, np.int64) if t.label is None else np.asarray(t.label, dtype=np.int64)
+        if named:
+            if not lst.classes:
+                raise ValueError(f"{where}: some files have text labels and others numbers")
+            remap = np.asarray([index[c] for c in lst.classes], dtype=np.int64)
+            lab = np.where(lab >= 0, remap[np.clip(lab, 0, None)], -1)
+        keep = np.flatnonzero(lab >= 0)
+        if len(keep) < len(t):
+            missing = np.flatnonzero(lab < 0)
+            errors.extend(_unlabelled_error(t.items(int(j), int(j) + 1)[0], where) for j in missing[:100_000])
+        tables.append(t)
+        rows.append(None if len(keep) == len(t) else keep)
+        labels.append(lab[keep])
+    total = sum(len(x) for x in labels)
+    if not total:
+        listed = sum(len(lst.items) for lst in listings)
+        if listed:
+            raise ValueError(f"{where}: none of its {listed} images has a label (an ImageFolder tree "
+                             "ROOT/CLASS/image.jpg, a label column or .cls members)")
+        raise ValueError(f"{where}: no images found")
+    return LabelledImages(tables, np.concatenate(labels), all_names, size, errors, rows)
 
 
-def parquet_files(paths: Sequence[str], size: int) -> EncodedImages:
-    import pyarrow.parquet as pq
-
-    items: list[bytes | str] = []
-    labels: list[int] = []
-    for path in paths:
-        it, lab = _table_items(pq.read_table(path), path)
-        items += it
-        labels += lab
-    return EncodedImages(items, labels, size)
-
-
-def converted_output(dest: str, size: int) -> EncodedImages:
-    """The complete shards of a ``resize-pipeline convert`` output folder (listed by its manifest)."""
-    from resize_pipeline import readers
-    from resize_pipeline.errors import OutputError
-
-    try:
-        urls = readers.shard_urls(dest, "webdataset")
-    except (ValueError, OutputError):  # no tars (a Parquet-only output): read its Parquet
-        urls = []
-    if urls:
-        return webdataset_shards(urls, size)
-    table = readers.arrow_table(dest)
-    items, labels = _table_items(table, dest)
-    return EncodedImages(items, labels, size)
-
-
-def manifest_file(path: str, size: int) -> EncodedImages:
-    """A CSV/TSV/JSONL/JSON/Parquet manifest with a path and a label column."""
+def _list(url: str):
+    from resize_pipeline.errors import SourceError
     from resize_pipeline.sources.listing import list_source
 
-    listing = list_source(path)
-    if not listing.items:
-        raise ValueError(f"{path}: the manifest lists no images")
-    if all(it.label < 0 for it in listing.items):
-        raise ValueError(f"{path}: no label column (one of label, cls, class, target)")
-    return EncodedImages([it.url for it in listing.items], [it.label for it in listing.items], size,
-                         listing.classes or None)
+    try:
+        return list_source(url)
+    except SourceError as exc:
+        raise ValueError(str(exc)) from None
 
 
-def _is_manifest_parquet(path: str) -> bool:
-    import pyarrow.parquet as pq
+def converted_output(dest: str, size: int) -> LabelledImages:
+    """The complete shards of a ``convert`` output (WebDataset preferred, else Parquet), as listed by
+    its ``_manifest.json``; class names from the manifest."""
+    from resize_pipeline.errors import OutputError
+    from resize_pipeline.readers.output import open_output
 
     try:
-        _image_column(pq.read_schema(path), path)
-    except ValueError:
-        return True
-    return False
+        out = open_output(dest)
+    except OutputError as exc:
+        raise ValueError(str(exc)) from None
+    refs = out.shards("webdataset") or out.shards("parquet")  # tars preferred (byte-range reads)
+    if not refs:
+        raise ValueError(f"{dest}: the output lists no shards")
+    classes = [str(c) for c in out.manifest.get("classes", [])]
+    return _combine([_list(r.url) for r in refs], size, dest, classes)
 
 
-def open_dataset(spec: str, size: int) -> EncodedImages:
+def _parquet_files(paths: Sequence[str], size: int, where: str) -> LabelledImages:
+    return _combine([_list(p) for p in paths], size, where)
+
+
+def _has_manifest(url: str) -> bool:
+    """A remote folder holding ``_manifest.json`` (a ``convert`` output on an object store)."""
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, root = url_to_fs(url)
+        return bool(fs.isfile(root.rstrip("/") + "/_manifest.json"))
+    except Exception:  # noqa: BLE001 - not a folder we can look into: list it as a source
+        return False
+
+
+def open_dataset(spec: str, size: int) -> LabelledImages:
     """A directory (ImageFolder, a ``convert`` output, or holding *.tar / *.parquet), a manifest file,
-    or a file / glob of shards."""
+    a glob, or any fsspec URL ``list_source`` reads."""
     if os.path.isdir(spec):
         if os.path.exists(os.path.join(spec, "_manifest.json")):
             return converted_output(spec, size)
-        tars = sorted(glob.glob(os.path.join(spec, "*.tar")))
-        parquets = sorted(glob.glob(os.path.join(spec, "*.parquet")))
-        if tars:
-            return webdataset_shards(tars, size)
-        if parquets:
-            return parquet_files(parquets, size)
-        return image_folder(spec, size)
-    if os.path.isfile(spec) and (
-        spec.lower().endswith(MANIFEST_EXTS) or (spec.endswith(".parquet") and _is_manifest_parquet(spec))
-    ):
-        return manifest_file(spec, size)
-    paths = sorted(glob.glob(spec))
-    if not paths:
+        if not glob.glob(os.path.join(glob.escape(spec), "*.tar")):
+            parquets = sorted(glob.glob(os.path.join(glob.escape(spec), "*.parquet")))
+            images = _list(spec)
+            if parquets and not len(images.items):
+                return _parquet_files(parquets, size, spec)
+            if images.kind == "directory":
+                raise ValueError(f"{spec}: no class sub-folders (expected ROOT/CLASS/.../image.jpg)")
+            return _combine([images], size, spec)
+        return _combine([_list(spec)], size, spec)
+    if "://" in spec and _has_manifest(spec):
+        return converted_output(spec, size)
+    if "://" not in spec and any(c in spec for c in "*?["):
+        paths = sorted(glob.glob(spec))
+        if not paths:
+            raise ValueError(f"dataset {spec!r}: no such directory or files")
+        if all(p.endswith(".parquet") for p in paths):
+            return _parquet_files(paths, size, spec)
+    elif "://" not in spec and not os.path.exists(spec):
         raise ValueError(f"dataset {spec!r}: no such directory or files")
-    if all(p.endswith(".tar") for p in paths):
-        return webdataset_shards(paths, size)
-    if all(p.endswith(".parquet") for p in paths):
-        return parquet_files(paths, size)
-    raise ValueError(
-        f"dataset {spec!r}: expected a directory, a manifest (.csv/.tsv/.jsonl/.json/.parquet), "
-        "*.tar shards or *.parquet files"
-    )
+    return _combine([_list(spec)], size, spec)

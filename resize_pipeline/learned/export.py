@@ -5,6 +5,9 @@ Layout of an exported resizer directory::
     model.safetensors   # FoldedResizerNet state dict, float32
     config.json         # architecture, pre-processing, contract, sha256 of model.safetensors, provenance
 
+Weights that are not finite (NaN / infinity: a diverged run, an edited file) are refused both when
+exporting and when loading, whatever wrote them (`ArtifactError`, a `ConfigError`).
+
 `load_resizer_module(path)` also accepts a user's TorchScript file (``torch.jit.save``) or a
 ``torch.export`` program (``.pt2``) that follows the same contract (see `model` module docstring);
 an optional sidecar ``<file>.json`` may give ``input_scale``.
@@ -25,7 +28,7 @@ from torch import nn
 from resize_pipeline.errors import ConfigError
 from resize_pipeline.learned.folding import FoldedResizerNet, fold_batchnorm
 from resize_pipeline.learned.model import LearnedResizerNet, ResizerConfig, variant_name
-from resize_pipeline.learned.util import sha256_file
+from resize_pipeline.learned.util import describe_nonfinite, nonfinite, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +61,14 @@ def export_resizer(
     else:
         raise TypeError(f"expected LearnedResizerNet or FoldedResizerNet, got {type(net).__name__}")
     cfg = folded.config
+    state = {k: v.detach().float().contiguous().clone() for k, v in folded.state_dict().items()}
+    bad = nonfinite(state)
+    if bad:  # a diverged model is never written as an artifact (nothing is created in out_dir)
+        raise ArtifactError(f"refusing to export a resizer whose weights are not finite: "
+                            f"{describe_nonfinite(bad, len(state))}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_FILE
-    state = {k: v.detach().float().contiguous().clone() for k, v in folded.state_dict().items()}
     save_file(state, str(weights), metadata={"format": FORMAT})
     os.chmod(weights, 0o644)  # safetensors creates 0600; package data must be world-readable
     meta: dict[str, Any] = {
@@ -149,6 +156,10 @@ def load_artifact(path: str | os.PathLike) -> tuple[FoldedResizerNet, dict[str, 
             f"{weights}: weights do not match architecture {meta['architecture']} "
             f"(missing {missing[:4]}, unexpected {unexpected[:4]}, wrong shape {bad[:4]})"
         )
+    bad = nonfinite(state)
+    if bad:
+        raise ArtifactError(f"{weights}: {describe_nonfinite(bad, len(state))}; the model diverged or the file "
+                            "was edited: every image would come out wrong")
     model.load_state_dict(state)
     for name in ("mean", "inv_std"):
         if not torch.equal(state[name], own[name]):
@@ -184,8 +195,15 @@ def load_resizer_module(path: str | os.PathLike) -> tuple[nn.Module, dict[str, A
         raise ArtifactError(
             f"{p}: not a TorchScript (torch.jit.save) or torch.export (.pt2) resizer: {first}"
         ) from e
-    if not isinstance(meta.get("input_scale"), (int, float)) or meta["input_scale"] <= 0:
+    if not isinstance(meta.get("input_scale"), (int, float)) or not meta["input_scale"] > 0:
         raise ArtifactError(f"{side}: input_scale must be a positive number")
+    try:
+        state = dict(module.state_dict())
+    except Exception:  # noqa: BLE001 - a module without a state dict: nothing to check
+        state = {}
+    bad = nonfinite(state)
+    if bad:
+        raise ArtifactError(f"{p}: {describe_nonfinite(bad, len(state))}; every image would come out wrong")
     return module, meta
 
 

@@ -20,29 +20,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from resize_pipeline.errors import is_device_fault
 from resize_pipeline.geometry import ResizeOp
 from resize_pipeline.learned.export import load_resizer_module
+from resize_pipeline.learned.precision import PRECISIONS, cpu_has_native_bf16, resolve_precision  # noqa: F401
 from resize_pipeline.learned.util import resolve_device
 from resize_pipeline.resize.base import Resizer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "default"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def default_weights_path() -> Path:
     return DEFAULT_WEIGHTS
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def batch_buckets(batch_size: int) -> tuple[int, ...]:
@@ -66,8 +57,17 @@ class LearnedResizer(Resizer):
             native bf16 (AVX512-BF16 / AMX), else fp32. ``fp32`` for bit-stable output across machines.
         compile: wrap the module in ``torch.compile`` (static shapes thanks to the buckets).
         threads: ``torch.set_num_threads`` for CPU inference (None: leave as is).
-        cuda_graphs: on CUDA, run uint8 batches as CUDA graphs, one per bucket and shape
-            (`cuda_runner.BucketRunner`); off: eager.
+        cuda_graphs: on CUDA, run uint8 batches of `graph_shapes` as CUDA graphs captured here, at
+            construction (`cuda_runner.BucketRunner`); off: eager.
+        graph_shapes: the (w, h) output sizes whose CNN runs as a CUDA graph (the input is
+            `input_size` of each); empty: every call eager. The pipeline passes its one output size in
+            the fixed-size modes (center-crop, stretch).
+        sample_threads: on a CPU, run the CNN one sample at a time with one torch thread, this many
+            samples at once in a thread pool (the pipeline's way). torch's CPU kernels split an op
+            over its intra-op threads and round differently at the split points (1 grey level on a few
+            pixels, bf16 and fp32, measured), so batched multi-threaded output depends on how many
+            threads a worker has, i.e. on the worker count; one sample on one thread does not. This
+            sets torch's thread count of the process to 1. None: batched, torch's threads as they are.
     """
 
     def __init__(
@@ -81,6 +81,8 @@ class LearnedResizer(Resizer):
         channels_last: bool = True,
         threads: int | None = None,
         cuda_graphs: bool = True,
+        graph_shapes: Sequence[tuple[int, int]] = (),
+        sample_threads: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -90,7 +92,13 @@ class LearnedResizer(Resizer):
         module, meta = load_resizer_module(self.path)
         self.meta: dict[str, Any] = meta
         self.device = resolve_device(device)
-        if threads:
+        self._pool = None
+        if sample_threads and self.device.type == "cpu":
+            from concurrent.futures import ThreadPoolExecutor
+
+            torch.set_num_threads(1)
+            self._pool = ThreadPoolExecutor(int(sample_threads), thread_name_prefix="resizer")
+        elif threads:
             torch.set_num_threads(threads)
         self.channels_last = channels_last
         module = module.to(self.device)
@@ -106,20 +114,17 @@ class LearnedResizer(Resizer):
         self.sha256 = str(meta.get("sha256", ""))
         self.batch_size = batch_size
         self.buckets = batch_buckets(batch_size)
-        if precision == "auto":
-            if self.device.type == "cuda":
-                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-            else:  # measured: 2x faster e2e, <= 1 grey level from fp32 (docs/benchmarks.md)
-                precision = "bf16" if cpu_has_native_bf16() else "fp32"
-        self.precision = precision
+        self.precision = precision = resolve_precision(precision, self.device.type)
         self._amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         #: on CUDA, uint8 batches go through fixed-shape CUDA graphs (`cuda_runner`)
         self._runner = None
         if self.device.type == "cuda":
             from resize_pipeline.learned.cuda_runner import BucketRunner
 
+            shapes = [((self.input_size(size)[1], self.input_size(size)[0]), (size[1], size[0]))
+                      for size in graph_shapes]
             self._runner = BucketRunner(self.module, self.device, self.buckets, amp_dtype=self._amp_dtype,
-                                        channels_last=channels_last, graphs=cuda_graphs)
+                                        channels_last=channels_last, graphs=cuda_graphs, graph_shapes=shapes)
         log.info(
             "learned resizer %s on %s (%s, sha256 %s)", self.path, self.device, precision, self.sha256[:12]
         )
@@ -129,6 +134,13 @@ class LearnedResizer(Resizer):
     def input_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """The (w, h) the CNN wants as input for an output of `size` (w, h)."""
         return max(1, round(size[0] * self.input_scale)), max(1, round(size[1] * self.input_scale))
+
+    def path_for(self, n: int, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> str:
+        """How a `resize_tensor` call of `n` uint8 samples (H, W) -> (h, w) runs: ``cuda-graph``,
+        ``cuda-eager`` or ``eager`` (a CPU)."""
+        if self._runner is None:
+            return "eager"
+        return self._runner.path_for(n, in_hw, out_hw)
 
     def resize_tensor(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, 3, H, W) uint8 (0..255) or float (0..1) on the model's device -> uint8 (B, 3, h, w).
@@ -144,18 +156,22 @@ class LearnedResizer(Resizer):
                 raise ValueError(f"resizer {self.path} returned shape {tuple(y.shape)} for input "
                                  f"{tuple(x.shape)}; expected ({x.shape[0]}, 3, {h}, {w})")
             return y
+        if self._pool is not None and x.shape[0] > 1:  # one sample per call: see `sample_threads`
+            return torch.cat(list(self._pool.map(lambda k: self.resize_tensor(x[k : k + 1], size), range(x.shape[0]))))
         with torch.inference_mode():
             x = x.to(self.device, non_blocking=True)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
-                if self._amp_dtype is not None:
+                if self._amp_dtype is not None:  # autocast is per thread: entered in the calling one
                     with torch.autocast(self.device.type, dtype=self._amp_dtype):
                         y = self.module(x, (h, w))
                 else:
                     y = self.module(x, (h, w))
             except (AssertionError, RuntimeError) as e:  # e.g. a .pt2 program exported for other shapes
+                if is_device_fault(e):  # the typed error policy: the device's fault, never the input's
+                    raise
                 raise ValueError(
                     f"resizer {self.path} failed on input {tuple(x.shape)} -> (h, w)={(h, w)}: {e}"
                 ) from e
@@ -191,7 +207,7 @@ class LearnedResizer(Resizer):
         for size, idx in groups.items():
             for start in range(0, len(idx), self.batch_size):
                 chunk = idx[start : start + self.batch_size]
-                bucket = self._bucket(len(chunk))
+                bucket = len(chunk) if self._pool is not None else self._bucket(len(chunk))  # no padding per sample
                 batch = np.stack([prepared[i] for i in chunk])
                 if bucket > len(chunk):  # zeros: samples are independent (BN folded, eval mode)
                     pad = np.zeros((bucket - len(chunk), *batch.shape[1:]), np.uint8)

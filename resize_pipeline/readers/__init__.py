@@ -8,7 +8,11 @@ of the manifest, so ``--format both`` output, one shard or many, and half-writte
 - `arrow_table`, `hf_dataset`, `ray_dataset`, `image_bytes` (`tables`): Parquet through pyarrow,
   ``datasets.load_dataset`` (PIL images), Ray Data (``read_parquet`` / ``read_webdataset``).
 - `dali_pipeline`, `write_dali_indexes` (`dali`): DALI's webdataset reader with index files.
-- `open_output`, `shard_urls` (`output`): the manifest and its shard files.
+- `open_output`, `shard_urls`, `superseded` (`output`): the manifest, its shard files and the samples
+  a generation superseded.
+
+Every reader takes ``generation=`` (default: the latest complete generation of a DEST grown by
+``convert --update``) and skips the samples superseded up to it.
 
 Heavy libraries (torch, datasets, ray, DALI) are imported only when the reader that needs them is used.
 """
@@ -20,6 +24,7 @@ from typing import Any
 
 _EXPORTS = {
     "open_output": "output", "shard_urls": "output", "Output": "output", "ShardRef": "output",
+    "superseded": "output",
     "torch_dataset": "pytorch", "ShardDataset": "pytorch", "partition": "pytorch",
     "arrow_table": "tables", "hf_dataset": "tables", "ray_dataset": "tables", "image_bytes": "tables",
     "value_bytes": "tables",

@@ -6,6 +6,11 @@
 from an earlier run (``--overwrite``) is detected and not used. It is a post-step over a finished
 DEST: run it once after ``convert`` (``resize-pipeline inspect DEST --dali-index`` does the same).
 
+A DEST grown by ``convert --update``: a tar some of whose samples a generation superseded gets an
+index without them, named after that generation (``shard-00000.g000003.idx``), so DALI reads only
+live samples and a reader of an earlier generation keeps its own index; without fresh index files
+`dali_pipeline` refuses such a DEST (DALI would scan every sample of the tars).
+
 `dali_pipeline(dest, ...)` builds a DALI pipeline reading the tars (local files: DALI reads paths)
 with those indexes when present and fresh, decoding on the GPU (``mixed``, nvJPEG) when a device is
 given, on the CPU otherwise (DALI's CPU-only mode, which is how it is tested here).
@@ -28,15 +33,18 @@ log = logging.getLogger(__name__)
 INDEX_VERSION = "v1.2"  # the format DALI's wds2idx writes
 
 
-def tar_index(fileobj) -> str:
-    """The DALI index (v1.2 text) of an uncompressed WebDataset tar read from `fileobj`.
+def tar_index(fileobj, skip: frozenset[int] | set[int] = frozenset()) -> str:
+    """The DALI index (v1.2 text) of an uncompressed WebDataset tar read from `fileobj`, without the
+    samples at positions `skip` (superseded ones).
 
     One line per sample: ``ext offset size name`` for each of its members, members grouped by key
     as wds2idx does (a new sample starts when the name up to the first dot of the basename changes).
     """
     samples: list[list[str]] = []
     with tarfile.open(fileobj=fileobj, mode="r:") as tf:
-        for _, members in tar_samples(tf):
+        for pos, (_, members) in enumerate(tar_samples(tf)):
+            if pos in skip:
+                continue
             parts = []
             for ext, m in members:
                 if any(c.isspace() for c in m.name):
@@ -60,21 +68,28 @@ def _record(out: Output) -> dict[str, Any]:
         return {}
 
 
-def write_dali_indexes(dest: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Write a DALI index beside each non-empty tar of DEST (skipping fresh ones); returns their URLs."""
-    out = open_output(dest, storage_options)
-    tars = [r for r in out.shards("webdataset") if r.samples != 0]
+def _index_of(ref: ShardRef) -> str:
+    """The index file of a tar as a generation reads it (without its superseded samples)."""
+    return index_name(ref.name, ref.dead_in or None)
+
+
+def write_dali_indexes(dest: str, storage_options: dict[str, Any] | None = None,
+                       generation: int | None = None) -> list[str]:
+    """Write a DALI index beside each tar of DEST with live samples (skipping fresh ones), for
+    `generation` (default: the latest); returns their URLs."""
+    out = open_output(dest, storage_options, generation)
+    tars = [r for r in out.shards("webdataset") if r.live > 0]
     if not tars:
         raise OutputError(f"{dest} has no WebDataset shards with samples to index")
     record = _record(out)
     written = []
     for ref in tars:
-        name = index_name(ref.name)
+        name = _index_of(ref)
         if record.get(name) == ref.sha256 and out.fs.exists(out.path(name)):
             written.append(out.url(name))
             continue
         with out.fs.open(ref.path, "rb") as fh:
-            text = tar_index(fh)
+            text = tar_index(fh, set(ref.dead))
         with out.fs.open(out.path(name), "w", encoding="utf-8") as fh:
             fh.write(text)
         record[name] = ref.sha256
@@ -88,7 +103,7 @@ def write_dali_indexes(dest: str, storage_options: dict[str, Any] | None = None)
 def fresh_indexes(out: Output, tars: list[ShardRef]) -> list[str] | None:
     """The index paths for `tars` when every one exists and describes the tar now there, else None."""
     record = _record(out)
-    names = [index_name(r.name) for r in tars]
+    names = [_index_of(r) for r in tars]
     if all(record.get(n) == r.sha256 for n, r in zip(names, tars, strict=True)) and all(
         out.fs.exists(out.path(n)) for n in names
     ):
@@ -120,6 +135,7 @@ def dali_pipeline(
     seed: int = 0,
     use_index: bool = True,
     build: bool = True,
+    generation: int | None = None,
 ):
     """A DALI pipeline over DEST's tars with outputs ``(images, labels)``.
 
@@ -128,22 +144,26 @@ def dali_pipeline(
     ints; empty, hence -1, for unlabelled samples). `shard_id`/`num_shards` split the samples between
     ranks (DALI's sharding: one rank per GPU). Uses the index files of `write_dali_indexes` when they
     are present and fresh (else DALI scans the tars itself at start-up, which is slower).
-    Local outputs only: DALI reads file paths.
+    Local outputs only: DALI reads file paths. `generation`: of a DEST grown by ``convert --update``
+    (default: the latest); its superseded samples are left out through the index files.
     """
     try:
         from nvidia.dali import fn, pipeline_def, types
     except ImportError as exc:
         raise ImportError("dali_pipeline needs DALI: pip install 'resize-pipeline[dali]'") from exc
-    out = open_output(dest)
+    out = open_output(dest, generation=generation)
     if not out.is_local:
         raise OutputError(f"{dest}: DALI reads local files; copy the shards to a local disk first")
-    tars = [r for r in out.shards("webdataset") if r.samples != 0]
+    tars = [r for r in out.shards("webdataset") if r.live > 0]
     if not tars:
         raise OutputError(f"{dest} has no WebDataset shards with samples")
     ext = str(out.manifest.get("encode", "jpg"))
     if ext not in ("jpg", "png", "webp"):
         raise OutputError(f"{dest} holds {ext} payloads: DALI decodes jpg/png/webp (use torch_dataset)")
-    index_paths = fresh_indexes(out, tars) if use_index else None
+    index_paths = fresh_indexes(out, tars) if use_index or any(r.dead for r in tars) else None
+    if index_paths is None and any(r.dead for r in tars):
+        raise OutputError(f"{dest} generation {out.generation} has superseded samples, which DALI would read "
+                          "without index files: run write_dali_indexes (or inspect --dali-index) first")
     if use_index and index_paths is None:
         log.info("%s: no fresh DALI indexes (write_dali_indexes writes them); DALI will scan the tars", dest)
     reader_kw: dict[str, Any] = {"index_paths": index_paths} if index_paths else {}

@@ -3,6 +3,10 @@
 Readers use the manifest's shard list, never a directory listing: half-written runs are not read,
 ``--format both`` output is never confused (tars vs Parquet), and the per-file sample counts let the
 PyTorch reader split work exactly.
+
+A DEST grown by ``convert --update`` has generations (`readers.generations`): by default a reader sees
+the latest complete one, or generation ``g`` when asked: the shard files of generations 1..g, each
+with the positions of its samples superseded up to g (`ShardRef.dead`), which readers skip.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from resize_pipeline import formats
@@ -59,29 +63,66 @@ class ShardRef:
     sha256: str
     url: str  # a plain path for local output, else the fsspec URL (``s3://...``)
     path: str  # the path on `Output.fs`
+    generation: int = 1  # the generation that wrote it
+    #: positions (ascending) of its samples superseded in the generation read: readers skip them
+    dead: tuple[int, ...] = ()
+    #: the last generation (up to the one read) that superseded one of its samples; 0: none did
+    dead_in: int = 0
+
+    @property
+    def live(self) -> int:
+        """Samples readers read from this file (its samples less the superseded ones)."""
+        return self.samples - len(self.dead)
 
 
 @dataclass(frozen=True)
 class Output:
-    """A finished conversion: filesystem, root path, manifest."""
+    """A finished conversion: filesystem, root path, manifest, and the generation read."""
 
     dest: str
     fs: Any
     root: str
     manifest: dict[str, Any]
+    #: the generation read (`generations.view.choose`: the latest complete one by default)
+    generation: int = 1
+    _dead: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def shards(self, fmt: str | None = None) -> list[ShardRef]:
-        """The complete shard files, in order; only those of `fmt` ("webdataset" or "parquet") when given."""
+    def dead(self) -> dict[str, Any]:
+        """Shard file name -> (positions of its samples superseded up to `generation`, the last
+        generation that superseded one); read once."""
+        if "files" not in self._dead:
+            from resize_pipeline.readers.generations import dead_by_file
+
+            self._dead["files"] = dead_by_file(self.fs, self.root, self.manifest, self.generation)
+        return self._dead["files"]
+
+    def shards(self, fmt: str | None = None, *, with_dead: bool = True) -> list[ShardRef]:
+        """The complete shard files of the generation read, in order; only those of `fmt`
+        ("webdataset" or "parquet") when given. Each carries its superseded samples (`ShardRef.dead`;
+        not read with ``with_dead=False``: checking the files needs only their names)."""
+        from resize_pipeline.readers.generations import file_generation
+
         if fmt is not None:
             formats.get(fmt)  # ValueError naming the formats
         out = []
+        dead = self.dead() if with_dead and self.manifest.get("generations") else {}
         for s in self.manifest.get("shards", []):
             if fmt is not None and s["format"] != fmt:
                 continue
+            g = file_generation(s)
+            if g > self.generation:
+                continue
             path = posixpath.join(self.root, s["name"])
+            gone, last = dead.get(s["name"], ((), 0))
             out.append(ShardRef(s["name"], s["format"], int(s.get("samples", -1)), int(s["bytes"]), s["sha256"],
-                                self.url(s["name"]), path))
+                                self.url(s["name"]), path, g, tuple(int(p) for p in gone), int(last)))
         return out
+
+    @property
+    def live_samples(self) -> int:
+        """Samples a reader of this generation reads (of the first format listed)."""
+        listed = self.formats()
+        return sum(r.live for r in self.shards(listed[0] if listed else None))
 
     def formats(self) -> list[str]:
         return list(self.manifest.get("formats", []))
@@ -100,8 +141,9 @@ class Output:
         return path if self.is_local else self.fs.unstrip_protocol(path)
 
 
-def open_output(dest: str, storage_options: dict[str, Any] | None = None) -> Output:
-    """Open DEST; `OutputError` with a one-line reason when it is missing, unfinished or not ours."""
+def open_output(dest: str, storage_options: dict[str, Any] | None = None, generation: int | None = None) -> Output:
+    """Open DEST at `generation` (default: the latest complete one); `OutputError` with a one-line
+    reason when it is missing, unfinished or not ours, or has no such generation."""
     from fsspec.core import url_to_fs
 
     try:
@@ -128,16 +170,37 @@ def open_output(dest: str, storage_options: dict[str, Any] | None = None) -> Out
         raise OutputError(f"cannot read {dest}/{MANIFEST_FILE}: {type(exc).__name__}: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("tool") != "resize_pipeline" or "shards" not in manifest:
         raise OutputError(f"{dest}/{MANIFEST_FILE} was not written by resize-pipeline")
-    return Output(dest, fs, root, manifest)
+    from resize_pipeline.readers.generations import choose
+
+    return Output(dest, fs, root, manifest, choose(manifest, generation, dest))
 
 
-def shard_urls(dest: str, fmt: str = "webdataset", storage_options: dict[str, Any] | None = None) -> list[str]:
-    """The complete shards of `fmt` listed in DEST's manifest, as URLs, in order.
+def shard_urls(dest: str, fmt: str = "webdataset", storage_options: dict[str, Any] | None = None,
+               generation: int | None = None) -> list[str]:
+    """The complete shards of `fmt` listed in DEST's manifest, as URLs, in order (of `generation`:
+    default the latest; their superseded samples are the readers' to skip: `superseded`).
 
     Works on any output: ``--format both`` (only the `fmt` files), one shard or many, local or fsspec.
     """
-    out = open_output(dest, storage_options)
+    out = open_output(dest, storage_options, generation)
     refs = out.shards(fmt)
     if not refs:
         raise OutputError(f"{dest} has no {fmt} shards (formats: {', '.join(out.formats()) or 'none'})")
     return [r.url for r in refs]
+
+
+def superseded(dest: str, storage_options: dict[str, Any] | None = None,
+               generation: int | None = None) -> set[tuple[str, str]]:
+    """``(shard file name, sample key)`` of every sample superseded up to `generation` (default: the
+    latest): what a reader built on the formats' own libraries filters out (`docs/reading.md`)."""
+    import pyarrow.parquet as pq
+
+    from resize_pipeline.readers.generations import superseded_files
+
+    out = open_output(dest, storage_options, generation)
+    found: set[tuple[str, str]] = set()
+    for name in superseded_files(out.manifest, out.generation):
+        with out.fs.open(out.path(name), "rb") as fh:
+            t = pq.read_table(fh, columns=["file", "key"], use_threads=False)  # records.read_table
+        found.update(zip(t.column("file").to_pylist(), t.column("key").to_pylist(), strict=True))
+    return found

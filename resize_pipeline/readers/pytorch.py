@@ -15,6 +15,10 @@ buffer seeded from ``(seed, epoch, reader)``. Call ``ds.set_epoch(epoch)`` befor
 
 Tar members are grouped and decoded with `webdataset` (its ``base_plus_ext`` keys and its `Decoder`);
 Parquet rows are read with pyarrow.
+
+A DEST grown by ``convert --update``: the generation read (``generation=``, default the latest) decides
+the files, and samples superseded up to it are skipped; the split is over the live samples only, so
+ranks still get equal counts and every live sample is read once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -96,6 +101,23 @@ def read_parquet_samples(fs, path: str, start: int, stop: int) -> Iterator[dict[
             base += n
             if base >= stop:
                 return
+
+
+def live_samples(fs, ref: ShardRef, a: int, b: int) -> Iterator[dict[str, Any]]:
+    """Live samples ``a`` .. ``b - 1`` of one shard file: its physical samples from the first of them to
+    the last, the superseded ones (`ShardRef.dead`) skipped."""
+    read = formats.get(ref.format).load("samples")
+    if not ref.dead:
+        yield from read(fs, ref.path, a, b)
+        return
+    from resize_pipeline.readers.generations import live_to_physical
+
+    dead = np.asarray(ref.dead, dtype=np.int64)
+    start, stop = live_to_physical(dead, a), live_to_physical(dead, b - 1) + 1
+    skip = set(int(d) for d in dead if start <= d < stop)
+    for pos, sample in enumerate(read(fs, ref.path, start, stop), start):
+        if pos not in skip:
+            yield sample
 
 
 def _shuffled(samples: Iterator[dict], size: int, rng: random.Random) -> Iterator[dict]:
@@ -191,14 +213,15 @@ class ShardDataset(IterableDataset):
 
     def __len__(self) -> int:
         rank, world = self._rank_world()
-        total = sum(r.samples for r in self.refs)
+        total = sum(r.live for r in self.refs)
         return (rank + 1) * total // world - rank * total // world
 
     def pieces(self, reader: int, readers: int) -> list[tuple[ShardRef, int, int]]:
-        """What reader `reader` of `readers` (rank-major: ``rank * num_workers + worker``) reads this epoch."""
+        """What reader `reader` of `readers` (rank-major: ``rank * num_workers + worker``) reads this
+        epoch: ``(file, a, b)``, its live samples ``a`` to ``b - 1`` (superseded ones not counted)."""
         order = self._file_order()
         refs = [self.refs[i] for i in order]
-        return [(refs[i], a, b) for i, a, b in partition([r.samples for r in refs], reader, readers)]
+        return [(refs[i], a, b) for i, a, b in partition([r.live for r in refs], reader, readers)]
 
     def samples(self) -> Iterator[dict[str, Any]]:
         """Raw samples (``__key__`` plus member bytes) of this reader, shuffled if asked."""
@@ -212,7 +235,7 @@ class ShardDataset(IterableDataset):
 
         def raw() -> Iterator[dict[str, Any]]:
             for ref, a, b in pieces:
-                yield from formats.get(ref.format).load("samples")(self.fs, ref.path, a, b)
+                yield from live_samples(self.fs, ref, a, b)
 
         if not self.shuffle:
             return raw()
@@ -246,6 +269,7 @@ def torch_dataset(
     world_size: int | None = None,
     transform: Callable[[Any], Any] | None = None,
     storage_options: dict[str, Any] | None = None,
+    generation: int | None = None,
 ) -> ShardDataset:
     """A `ShardDataset` over DEST for ``torch.utils.data.DataLoader(ds, batch_size=..., num_workers=...)``.
 
@@ -261,8 +285,10 @@ def torch_dataset(
             before this call (create the dataset after ``init_process_group``), else 0 and 1.
         transform: applied to each decoded image (augmentation).
         storage_options: for fsspec URLs (``s3://``...).
+        generation: the generation of a DEST grown by ``convert --update`` to read (default: the latest
+            complete one); superseded samples are skipped.
     """
-    out = open_output(dest, storage_options)
+    out = open_output(dest, storage_options, generation)
     if format is None:
         format = "webdataset" if out.shards("webdataset") else "parquet"
     refs = out.shards(format)

@@ -21,6 +21,13 @@ all (permission denied, a read-only filesystem, a directory where a file must go
 
 An object-store DEST must exist as a bucket: `check_bucket` refuses a missing one (the tool never
 creates buckets), and `makedirs` is a no-op there (objects need no folders).
+
+Every object-store call has a deadline (`io_timeout`, ``--io-timeout``; `waits.within`): listing,
+reading a document, each step of an upload (open, each chunk written, close: a step that uploads a
+part gets `io_timeout` plus the part's size at `MIN_UPLOAD_RATE`). A call that gets no answer is
+retried like any transient error; when the retries are spent the job stops (`DestinationStuck`,
+exit 2, one line). Any other write that still fails after the retries raises `StoreError` with
+what was being done (the driver turns it into a one-line job error; a worker fails that shard).
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ import errno
 import json
 import logging
 import posixpath
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +45,7 @@ from resize_pipeline import jsontext
 from resize_pipeline.errors import OutputError
 from resize_pipeline.layout import temp_name
 from resize_pipeline.urls import is_local_fs, url_to_fs, writes_visibly
+from resize_pipeline.waits import NoAnswer, within
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,10 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 _UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 #: shard parts above this size spill from memory to a local temporary file while they are built
 SPOOL_MEMORY = 64 << 20
+#: the slowest upload an object-store write step is given time for, beyond `Dest.io_timeout`
+MIN_UPLOAD_RATE = 1 << 20  # bytes per second
+#: bytes handed to an object-store file per write step
+UPLOAD_CHUNK = 4 << 20
 
 
 class DestinationFull(OutputError):
@@ -58,6 +69,14 @@ class DestinationFull(OutputError):
 
 class DestinationUnwritable(OutputError):
     """The destination cannot be written (permissions, read-only, a directory in the way, gone)."""
+
+
+class DestinationStuck(OutputError):
+    """The destination (an object store) gives no answer, even after retries."""
+
+
+class StoreError(OSError):
+    """A DEST operation that still failed after its retries; says what was being done."""
 
 
 def is_full(exc: BaseException) -> bool:
@@ -75,6 +94,8 @@ def job_error(what: str, exc: BaseException, url: str) -> OutputError | None:
     if is_full(exc):
         return DestinationFull(f"no space left on {url} ({what}: {_reason(exc)}); free some space and rerun the "
                                "same command to resume")
+    if isinstance(exc, NoAnswer):
+        return None  # retried; `Dest.call` ends the job when the retries are spent
     if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _UNWRITABLE):
         return DestinationUnwritable(f"cannot write to {url} ({what}: {_reason(exc)}): it is read-only or not "
                                      "writable by this user")
@@ -89,6 +110,7 @@ class Part:
     def __init__(self, dest: Dest, names: tuple[str, ...]) -> None:
         self.dest, self.names = dest, names
         self.final = dest.path(*names)
+        self.temp: str | None
         if dest.visible:
             dest._parent(self.final)
             self.temp = posixpath.join(posixpath.dirname(self.final), temp_name(posixpath.basename(self.final)))
@@ -133,7 +155,7 @@ class Dest:
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None, *, retries: int = 3,
-                 backoff: float = 0.5) -> None:
+                 backoff: float = 0.5, io_timeout: float | None = 30.0) -> None:
         self.url = url
         self.storage_options = dict(storage_options or {})
         self.fs, self.root = url_to_fs(url, self.storage_options)
@@ -141,45 +163,61 @@ class Dest:
         self.local = is_local_fs(self.fs)
         self.visible = writes_visibly(self.fs)
         self.retries, self.backoff = retries, backoff
+        self.io_timeout = io_timeout
         self._made: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:  # filesystems hold sockets and locks: rebuild on arrival
         return {"url": self.url, "storage_options": self.storage_options, "retries": self.retries,
-                "backoff": self.backoff}
+                "backoff": self.backoff, "io_timeout": self.io_timeout}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["url"], state["storage_options"], retries=state["retries"],  # type: ignore[misc]
-                      backoff=state["backoff"])
+                      backoff=state["backoff"], io_timeout=state.get("io_timeout", 30.0))
+
+    def bounded(self, what: str, fn: Callable[[], T], nbytes: int = 0) -> T:
+        """``fn()`` with the object-store deadline (`io_timeout`, plus `nbytes` at `MIN_UPLOAD_RATE`);
+        anything else runs as it is (local disks: the kernel decides)."""
+        if not self.object_store:
+            return fn()
+        seconds = None if self.io_timeout is None else self.io_timeout + nbytes / MIN_UPLOAD_RATE
+        return within(seconds, fn, self.shown(what))
+
+    def shown(self, text: str) -> str:
+        """`text` with DEST's paths as URLs (``b/out/x.tar`` -> ``s3://b/out/x.tar``)."""
+        return text.replace(self.root, self.url, 1) if self.object_store and self.root != self.url else text
 
     # -- paths ---------------------------------------------------------------------------------
     def path(self, *names: str) -> str:
         return posixpath.join(self.root, *names)
 
+    def _listing(self, d: str, detail: bool) -> list[Any]:
+        self.fs.invalidate_cache(d)
+
+        def ls() -> list[Any]:
+            try:
+                return self.fs.ls(d, detail=detail)
+            except FileNotFoundError:
+                return []
+
+        return self.call(f"listing {d}", ls)
+
     def ls(self, *names: str) -> list[str]:
         """Base names in a folder of DEST (fresh listing, no cache); [] if it does not exist."""
-        d = self.path(*names)
-        self.fs.invalidate_cache(d)
-        try:
-            return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(d, detail=False))
-        except FileNotFoundError:
-            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self._listing(self.path(*names), False))
 
     def entries(self, *names: str) -> dict[str, str]:
         """Base name -> ``file`` or ``directory`` for a folder of DEST (fresh); {} if it does not exist."""
-        d = self.path(*names)
-        self.fs.invalidate_cache(d)
-        try:
-            listed = self.fs.ls(d, detail=True)
-        except FileNotFoundError:
-            return {}
+        listed = self._listing(self.path(*names), True)
         return {posixpath.basename(e["name"].rstrip("/")): "directory" if e.get("type") == "directory" else "file"
                 for e in listed}
 
     def exists(self, *names: str) -> bool:
-        return bool(self.fs.exists(self.path(*names)))
+        p = self.path(*names)
+        return bool(self.call(f"looking for {p}", lambda: self.fs.exists(p)))
 
     def isdir(self, *names: str) -> bool:
-        return bool(self.fs.isdir(self.path(*names)))
+        p = self.path(*names)
+        return bool(self.call(f"looking at {p}", lambda: self.fs.isdir(p)))
 
     @property
     def object_store(self) -> bool:
@@ -192,30 +230,41 @@ class Dest:
             return
         bucket = self.root.strip("/").split("/", 1)[0]
         try:
-            found = self.fs.exists(bucket)
-        except Exception as exc:  # noqa: BLE001 - credentials, endpoint: said in one line
+            found = self.bounded(f"checking the bucket of {self.url}", lambda: self.fs.exists(bucket))
+        except Exception as exc:  # noqa: BLE001 - credentials, endpoint, no answer: said in one line
             raise OutputError(f"cannot reach {self.url}: {_reason(exc)}") from None
         if not found:
             raise OutputError(f"the bucket {bucket!r} of {self.url} does not exist (or is not visible with these "
                               "credentials); create it first: resize-pipeline never creates buckets")
 
     # -- retries -------------------------------------------------------------------------------
-    def call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run `fn`, retrying transient errors with exponential backoff; a full or unwritable DEST
-        raises the job-level error (`job_error`)."""
+    def call(self, what: str, fn: Callable[[], T], *, bounded: bool = True) -> T:
+        """Run `fn` (with the object-store deadline unless `bounded` is False: the caller bounds its
+        steps), retrying transient errors with exponential backoff. A full or unwritable DEST raises
+        the job-level error (`job_error`); one that never answers, `DestinationStuck`; any other
+        transient error that outlasts the retries, `StoreError` naming `what`."""
         for attempt in range(self.retries + 1):
             try:
-                return fn()
+                return self.bounded(what, fn) if bounded else fn()
             except OutputError:
                 raise
             except Exception as exc:
                 fatal = job_error(what, exc, self.url)
                 if fatal is not None:
                     raise fatal from exc
-                if isinstance(exc, PERMANENT) or attempt == self.retries:
+                if isinstance(exc, PERMANENT):
                     raise
+                if attempt == self.retries:
+                    tries = f"{attempt + 1} attempts"
+                    if isinstance(exc, NoAnswer):
+                        raise DestinationStuck(f"{self.url} gives no answer ({self.shown(what)}: {exc.args[0].split(' (')[0]}"
+                                               f", {tries}): check the endpoint and the network, then rerun the "
+                                               "same command to resume") from exc
+                    raise StoreError(f"{self.shown(what)} failed ({tries}): {type(exc).__name__}: "
+                                     f"{_reason(exc)}") from exc
                 wait = self.backoff * 2**attempt
-                log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(exc).__name__, exc, wait)
+                # said with -v: a retry that works needs no word, one that does not ends in one line
+                log.info("%s failed (%s: %s); retrying in %.1f s", self.shown(what), type(exc).__name__, exc, wait)
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -239,6 +288,16 @@ class Dest:
         """Start building the file `names` (see `Part`)."""
         return Part(self, names)
 
+    def full(self, what: str, exc: BaseException) -> DestinationFull:
+        """The job error for a full disk while `what`: shard parts are built in DEST itself on a local
+        disk (and memory://), in the local spool (the temporary folder) for object stores."""
+        if self.visible:
+            return DestinationFull(f"no space left on {self.url} ({what}: {_reason(exc)}); free some space and "
+                                   "rerun the same command to resume")
+        return DestinationFull(f"no space left for the local spool in {tempfile.gettempdir()} ({what} for "
+                               f"{self.url}: {_reason(exc)}); free some space there (or set TMPDIR) and rerun "
+                               "the same command to resume")
+
     @staticmethod
     def spool() -> IO[bytes]:
         """A local buffer for a file being built (memory, spilling to a temporary file when large)."""
@@ -257,16 +316,32 @@ class Dest:
                 src.seek(0)
             target = posixpath.join(posixpath.dirname(final), temp_name(posixpath.basename(final))) \
                 if self.visible else final
-            f = self.fs.open(target, "wb")
+            f = self.bounded(f"opening {final}", lambda: self.fs.open(target, "wb"))
+            # an object-store file buffers up to its block size, then uploads what it holds: a step
+            # that uploads is given time for those bytes
+            block = int(getattr(f, "blocksize", 0) or 0)
+            buffered = 0
+
+            def write(piece: Any) -> None:
+                nonlocal buffered
+                buffered += len(piece)
+                uploads = buffered if not block or buffered >= block else 0
+                self.bounded(f"writing {final}", lambda: f.write(piece), uploads)
+                if uploads:
+                    buffered = 0
+
             try:
-                if src is None:
-                    f.write(data)
-                else:
-                    shutil.copyfileobj(src, f, 4 << 20)
+                if isinstance(data, bytes | bytearray):
+                    view = memoryview(data)
+                    for i in range(0, len(view), UPLOAD_CHUNK):
+                        write(view[i:i + UPLOAD_CHUNK])
+                elif src is not None:
+                    while piece := src.read(UPLOAD_CHUNK):
+                        write(piece)
+                self.bounded(f"closing {final}", f.close, buffered)
             except BaseException:
                 self._discard(f, target)
                 raise
-            f.close()
             if target != final:
                 try:
                     if self.fs.isdir(final):  # a rename would move the file *into* that folder
@@ -276,7 +351,7 @@ class Dest:
                     self._rm_quiet(target)
                     raise
 
-        self.call(f"writing {final}", attempt)
+        self.call(f"writing {final}", attempt, bounded=False)
 
     def _discard(self, f: Any, target: str) -> None:
         """Throw away a file being written: never publish a partial object."""
@@ -311,8 +386,13 @@ class Dest:
 
     def read_json(self, *names: str) -> Any:
         """The parsed document; FileNotFoundError if absent, ValueError if torn or not JSON."""
-        with self.fs.open(self.path(*names), "rb") as fh:
-            return json.loads(fh.read().decode("utf-8"))
+        p = self.path(*names)
+
+        def read() -> bytes:
+            with self.fs.open(p, "rb") as fh:
+                return fh.read()
+
+        return json.loads(self.bounded(f"reading {p}", read).decode("utf-8"))
 
     def remove(self, *names: str, recursive: bool = False) -> None:
         """Remove a file (or, with `recursive`, a folder) of DEST; one already gone is fine."""

@@ -3,7 +3,10 @@
 The ``image`` column has the Hugging Face `datasets` Image layout, ``struct<bytes: binary, path: string>``
 (``path`` is ``{key}.{ext}``), and the schema carries the ``huggingface`` metadata naming the features,
 so ``datasets.load_dataset("parquet", ...)`` yields PIL images without a cast. With ``--encode npy``
-the same struct is declared as plain ``{bytes, path}`` values (PIL cannot open ``.npy``).
+the same struct is declared as plain ``{bytes, path}`` values (PIL cannot open ``.npy``). When the
+listing names its classes (an ImageFolder tree, text labels in a manifest), the ``label`` column is
+declared as a ``ClassLabel`` with those names, so ``datasets`` shows class names
+(``ds.features["label"].int2str``); numeric labels stay a plain ``int64`` value.
 Readers get the bytes with `resize_pipeline.sources.image_column`.
 
 The image bytes are stored uncompressed and without statistics (they are already compressed); the
@@ -13,6 +16,7 @@ other columns use zstd. Writer settings and metadata are fixed so reruns give id
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from resize_pipeline.jsontext import display
@@ -30,16 +34,20 @@ _VALUES = {
 }
 
 
-def hf_features(image_format: str = "jpg") -> dict:
-    """The `datasets` features of our columns (``Features.to_dict()`` form), in column order."""
+def hf_features(image_format: str = "jpg", classes: Sequence[str] | None = None) -> dict:
+    """The `datasets` features of our columns (``Features.to_dict()`` form), in column order; `classes`
+    (the listing's class names) make ``label`` a ``ClassLabel``."""
     if image_format in PIL_FORMATS:
         image: dict = {"_type": "Image"}
     else:
         image = {"bytes": {"dtype": "binary", "_type": "Value"}, "path": {"dtype": "string", "_type": "Value"}}
-    return {c: image if c == "image" else {"dtype": _VALUES[c], "_type": "Value"} for c in COLUMNS}
+    out = {c: image if c == "image" else {"dtype": _VALUES[c], "_type": "Value"} for c in COLUMNS}
+    if classes:
+        out["label"] = {"names": list(classes), "_type": "ClassLabel"}
+    return out
 
 
-def schema(image_format: str = "jpg"):
+def schema(image_format: str = "jpg", classes: Sequence[str] | None = None):
     import pyarrow as pa
 
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -56,16 +64,18 @@ def schema(image_format: str = "jpg"):
         ("label_name", pa.string()),
         ("meta", pa.string()),
     ]
-    hf = json.dumps({"info": {"features": hf_features(image_format)}}, separators=(",", ":"))
+    hf = json.dumps({"info": {"features": hf_features(image_format, classes)}}, separators=(",", ":"))
     return pa.schema(fields, metadata={"huggingface": hf})
 
 
 class ParquetWriter(FormatWriter):
     ext = "parquet"
 
-    def __init__(self, fileobj: HashingFile, row_group_size: int = 512, **options) -> None:
+    def __init__(self, fileobj: HashingFile, row_group_size: int = 512,
+                 classes: Sequence[str] | None = None, **options) -> None:
         super().__init__(fileobj)
         self.fileobj = fileobj
+        self.classes = tuple(classes) if classes else None
         self.writer: Any = None  # opened with the first rows: the schema's metadata depends on their format
         self.row_group_size = row_group_size
         self.rows: list[Sample] = []
@@ -73,7 +83,7 @@ class ParquetWriter(FormatWriter):
     def _open(self, image_format: str) -> None:
         import pyarrow.parquet as pq
 
-        self.schema = schema(image_format)
+        self.schema = schema(image_format, self.classes)
         compression = {c: "zstd" for c in COLUMNS if c != "image"}
         compression.update({"image.bytes": "none", "image.path": "zstd"})
         self.writer = pq.ParquetWriter(

@@ -83,7 +83,8 @@ class Listing:
             before the rows are read, so that shard names are known before the listing ends).
         blocks: makes the raw blocks (called once).
         classes: label names by index (ImageFolder folders, a manifest's text labels).
-        skipped: files that are not images (never inputs).
+        skipped: files that are not images (never inputs); tar members that are not regular files
+            are counted apart (`skipped_members`, `skipped_examples`).
         errors: what could not be listed (stage ``list``); a manifest's rows add to it as they stream.
         source_stamps: stamps of the containers the rows come from (a manifest file's own).
         stamps_complete: whether every row was stamped (False: a manifest whose rows point into more
@@ -101,6 +102,11 @@ class Listing:
         self._blocks = blocks
         self.classes = list(classes)
         self.skipped = skipped
+        #: tar members that are not regular files (symbolic and hard links, devices, FIFOs, sparse
+        #: files): never read, counted by reason, the first `MAX_SKIPPED_SHOWN` named (``path``,
+        #: ``member``, ``reason``)
+        self.skipped_members: dict[str, int] = {}
+        self.skipped_examples: list[dict[str, str]] = []
         self.errors = errors if errors is not None else ErrorLog()
         self.source_stamps = tuple(source_stamps)
         self._stamps_complete = stamps_complete

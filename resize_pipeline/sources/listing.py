@@ -39,8 +39,13 @@ def open_source(
     storage_options: dict[str, Any] | None = None,
     path_column: str | None = None,
     label_column: str | None = None,
+    io_timeout: float | None = None,
 ) -> Listing:
-    """Open SOURCE (see the module docstring); raises `SourceError` when it cannot be read at all."""
+    """Open SOURCE (see the module docstring); raises `SourceError` when it cannot be read at all.
+
+    On an object store, the first look at SOURCE is given `io_timeout` seconds (an endpoint that
+    never answers is a one-line error, not a silent wait); the listing's own requests are bounded by
+    the filesystem's per-request timeouts (`urls.store_options`)."""
     from fsspec.core import url_to_fs
 
     so = dict(storage_options or {})
@@ -49,7 +54,7 @@ def open_source(
     except (ImportError, ValueError) as exc:
         raise SourceError(f"cannot open {source}: {exc}") from None
     try:
-        listing = _open(fs, root, source, so, path_column, label_column)
+        listing = _open(fs, root, source, so, path_column, label_column, io_timeout)
     except SourceError:
         raise
     except LISTING_ERRORS as exc:
@@ -58,14 +63,24 @@ def open_source(
     return listing
 
 
-def _open(fs, root: str, source: str, so: dict[str, Any], path_column: str | None, label_column: str | None) -> Listing:
+def _open(fs, root: str, source: str, so: dict[str, Any], path_column: str | None, label_column: str | None,
+          io_timeout: float | None = None) -> Listing:
+    from resize_pipeline.urls import is_remote_url
+
     if has_magic(root):
         from resize_pipeline.sources.folder import open_folder
 
         return open_folder(fs, root, source, so, glob=root)
-    if not fs.exists(root):
+    if is_remote_url(source):
+        from resize_pipeline.waits import within
+
+        found = within(io_timeout, lambda: fs.info(root).get("type") if fs.exists(root) else None,
+                       f"looking at {source}")
+    else:
+        found = "directory" if fs.isdir(root) else "file" if fs.exists(root) else None
+    if found is None:
         raise SourceError(f"source not found: {source}")
-    if fs.isdir(root):
+    if found == "directory":
         from resize_pipeline.sources.folder import open_folder
 
         return open_folder(fs, root, source, so)
@@ -113,10 +128,11 @@ def list_source(
     storage_options: dict[str, Any] | None = None,
     path_column: str | None = None,
     label_column: str | None = None,
+    io_timeout: float | None = None,
 ) -> Listing:
     """`open_source`, then list it here (`Listing.prepare` with threads)."""
     listing = open_source(source, storage_options=storage_options, path_column=path_column,
-                          label_column=label_column)
+                          label_column=label_column, io_timeout=io_timeout)
     try:
         listing.prepare()
     except SourceError:

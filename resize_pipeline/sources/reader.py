@@ -4,6 +4,11 @@ Whole files go through ``fs.cat`` (concurrent on async filesystems such as s3fs)
 ``fs.cat_ranges``, Parquet rows through the row groups that hold them. Failures come back in place as
 exceptions; permanent ones (missing file, permission) are not retried.
 
+Each read is bounded in size (``--max-bytes``): an input larger than that (by its size on a local disk
+or in a tar header, else by a ranged read of one byte more) fails alone with `InputTooLarge`, and a
+local path that is not a regular file (``/dev/zero``, a FIFO) with `NotAFile`, before anything is
+read into memory.
+
 `ReadPool` bounds each read in time: every input (every Parquet file's group of rows) is read on its
 own daemon thread and given up after ``--read-timeout`` seconds, retries included; it then fails
 alone (`ReadTimeout`, a ``read`` error row) while the rest of its batch goes on. A read that was
@@ -14,6 +19,8 @@ takes its place, so stuck reads never starve the others.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 import time
 from collections import defaultdict
@@ -23,46 +30,111 @@ from typing import Any, TypeVar
 from fsspec.core import url_to_fs
 
 from resize_pipeline.sources.base import SourceItem
-from resize_pipeline.urls import protocol
+from resize_pipeline.urls import is_local_fs, protocol
 
 log = logging.getLogger(__name__)
 
-PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+class InputTooLarge(ValueError):
+    """An input larger than ``--max-bytes``: never read into memory."""
+
+
+class NotAFile(ValueError):
+    """A local input that is not a regular file (a device such as /dev/zero, a FIFO, a socket)."""
+
+
+PERMANENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, InputTooLarge, NotAFile)
+_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO",
+          stat.S_IFSOCK: "a socket"}
+
+
+def _too_large(size: int, max_bytes: int, known: bool = True) -> InputTooLarge:
+    said = f"{size} bytes" if known else f"more than {max_bytes} bytes"
+    return InputTooLarge(f"{said}, over the --max-bytes limit of {max_bytes}: not read")
+
+
+def read_local(path: str, max_bytes: int | None = None) -> bytes:
+    """A local file's bytes: refused before reading when it is not a regular file (`NotAFile`) or larger
+    than `max_bytes` (`InputTooLarge`; also when it grows past it while being read)."""
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (regular files ignore the flag)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "Is a directory", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAFile(f"not a regular file ({_KINDS.get(stat.S_IFMT(st.st_mode), 'not a file')}): not read")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise _too_large(st.st_size, max_bytes)
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with fh:
+        if max_bytes is None:
+            return fh.read()
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise _too_large(len(data), max_bytes, known=False)
+    return data
 
 
 def _fs(url: str, storage_options: dict[str, Any]):
     return url_to_fs(url, **storage_options)
 
 
-def _cat_files(items: list[SourceItem], so: dict[str, Any]) -> list[bytes | Exception]:
+def _cat_files(items: list[SourceItem], so: dict[str, Any], max_bytes: int | None = None) -> list[bytes | Exception]:
     fs, _ = _fs(items[0].url, so)
     paths = [fs._strip_protocol(it.url) for it in items]
+    if is_local_fs(fs):
+        out: list[bytes | Exception] = []
+        for p in paths:
+            try:
+                out.append(read_local(p, max_bytes))
+            except Exception as exc:  # noqa: BLE001 - returned in place, like fs.cat(on_error="return")
+                out.append(exc)
+        return out
+    # at most one byte more than the cap is ever read (a ranged read): more means too large
+    bound: dict[str, Any] = {} if max_bytes is None else {"start": 0, "end": max_bytes + 1}
     # fs.cat expands glob characters: a file named "img[1].jpg" would match "img1.jpg" (or nothing), so
     # such names are read one by one, literally
     plain = [p for p in paths if not any(c in p for c in "*?[")]
     got: dict[str, bytes | Exception] = {}
     if plain:
-        got = fs.cat(plain, on_error="return")
+        got = fs.cat(plain, on_error="return", **bound)
         if not isinstance(got, dict):  # a single path comes back as bytes
             got = {plain[0]: got}
     for p in paths:
         if p not in got:
             try:
-                got[p] = fs.cat_file(p)
+                got[p] = fs.cat_file(p, **bound)
             except Exception as exc:  # noqa: BLE001 - returned in place, like fs.cat(on_error="return")
                 got[p] = exc
+    if max_bytes is not None:
+        for p, v in got.items():
+            if not isinstance(v, Exception) and len(v) > max_bytes:
+                got[p] = _too_large(len(v), max_bytes, known=False)
     return [got[p] for p in paths]
 
 
-def _cat_ranges(items: list[SourceItem], so: dict[str, Any]) -> list[bytes | Exception]:
-    fs, _ = _fs(items[0].url, so)
-    paths = [fs._strip_protocol(it.url) for it in items]
-    starts = [it.offset for it in items]
-    ends = [it.offset + it.length for it in items]
-    return list(fs.cat_ranges(paths, starts, ends, on_error="return"))
+def _cat_ranges(items: list[SourceItem], so: dict[str, Any], max_bytes: int | None = None) -> list[bytes | Exception]:
+    out: list[bytes | Exception | None] = [None] * len(items)
+    wanted = []
+    for i, it in enumerate(items):  # a tar member's size is known from its header: refused unread
+        if max_bytes is not None and it.length > max_bytes:
+            out[i] = _too_large(it.length, max_bytes)
+        else:
+            wanted.append(i)
+    if wanted:
+        fs, _ = _fs(items[0].url, so)
+        paths = [fs._strip_protocol(items[i].url) for i in wanted]
+        starts = [items[i].offset for i in wanted]
+        ends = [items[i].offset + items[i].length for i in wanted]
+        for i, v in zip(wanted, fs.cat_ranges(paths, starts, ends, on_error="return"), strict=True):
+            out[i] = v
+    return out  # type: ignore[return-value]
 
 
-def _parquet_rows(items: list[SourceItem], so: dict[str, Any]) -> list[bytes | Exception]:
+def _parquet_rows(items: list[SourceItem], so: dict[str, Any], max_bytes: int | None = None) -> list[bytes | Exception]:
     import pyarrow.parquet as pq
 
     from resize_pipeline.sources.image_column import column_bytes, find_image_column
@@ -90,34 +162,40 @@ def _parquet_rows(items: list[SourceItem], so: dict[str, Any]) -> list[bytes | E
                 cache.clear()  # rows arrive in order: keep one row group in memory
                 cache[g] = column_bytes(pf.read_row_group(g, columns=[col]).column(0))
             value = cache[g][it.row - bounds[g][0]]
-            out.append(value if value is not None else ValueError("null image bytes"))
+            if value is None:
+                out.append(ValueError("null image bytes"))
+            elif max_bytes is not None and len(value) > max_bytes:
+                out.append(_too_large(len(value), max_bytes))
+            else:
+                out.append(value)
     return out
 
 
-def _read_group(kind: str, items: list[SourceItem], so: dict[str, Any]) -> list[bytes | Exception]:
+def _read_group(kind: str, items: list[SourceItem], so: dict[str, Any],
+                max_bytes: int | None = None) -> list[bytes | Exception]:
     try:
         if kind == "range":
-            return _cat_ranges(items, so)
+            return _cat_ranges(items, so, max_bytes)
         if kind == "parquet":
-            return _parquet_rows(items, so)
-        return _cat_files(items, so)
+            return _parquet_rows(items, so, max_bytes)
+        return _cat_files(items, so, max_bytes)
     except Exception as exc:  # noqa: BLE001 - the whole group failed: every item gets the reason
         return [exc] * len(items)
 
 
-def read_one(item: SourceItem, storage_options: dict[str, Any] | None = None) -> bytes | Exception:
+def read_one(item: SourceItem, storage_options: dict[str, Any] | None = None,
+             max_bytes: int | None = None) -> bytes | Exception:
     """One item's bytes (or the exception). A whole local file is read with plain ``open`` (fsspec's
     path handling costs more than reading a small file); anything else, or a local read that fails
     with a possibly transient error, goes through `read_items` (with its retries)."""
     if item.offset < 0 and item.row < 0 and item.url.startswith("file:///"):
         try:
-            with open(item.url[7:], "rb") as fh:
-                return fh.read()
+            return read_local(item.url[7:], max_bytes)
         except PERMANENT as exc:
             return exc
         except OSError:
             pass
-    return read_items([item], storage_options)[0]
+    return read_items([item], storage_options, max_bytes=max_bytes)[0]
 
 
 def read_items(
@@ -125,8 +203,10 @@ def read_items(
     storage_options: dict[str, Any] | None = None,
     retries: int = 3,
     backoff: float = 0.2,
+    max_bytes: int | None = None,
 ) -> list[bytes | Exception]:
-    """Read every item's bytes, in order; exceptions in place of what could not be read."""
+    """Read every item's bytes, in order; exceptions in place of what could not be read (or is larger
+    than `max_bytes`)."""
     so = storage_options or {}
     out: list[bytes | Exception | None] = [None] * len(items)
     pending = list(range(len(items)))
@@ -138,7 +218,7 @@ def read_items(
             proto = protocol(it.url)
             groups[(kind, proto if kind != "parquet" else it.url)].append(i)
         for (kind, _), idx in groups.items():
-            for i, value in zip(idx, _read_group(kind, [items[i] for i in idx], so), strict=True):
+            for i, value in zip(idx, _read_group(kind, [items[i] for i in idx], so, max_bytes), strict=True):
                 out[i] = value
         pending = [
             i for i in pending if isinstance(out[i], Exception) and not isinstance(out[i], PERMANENT)

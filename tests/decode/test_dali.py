@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 from PIL import Image  # noqa: E402
 
 from resize_pipeline.decode import PillowDecoder, get_decoder  # noqa: E402
-from resize_pipeline.decode import dali as dali_mod  # noqa: E402
 from resize_pipeline.decode.dali import DaliDecoder  # noqa: E402
 from resize_pipeline.decode.probe import probe  # noqa: E402
 from resize_pipeline.errors import ImageTooLarge, SampleError  # noqa: E402
@@ -163,7 +162,7 @@ def test_pipelined_submit_finish_with_a_failing_batch_in_flight(photos):
     """Batches submitted ahead (DALI decoding k+1 while k is collected) give exactly what one-at-a-time
     calls give, also when a batch in the middle fails in DALI and must be narrowed down while a later
     one is still in flight."""
-    dec = DaliDecoder(device="cpu", batch_size=4, num_threads=2, prefetch=2)
+    dec = DaliDecoder(device="cpu", batch_size=4, num_threads=2)
     good = [encode(p) for p in photos.values()]
     no_dht = bytearray(good[1])
     at = no_dht.index(b"\xff\xc4")
@@ -181,6 +180,82 @@ def test_pipelined_submit_finish_with_a_failing_batch_in_flight(photos):
             assert type(a) is type(b)
             if isinstance(a, np.ndarray):
                 assert a.shape == (40, 48, 3) and np.array_equal(a, b)
+
+
+def test_one_run_in_flight_per_pipeline(photos, monkeypatch):
+    """DALI's documented contract (`Pipeline.run(**inputs)`: ``prefetch_queue_depth=1``, i.e. feed +
+    schedule + collect): never two scheduled runs of one pipeline without their outputs collected in
+    between, whatever the submit/finish pattern (batches submitted ahead, batches bigger than DALI's
+    batch, a failing batch narrowed down while a later one is submitted), and the same results."""
+    from nvidia.dali import Pipeline
+
+    outstanding: dict[int, int] = {}
+    most = {"runs": 0}
+    real_schedule, real_outputs = Pipeline.schedule_run, Pipeline.outputs
+
+    def schedule_run(self):
+        outstanding[id(self)] = outstanding.get(id(self), 0) + 1
+        most["runs"] = max(most["runs"], outstanding[id(self)])
+        return real_schedule(self)
+
+    def outputs(self, *a, **kw):
+        try:
+            return real_outputs(self, *a, **kw)
+        finally:
+            outstanding[id(self)] -= 1
+
+    monkeypatch.setattr(Pipeline, "schedule_run", schedule_run)
+    monkeypatch.setattr(Pipeline, "outputs", outputs)
+    dec = DaliDecoder(device="cpu", batch_size=2, num_threads=2)
+    good = [encode(p) for p in photos.values()]
+    no_dht = bytearray(good[1])
+    at = no_dht.index(b"\xff\xc4")
+    del no_dht[at : at + 4]
+    plan = lambda w, h: plan_resize(w, h, (40, 32), "center-crop")  # noqa: E731
+    batches = [good + good[:2], [good[0], bytes(no_dht), good[2]], good[::-1], good]  # 3, 2, 2, 2 DALI runs
+    want = [dec.decode_resize(b, plan) for b in batches]
+    pending = [dec.submit(b, plan) for b in batches]
+    got = [dec.finish(p) for p in pending]
+    assert most["runs"] == 1, most
+    for g, w in zip(got, want, strict=True):
+        assert [type(a) for a in g] == [type(b) for b in w]
+        assert all(np.array_equal(a, b) for a, b in zip(g, w, strict=True) if isinstance(a, np.ndarray))
+    pipe = dec._pipe("decode_resize")
+    assert pipe.prefetch_queue_depth == 1 and pipe.exec_dynamic  # outputs(cuda_stream=...) needs exec_dynamic
+    paths = dec.submit(batches[1], plan)
+    dec.finish(paths)
+    assert paths.paths[0] == "dali-cpu" and paths.paths[1] in ("pillow-fallback", None)
+
+
+def test_a_device_fault_in_dali_is_raised_never_bisected_nor_handed_to_pillow(photos, monkeypatch):
+    """The typed error policy in the decoder: a CUDA error from DALI is a `DeviceFault` at once (no
+    bisection, no Pillow fallback, no error rows), on the host and the fused paths."""
+    from resize_pipeline.errors import DeviceFault
+
+    dec = DaliDecoder(device="cpu", batch_size=4, num_threads=1)
+    good = [encode(p) for p in photos.values()]
+    runs = {"n": 0}
+
+    class Broken:
+        def feed_input(self, *a, **kw):
+            pass
+
+        def schedule_run(self):
+            runs["n"] += 1
+
+        def outputs(self, *a, **kw):
+            raise RuntimeError("Critical error in pipeline:\nCUDA runtime API error cudaErrorIllegalAddress (700):"
+                               "\nan illegal memory access was encountered")
+
+    monkeypatch.setattr(dec, "_build", lambda kind: Broken())
+    dec._pipes.clear()
+    with pytest.raises(DeviceFault, match="cudaErrorIllegalAddress"):
+        dec.decode(good)
+    assert runs["n"] == 1 and dec.stats["pillow_fallback"] == 0
+    plan = lambda w, h: plan_resize(w, h, (40, 32), "center-crop")  # noqa: E731
+    with pytest.raises(DeviceFault):
+        dec.finish(dec.submit(good, plan))
+    assert runs["n"] == 2 and dec.stats["pillow_fallback"] == 0
 
 
 def test_decompression_bomb_refused_before_decoding(photos):
@@ -332,9 +407,11 @@ def test_mixed_graphs_define_without_gpu():
             pass
 
     d = DaliDecoder(device="cpu", batch_size=4, num_threads=1)
-    d._Pipeline, d.mode, d.device_id = DefineOnly, "mixed", 0
+    d._dali, d.mode, d.device_id = (DefineOnly, *d._dali[1:]), "mixed", 0
     for kind in ("decode", "decode_resize", "resize"):
-        assert isinstance(d._build(kind), DefineOnly)
+        pipe = d._build(kind)
+        assert isinstance(pipe, DefineOnly)
+        assert pipe.prefetch_queue_depth == 1 and pipe.exec_dynamic and pipe.device_id == 0
 
 
 # -- mode selection and missing install -------------------------------------------------------------
@@ -353,10 +430,11 @@ def test_auto_picks_cpu_dali_without_gpu():
 
 def test_missing_dali_install(monkeypatch):
     from resize_pipeline.config import ConvertConfig
+    from resize_pipeline.decode import dali_graph
     from resize_pipeline.errors import ConfigError
     from resize_pipeline.preflight import resolve
 
-    monkeypatch.setattr(dali_mod, "dali_installed", lambda: False)
+    monkeypatch.setattr(dali_graph, "dali_installed", lambda: False)
     assert resolve(ConvertConfig("/src", "/dst", decoder="auto")).decoder == "pillow"
     with pytest.raises(ConfigError, match=r"resize-pipeline\[dali\]"):
         resolve(ConvertConfig("/src", "/dst", decoder="dali"))

@@ -55,3 +55,36 @@ def test_each_worker_process_sees_its_own_gpu(two_gpus, image_folder, tmp_path):
     seen = {r.built["cuda_visible_devices"] for r in results}
     assert seen == {"7", "9"}, seen
     assert {r.built["device"] for r in results} == {"cuda:0"}
+
+
+def test_processes_per_gpu_are_bounded_by_an_estimate_of_their_gpu_memory(monkeypatch, caplog):
+    """Finding 6: each worker process holds its own CUDA context, DALI pools and CNN activations; on a
+    GPU job the default number of processes per GPU is one per 4 cores *and* no more than 80% of the
+    GPU's memory holds by the (logged) per-process estimate."""
+    import logging
+
+    from resize_pipeline.engine import local
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr("os.cpu_count", lambda: 16)  # 4 processes by cores
+    learned = Resolved("cuda", "dali-mixed", True, "fp16", {"input_scale": 2.0}, gpus=1)
+    cfg = _config(resizer="learned", batch_size=128, size=224)
+    est = local.estimate_worker_gpu_mib(cfg, learned)
+    assert set(est) == {"cuda_context", "dali", "cnn", "total"} and est["total"] == sum(
+        v for k, v in est.items() if k != "total")
+    for total_mib, want in ((None, 4), (141 * 1024, 4), (24 * 1024, int(24 * 1024 * 0.8 // est["total"])),
+                            (4 * 1024, 1)):
+        monkeypatch.setattr(local, "gpu_memory_mib", lambda i=0, t=total_mib: t)
+        with caplog.at_level(logging.INFO, logger="resize_pipeline.engine.local"):
+            caplog.clear()
+            assert plan_workers(cfg, learned, 100) == (want, "process"), total_mib
+        assert any("per GPU" in r.message and str(est["total"]) in r.message for r in caplog.records)
+    assert 1 < int(24 * 1024 * 0.8 // est["total"]) < 4  # a 24 GB card: fewer than the cores would give
+    # a classical job holds no CNN: more of them fit
+    classical = Resolved("cuda", "dali-mixed", True, None, {}, gpus=1)
+    assert local.estimate_worker_gpu_mib(_config(batch_size=128), classical)["total"] < est["total"]
+    # --workers N is the user's: kept, with a warning when it does not fit
+    monkeypatch.setattr(local, "gpu_memory_mib", lambda i=0: 4 * 1024)
+    with caplog.at_level(logging.WARNING, logger="resize_pipeline.engine.local"):
+        assert plan_workers(_config(resizer="learned", batch_size=128, workers=3), learned, 100)[0] == 3
+    assert any("may run out of GPU memory" in r.message for r in caplog.records)

@@ -28,3 +28,22 @@ def not_a_module(num_classes: int) -> str:
 
 def broken(num_classes: int) -> nn.Module:
     raise RuntimeError("factory failed on purpose")
+
+
+class _Overflow(nn.Module):
+    """tiny_cnn whose logits are scaled past float32's range on the third call: a run that diverges
+    at step 3 (inf logits give a NaN loss)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.net = tiny_cnn(num_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.net(x)
+        return out * 1e38 * 1e38 if self.calls >= 3 else out
+
+
+def overflows_at_step_3(num_classes: int) -> nn.Module:
+    return _Overflow(num_classes)

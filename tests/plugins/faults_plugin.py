@@ -19,7 +19,17 @@ sample written, the file decides what happens (read each time, so one cluster se
 - ``{"hold": "/path/marker", "under": "/dest"}``: every such write waits until the marker file exists
   (a job held mid-run, deterministically);
 - ``{"unreadable": "/src/sub"}``: ``os.scandir`` of that folder raises ``PermissionError`` (what a
-  folder without read permission does, also when the tests run as root).
+  folder without read permission does, also when the tests run as root);
+- ``{"lock_heartbeat": 0.2}``: the DEST lock beats every 0.2 s (instead of 10 s), so that a test sees a
+  lost lock or a stale one quickly.
+- ``{"script_key": KEY, "script": ["stage", "device", "die", ...], "script_log": "/path/log"}``: each
+  time a batch holding sample KEY is decoded (`DecodeStage`), one line is appended to the log and the
+  next action of the script runs: ``stage`` raises an ordinary exception (a failed shard attempt),
+  ``device`` raises a CUDA error (a device fault), ``die`` kills the process (``os._exit(1)``);
+  past the end of the script, nothing happens. The log's line count is the number of attempts.
+- ``{"die_at": "_run.json", "nth": 2, "when": "after"}``: the process kills itself (``os._exit(9)``, as
+  SIGKILL would) at the nth rename into place (fsspec's local ``mv``, how every file of a local DEST
+  is committed) whose final path contains ``die_at``, just ``before`` or ``after`` it.
 
 Ray workers run `install` through ``runtime_env={"worker_process_setup_hook": "faults_plugin.install"}``;
 local worker processes through ``sitecustomize.py`` in this folder.
@@ -54,6 +64,12 @@ def install() -> None:
     except ImportError:  # an older layout of the package: only the OS-level faults apply
         return
 
+    beat = _faults().get("lock_heartbeat")
+    if beat:
+        from resize_pipeline.sinks import lock
+
+        defaults = list(lock.DestLock.__init__.__defaults__ or ())
+        lock.DestLock.__init__.__defaults__ = (float(beat), *defaults[1:])
     if getattr(base.RollingShardWriter.write, "_faulty", False):
         return
     real_write = base.RollingShardWriter.write
@@ -94,6 +110,49 @@ def install() -> None:
 
     write._faulty = True  # type: ignore[attr-defined]
     base.RollingShardWriter.write = write
+    _install_script()
+
+
+def script_step(batch) -> None:
+    """The `script` fault (see the module docstring), for a batch about to be decoded."""
+    faults = _faults()
+    key = faults.get("script_key")
+    if not key or key not in [str(k) for k in batch["key"]]:
+        return
+    log = faults["script_log"]
+    try:
+        with open(log) as fh:
+            done = len(fh.read().splitlines())
+    except FileNotFoundError:
+        done = 0
+    script = faults.get("script", [])
+    action = script[done] if done < len(script) else "pass"
+    fd = os.open(log, os.O_CREAT | os.O_APPEND | os.O_WRONLY)
+    os.write(fd, f"{os.getpid()} {action}\n".encode())
+    os.close(fd)
+    if action == "stage":
+        raise RuntimeError("injected: the stage failed")
+    if action == "device":
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+    if action == "die":
+        os._exit(1)
+
+
+def _install_script() -> None:
+    try:
+        from resize_pipeline import stages
+    except ImportError:
+        return
+    if getattr(stages.DecodeStage.__call__, "_faulty", False):
+        return
+    real = stages.DecodeStage.__call__
+
+    def call(self, batch):
+        script_step(batch)
+        return real(self, batch)
+
+    call._faulty = True  # type: ignore[attr-defined]
+    stages.DecodeStage.__call__ = call
 
 
 def _node() -> str:
@@ -132,6 +191,26 @@ def _install_os_faults() -> None:
 
     LocalFileOpener.write = write
     LocalFileOpener._faulty = True
+    from fsspec.implementations.local import LocalFileSystem
+
+    real_mv = LocalFileSystem.mv
+    renames = [0]
+
+    def mv(self, path1, path2, *args, **kwargs):
+        faults = _faults()
+        target = faults.get("die_at")
+        hit = bool(target) and target in str(path2)
+        if hit:
+            renames[0] += 1
+            hit = renames[0] == int(faults.get("nth", 1))
+        if hit and faults.get("when", "after") == "before":
+            os._exit(9)
+        out = real_mv(self, path1, path2, *args, **kwargs)
+        if hit:
+            os._exit(9)
+        return out
+
+    LocalFileSystem.mv = mv
     real_scandir = os.scandir
 
     def scandir(path="."):

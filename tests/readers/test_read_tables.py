@@ -23,7 +23,9 @@ def test_parquet_layout_and_metadata(image_folder, make_output):
     schema = pq.read_schema(dest / "shard-00000.parquet")
     assert str(schema.field("image").type) == "struct<bytes: binary, path: string>"
     meta = json.loads(schema.metadata[b"huggingface"])
-    assert meta["info"]["features"] == hf_features("jpg")
+    classes = json.loads((dest / "_manifest.json").read_text())["classes"]
+    assert meta["info"]["features"] == hf_features("jpg", classes)
+    assert meta["info"]["features"]["label"] == {"names": classes, "_type": "ClassLabel"}
     assert meta["info"]["features"]["image"] == {"_type": "Image"}
     assert list(meta["info"]["features"]) == schema.names
     rows = pq.read_table(dest / "shard-00000.parquet").to_pylist()
@@ -110,8 +112,28 @@ def test_hugging_face_datasets_gives_pil_images(layout_output, tmp_path):
     assert isinstance(row["image"], Image.Image) and row["image"].size == SIZE
     assert np.asarray(row["image"]).std() > 1
     assert sorted(ds["label"]) == [0] * 5 + [1] * 5
+    classes = json.loads((dest / "_manifest.json").read_text())["classes"]
+    assert isinstance(ds.features["label"], datasets.ClassLabel) and ds.features["label"].names == classes
+    assert [ds.features["label"].int2str(v) for v in ds["label"]] == ds["label_name"]  # class names shown
     same = hf_dataset(str(dest), cache_dir=str(tmp_path / "hf2"))
     assert same.num_rows == 10 and same[3]["key"] == ds[3]["key"]
+
+
+@pytest.mark.ray
+def test_numeric_labels_stay_plain_values(tmp_path, make_output):
+    """A manifest with numeric labels names no classes: ``label`` stays an int64 value (no ClassLabel
+    invented), as for an unlabelled folder."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(src / f"{i}.png")
+        rows.append(json.dumps({"path": f"{i}.png", "label": i}))
+    (src / "m.jsonl").write_text("\n".join(rows) + "\n")
+    dest = make_output(src / "m.jsonl", "numeric", format="parquet")
+    features = json.loads(pq.read_schema(dest / "shard-00000.parquet").metadata[b"huggingface"])["info"]["features"]
+    assert features["label"] == {"dtype": "int64", "_type": "Value"}
 
 
 @pytest.mark.ray

@@ -85,8 +85,10 @@ class FaultProxy:
     """Forwards HTTP to `upstream`; GETs of selected object paths first get the queued faults.
 
     ``faults[path]`` is a list consumed one GET at a time: ``503`` (S3 ``ServiceUnavailable``),
-    ``"slowdown"`` (503 ``SlowDown``), ``"drop"`` (connection closed without a response). ``always[path]``
-    applies on every GET. ``gets[path]`` counts GETs seen (faulted or not).
+    ``"slowdown"`` (503 ``SlowDown``), ``500`` (``InternalError``), ``"drop"`` (connection closed without
+    a response), ``"hang"`` (the request is read, then never answered: the connection stays open).
+    ``always[path]`` applies on every GET. A key ``"PUT /bucket/key"`` (any method, then a space) applies
+    to requests of that method instead of GETs. ``gets[path]`` counts GETs seen (faulted or not).
     """
 
     upstream: str
@@ -95,14 +97,20 @@ class FaultProxy:
     gets: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
+    closing: threading.Event = field(default_factory=threading.Event)
 
-    def next_fault(self, path: str):
+    def next_fault(self, path: str, method: str = "GET"):
+        keys = (path, f"GET {path}") if method == "GET" else (f"{method} {path}",)
         with self.lock:
-            self.gets[path] += 1
-            if path in self.always:
-                return self.always[path]
-            queue = self.faults.get(path)
-            return queue.pop(0) if queue else None
+            if method == "GET":
+                self.gets[path] += 1
+            for key in keys:
+                if key in self.always:
+                    return self.always[key]
+                queue = self.faults.get(key)
+                if queue:
+                    return queue.pop(0)
+            return None
 
 
 def _handler(proxy: FaultProxy):
@@ -131,18 +139,22 @@ def _handler(proxy: FaultProxy):
         def _forward(self) -> None:
             body = self._body()
             path = urlsplit(self.path).path
-            if self.command == "GET":
-                fault = proxy.next_fault(path)
+            fault = proxy.next_fault(path, self.command)
+            if fault is not None:
+                if fault == "hang":  # read, never answered: the client waits on an open connection
+                    proxy.closing.wait()
+                    self.close_connection = True
+                    return
                 if fault == "drop":
                     self.close_connection = True
                     return  # no response at all: the client sees the connection die
-                if fault in (503, "slowdown"):
-                    code = "SlowDown" if fault == "slowdown" else "ServiceUnavailable"
+                if fault in (503, 500, "slowdown"):
+                    code = {503: "ServiceUnavailable", 500: "InternalError", "slowdown": "SlowDown"}[fault]
                     xml = (
                         f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
                         f"<Message>injected fault</Message></Error>"
                     ).encode()
-                    self.send_response(503)
+                    self.send_response(503 if fault != 500 else 500)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(xml)))
                     self.end_headers()
@@ -185,6 +197,39 @@ def fault_proxy(s3_endpoint) -> Iterator[FaultProxy]:
     try:
         yield proxy
     finally:
+        proxy.closing.set()
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of a TCP server that accepts connections and never answers (nor reads)."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()

@@ -62,9 +62,14 @@ def tree_files(root: Path) -> dict[str, bytes]:
 
 
 def manifest_without_timing(data: bytes) -> dict:
+    """The manifest without what differs between identical runs: when and how fast (the manifest's and
+    each generation's)."""
     m = json.loads(data)
     m.pop("created", None)
     m.pop("run", None)
+    for g in m.get("generations", []):
+        g.pop("created", None)
+        g.pop("seconds", None)
     return m
 
 

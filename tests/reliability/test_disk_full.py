@@ -96,3 +96,14 @@ def test_disk_full_on_a_real_tmpfs(src, reference, tmp_path):
     r = run_cli(str(src), str(tmp_path / "out"), *ARGS, "--workers", "1")
     assert r.returncode == 0, r.stderr
     _check_resumed(tmp_path / "out", reference)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_dest_is_named_as_dest_not_as_the_local_spool(src, tmp_path, workers):
+    """Issue 20: on a local DEST the shard files are built in DEST itself: a full DEST is said to be DEST."""
+    out = tmp_path / "out"
+    r = run_cli(str(src), str(out), *ARGS, "--workers", str(workers),
+                env=fault_env(tmp_path, enospc_after=40_000, under=str(out)))
+    assert r.returncode == 2, r.stderr
+    line = one_line_error(r.stderr)
+    assert f"no space left on {out} (" in line and "spool" not in line

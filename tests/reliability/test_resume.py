@@ -242,6 +242,7 @@ def test_different_config_is_refused_then_overwrite(tmp_path):
         == {"shard-00000.tar", "shard-00001.tar", "shard-00002.tar"}
     )
     assert len([n for n in after if n.startswith("_stats/")]) == 3
+    assert len([n for n in after if n.startswith("_inputs/")]) == 3  # the old run's 4 input records are gone
     assert keep.read_text() == "user file"
 
 
@@ -283,3 +284,39 @@ def test_a_dest_started_by_an_earlier_release_resumes_after_its_whole_listing_is
     assert r.returncode == 2 and "changed" in r.stderr
     assert json.loads((out / "_run.json").read_text())["listing"] == record["listing"]  # its record untouched
     assert reference["_stats/shard-00000.json"] == (out / "_stats" / "shard-00000.json").read_bytes()
+
+
+def test_output_of_a_version_that_recorded_fewer_choices_still_resumes(tmp_path, capsys):
+    """A `_run.json` written before a choice was fingerprinted (here: the JPEG backend, added in
+    round 3) resumes; a choice both versions recorded and that differs is still refused."""
+    import json as _json
+
+    from resize_pipeline.cli import main
+    from resize_pipeline.config import digest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (40, 30), (60 * i, 20, 200)).save(src / f"im{i}.jpg")
+    dst = tmp_path / "dst"
+    args = [str(src), str(dst), "--size", "16", "--samples-per-shard", "2", "-q"]
+    assert main(["convert", *args]) == 0
+    run_path = dst / "_run.json"
+    run = _json.loads(run_path.read_text())
+    older = dict(run)
+    older["config"] = {**run["config"], "resolved": {k: v for k, v in run["config"]["resolved"].items()
+                                                     if k != "jpeg_backend"}}
+    assert older["config"] != run["config"], "the JPEG backend is recorded"
+    older["fingerprint"] = digest(older["config"])
+    run_path.write_text(_json.dumps(older))
+    (dst / "_stats" / "shard-00001.json").unlink()  # something left to resume
+    assert main(["convert", *args]) == 0
+    assert _json.loads(run_path.read_text())["fingerprint"] == run["fingerprint"]
+
+    older["config"] = {**older["config"], "quality": 50}  # a field both know, and it differs
+    older["fingerprint"] = digest(older["config"])
+    run_path.write_text(_json.dumps(older))
+    assert main(["convert", *args]) == 2
+    assert "differs in: quality" in capsys.readouterr().err

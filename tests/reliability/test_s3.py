@@ -92,8 +92,8 @@ def test_local_source_to_s3_dest_roundtrip_and_resume(s3_endpoint, s3_bucket, im
     manifest = json.loads(fs.cat_file(f"{root}/_manifest.json"))
     listed = {posixpath.basename(p) for p in fs.ls(root, detail=False)}
     shard_files = {f["name"] for f in manifest["shards"]}
-    assert listed == shard_files | {"_manifest.json", "_errors.jsonl", "_run.json", "_stats", "_listing"}
-    assert len(fs.ls(f"{root}/_stats")) == s.shards == 3
+    assert listed == shard_files | {"_manifest.json", "_errors.jsonl", "_run.json", "_stats", "_inputs", "_listing"}
+    assert len(fs.ls(f"{root}/_stats")) == len(fs.ls(f"{root}/_inputs")) == s.shards == 3
     assert {posixpath.basename(p) for p in fs.ls(f"{root}/_listing")} == {"part-00000.parquet", "_index.json"}
     # read back through fsspec with each format's own reader
     tars = sorted(f"s3://{root}/{n}" for n in shard_files if n.endswith(".tar"))
@@ -144,8 +144,8 @@ def test_local_source_to_s3_dest_roundtrip_and_resume(s3_endpoint, s3_bucket, im
     manifest = json.loads(fs.cat_file(f"{root}/_manifest.json"))
     assert {posixpath.basename(p) for p in fs.ls(root, detail=False)} == {
         f["name"] for f in manifest["shards"]
-    } | {"_manifest.json", "_errors.jsonl", "_run.json", "_stats", "_listing", "notes.txt"}
-    assert len(fs.ls(f"{root}/_stats")) == 2
+    } | {"_manifest.json", "_errors.jsonl", "_run.json", "_stats", "_inputs", "_listing", "notes.txt"}
+    assert len(fs.ls(f"{root}/_stats")) == len(fs.ls(f"{root}/_inputs")) == 2  # the old run's 3 records are gone
 
 
 def test_cli_to_s3_with_endpoint_from_environment(s3_endpoint, s3_bucket, images):

@@ -109,6 +109,23 @@ def test_killed_actor_costs_no_sample(ray_cluster, inject, corpus, local_referen
     assert_same_output(dest, local_reference)
 
 
+def test_a_device_fault_ends_the_actor_and_ray_runs_its_shard_again(ray_cluster, corpus, local_reference,
+                                                                    inject, tmp_path):
+    """The typed error policy on Ray: a CUDA error in a stage is not an error row nor a retry in the
+    same (possibly poisoned) process: the actor exits, Ray replaces it and runs the shard again."""
+    from resize_pipeline import convert
+    from resize_pipeline.sources import list_source
+
+    log = tmp_path / "script.log"
+    inject(script_key=list_source(str(corpus)).items[3].key, script=["device"], script_log=str(log))
+    dest = tmp_path / "ray"
+    summary = convert(base_config(corpus, dest, engine="ray"))
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert [a for _, a in lines] == ["device", "pass"] and lines[0][0] != lines[1][0]  # another process
+    assert summary.written == SAMPLES
+    assert_same_output(dest, local_reference)
+
+
 def test_killed_job_resumes_from_completed_shards(ray_cluster, corpus, local_reference, tmp_path):
     from resize_pipeline import convert
 
