@@ -81,7 +81,11 @@ def cluster(faults):
     c.workers = [c.add_node(num_cpus=1, resources={f"worker_{i}": 1}) for i in range(2)]  # type: ignore[attr-defined]
     c.wait_for_nodes()
     ray.init(address=c.address, runtime_env=_runtime_env(faults), log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    # the actor pool starts converting once both actors are up (one per worker node): on a loaded
+    # machine the first could otherwise convert every shard before the second has started
+    ctx.wait_for_min_actors_s = 120
     yield c
     ray.shutdown()
     c.shutdown()
