@@ -126,6 +126,28 @@ def test_a_device_fault_ends_the_actor_and_ray_runs_its_shard_again(ray_cluster,
     assert_same_output(dest, local_reference)
 
 
+@pytest.mark.parametrize("script", [["device", "device", "device"], ["stage", "device", "die"]])
+def test_device_faults_count_in_the_attempt_ledger_on_ray(ray_cluster, corpus, inject, tmp_path, script):
+    """A device fault ends the actor (Ray replaces it), and that attempt counts in the job's ledger
+    like a failed stage or a dead actor: a shard whose GPU faults every time is attempted
+    `--shard-attempts` (3) times in all, then recorded as failed (stage "shard"), and the job finishes
+    (Ray Data alone would retry it forever)."""
+    from resize_pipeline import convert
+    from resize_pipeline.sources import list_source
+
+    log = tmp_path / "script.log"
+    key = list_source(str(corpus)).items[3].key
+    inject(script_key=key, script=script + ["device"] * 3, script_log=str(log))
+    dest = tmp_path / "ray"
+    summary = convert(base_config(corpus, dest, engine="ray"))
+    actions = [line.split()[1] for line in log.read_text().splitlines()]
+    assert actions == script, actions  # 3 attempts, never a 4th
+    failed = [e for e in (json.loads(x) for x in (dest / "_errors.jsonl").read_text().splitlines())
+              if e["stage"] == "shard"]
+    assert key in {e["key"] for e in failed} and len(failed) == PER_SHARD
+    assert summary.total == summary.written + summary.failed
+
+
 def test_killed_job_resumes_from_completed_shards(ray_cluster, corpus, local_reference, tmp_path):
     from resize_pipeline import convert
 
