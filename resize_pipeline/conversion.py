@@ -520,7 +520,7 @@ def _prepare_on_ray(config, resolved, dest, listing, state) -> dict[str, Any]:
     try:
         listing.prepare(ray_runner(config), RunStore.in_dest(dest.url, dest.storage_options))
         _require_inputs(config, listing)
-    except (SourceError, *LISTING_ERRORS) as exc:
+    except (SourceError, *LISTING_ERRORS) as exc:  # type: ignore[misc]
         if state.old is None:  # nothing of ours was here: leave DEST as it was found
             from resize_pipeline.layout import RECORD_DIRS
 

@@ -273,13 +273,13 @@ def _run_in_process(config, resolved, stream: TaskStream, placement, ledger, on_
             with lock:
                 running = sorted(outstanding.values(), key=lambda t: t.index)
             for t in running:
-                res = ledger.fail(t, why) if ledger.running(t) else None
-                if res is not None:
+                final = ledger.fail(t, why) if ledger.running(t) else None
+                if final is not None:
                     with lock:
                         outstanding.pop(t.index, None)
                     if on_progress:
-                        on_progress(res.total)
-                    yield res
+                        on_progress(final.total)
+                    yield final
         del runner
         with lock:  # the shards left, for the next runner (the pump adds later ones to its queue)
             state["queue"] = TaskQueue(sorted(outstanding.values(), key=lambda t: t.index), closed=state["ended"])
