@@ -27,6 +27,10 @@ BLOCK = 1 << 14
 #: what listing a source may raise, turned into one line (`one_line`)
 LISTING_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, TypeError, tarfile.TarError,
                                                    UnicodeError, EOFError)
+#: skipped tar members named in the manifest (the rest are counted by reason)
+MAX_SKIPPED_SHOWN = 20
+#: labels are 64-bit integers (a manifest's label column, ``.cls`` members, Parquet's ``label`` column)
+INT64 = (-(2**63), 2**63 - 1)
 _DEFAULTS: dict[str, Any] = {"label": -1, "label_name": "", "meta": "", "offset": -1, "length": -1, "row": -1,
                              "stamp": 0}
 
@@ -47,6 +51,12 @@ def ext(path: str) -> str:
 
 def unstrip(fs: Any, path: str) -> str:
     return fs.unstrip_protocol(path)
+
+
+def beyond_int64(value: int | str) -> str:
+    """Why `value` (a number, or its text) cannot be a label (the number shortened to 40 characters)."""
+    text = value if isinstance(value, str) else str(value)
+    return f"{text if len(text) <= 40 else text[:37] + '...'} is beyond the 64-bit integer range"
 
 
 def list_error(rel: str, url: str, exc: BaseException | str) -> dict[str, str]:

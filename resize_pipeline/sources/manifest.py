@@ -27,7 +27,16 @@ from typing import Any
 import numpy as np
 
 from resize_pipeline.errors import SourceError
-from resize_pipeline.sources.common import BLOCK, Listing, ext, list_error, raw_block, unstrip
+from resize_pipeline.sources.common import (
+    BLOCK,
+    INT64,
+    Listing,
+    beyond_int64,
+    ext,
+    list_error,
+    raw_block,
+    unstrip,
+)
 from resize_pipeline.sources.manifest_io import (
     PATH_COLUMNS,
     Batches,
@@ -233,10 +242,13 @@ def open_manifest(fs, path: str, path_column: str | None, label_column: str | No
                       stamps_complete=lambda: not stamper.stopped)
 
     warn = [False]
+    problems: dict[int, str] = {}  # rows beyond what a column holds (row -> why), `_drop_rows`
 
     def blocks() -> Iterator[dict[str, list]]:
         row0 = 0
-        for big in Batches(fs, path, pcol, schema=schema if ext(path) != ".parquet" else None):
+        source = Batches(fs, path, pcol, schema=schema if ext(path) != ".parquet" else None)
+        source.problems = problems  # a JSON manifest's rows fill it as it is read
+        for big in source:
             for a in range(0, big.num_rows, BLOCK):  # a block of Python values at a time
                 batch = big.slice(a, BLOCK)
                 block = _block(batch, row0)
@@ -258,12 +270,10 @@ def open_manifest(fs, path: str, path_column: str | None, label_column: str | No
             raise SourceError(f"{path}: the path column {pcol!r} holds {paths.type} values from row {row0} on, "
                               "not text paths")
         valid = pc.and_kleene(pc.is_valid(paths), pc.not_equal(paths, ""))
-        if not pc.all(valid).as_py():
-            missing = np.flatnonzero(~valid.fill_null(False).to_numpy(zero_copy_only=False))
-            for i in missing.tolist():
-                listing.errors.add(list_error(f"row {row0 + i}", url, f"row {row0 + i} of the manifest has no path"))
-            batch = batch.filter(valid)
-            paths = paths.filter(valid)
+        bad = _beyond_int64_labels(batch.column(lcol), lcol, classes, row0) if lcol is not None else {}
+        bad.update((i - row0, why) for i, why in problems.items() if row0 <= i < row0 + batch.num_rows)
+        if bad or not pc.all(valid).as_py():
+            batch, paths = _drop_rows(batch, paths, valid, bad, row0, url, listing.errors)
         if not batch.num_rows:
             return None
         texts = paths.to_pylist()
@@ -277,6 +287,48 @@ def open_manifest(fs, path: str, path_column: str | None, label_column: str | No
 
     listing.set_blocks(blocks)
     return listing
+
+
+def _beyond_int64_labels(column, name: str, classes: list[str] | None, row0: int) -> dict[int, str]:
+    """Rows of a block (index -> why) whose integer label is beyond 64 bits: an unsigned 64-bit
+    column's values above the signed range (they would wrap around), or a number in a column read as
+    text (`Batches.text_from`). A check per block: the manifest is never held."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = column.type
+    if pa.types.is_uint64(t) and len(column):
+        over = pc.greater(column, pa.scalar(INT64[1], pa.uint64())).fill_null(False).to_numpy(zero_copy_only=False)
+        found = np.flatnonzero(over).tolist()
+        values = column.take(pa.array(found, pa.int64())).to_pylist() if found else []
+    elif classes is None and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        found, values = [], []
+        for i, v in enumerate(column.to_pylist()):
+            v = (v or "").strip()
+            digits = v[1:] if v[:1] in "+-" else v
+            if len(digits) >= 19 and digits.isascii() and digits.isdigit() and (
+                    len(digits) > 19 or not INT64[0] <= int(v) <= INT64[1]):
+                found.append(i)
+                values.append(v)
+    else:
+        return {}
+    return {i: f"row {row0 + i} of the manifest: {name[:60]!r} {beyond_int64(v)}"
+            for i, v in zip(found, values, strict=True)}
+
+
+def _drop_rows(batch, paths, valid, bad: dict[int, str], row0: int, url: str, errors) -> tuple[Any, Any]:
+    """A block without its rows that are no input: without a path, or in `bad` (index -> why); each
+    becomes an error row (stage ``list``), in row order."""
+    import pyarrow as pa
+
+    keep = valid.fill_null(False).to_numpy(zero_copy_only=False).copy()
+    why = {int(i): f"row {row0 + i} of the manifest has no path" for i in np.flatnonzero(~keep)}
+    why.update(bad)
+    keep[list(bad)] = False
+    for i in sorted(why):
+        errors.add(list_error(f"row {row0 + i}", url, why[i]))
+    mask = pa.array(keep)
+    return batch.filter(mask), paths.filter(mask)
 
 
 def _metas(table) -> list[str]:

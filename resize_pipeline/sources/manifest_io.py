@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from resize_pipeline.errors import SourceError
-from resize_pipeline.sources.common import ext
+from resize_pipeline.sources.common import INT64, beyond_int64, ext
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,8 @@ class Batches:
         self.schema = schema
         #: the row of the manifest (0-based) from which CSV columns are read as text (None: not)
         self.text_from: int | None = None
+        #: rows that cannot be taken as they are (row -> why), found while reading (`_json_list`)
+        self.problems: dict[int, str] = {}
 
     def infer(self) -> Any:
         """The column types (a text manifest: inferred from its first `CSV_BLOCK` bytes, as pyarrow's
@@ -129,7 +131,7 @@ class Batches:
         if self.kind in (".jsonl", ".ndjson"):
             yield from self._jsonl()
             return
-        table = _json_list(self.fs, self.path)
+        table = _json_list(self.fs, self.path, self.problems)
         if self.columns is not None:
             table = table.select(self.columns)
         yield from table.to_batches(max_chunksize=PARQUET_BATCH)
@@ -194,7 +196,10 @@ class Batches:
                                   f"first ones ({first}): give every row the same ones, or use CSV or Parquet") from None
 
 
-def _json_list(fs, path: str):
+def _json_list(fs, path: str, problems: dict[int, str] | None = None):
+    """A ``.json`` manifest (a list of objects) as a table. A row holding an integer beyond 64 bits
+    (no Arrow column holds it) has that value set to null, and is added to `problems` (row -> why:
+    it becomes an error row)."""
     import pyarrow as pa
 
     with fs.open(path, "rb") as fh:
@@ -205,8 +210,14 @@ def _json_list(fs, path: str):
     if bad is not None:
         raise SourceError(f"{path}: a .json manifest must hold a list of objects; item {bad} is "
                           f"{type(rows[bad]).__name__}")
+    huge = _beyond_int64_rows(rows)
+    if problems is not None:
+        problems.update(huge)
     try:
         return pa.Table.from_pylist(rows)
+    except OverflowError:  # inside a list or an object: not a row's own value
+        raise SourceError(f"{path}: cannot read the manifest: a nested value holds an integer beyond the "
+                          "64-bit integer range") from None
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         kinds: dict[str, set[str]] = {}
         for r in rows:
@@ -218,6 +229,17 @@ def _json_list(fs, path: str):
         raise SourceError(f"{path}: cannot read the manifest: {mixed}") from None
 
 
+def _beyond_int64_rows(rows: list[dict]) -> dict[int, str]:
+    """Rows of a JSON manifest holding an integer beyond 64 bits: the value is set to null, the row
+    reported (row -> why)."""
+    lo, hi = INT64
+    found: dict[int, str] = {}
+    for i, r in enumerate(rows):
+        for k, v in r.items():
+            if type(v) is int and not lo <= v <= hi:
+                found.setdefault(i, f"row {i} of the manifest: {str(k)[:60]!r} {beyond_int64(v)}")
+                r[k] = None
+    return found
 
 
 def _release_arrow_memory() -> None:

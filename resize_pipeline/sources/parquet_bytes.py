@@ -1,7 +1,8 @@
 """A Parquet file of image bytes (a binary column such as ``image``/``jpg``/``bytes``, or the Hugging
 Face ``datasets`` Image struct ``{bytes, path}`` that our own Parquet shards use; see `image_column`):
 one input per row, read back by row. Its other columns stream a batch at a time; the image column is
-never read while listing."""
+never read while listing. A row whose (unsigned 64-bit) label is beyond the signed 64-bit range is
+an error row (stage ``list``), never wrapped around."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
-from resize_pipeline.sources.common import Listing, raw_block, unstrip
+from resize_pipeline.sources.common import INT64, Listing, beyond_int64, list_error, raw_block, unstrip
 from resize_pipeline.sources.manifest import LABEL_COLUMNS, PATH_COLUMNS, _labels, _pick
 from resize_pipeline.sources.manifest_io import PARQUET_BATCH, parquet_batches
 from resize_pipeline.sources.stamps import stamp_info
@@ -76,9 +77,30 @@ def open_parquet_bytes(fs, path: str, image_column: str, label_column: str | Non
                 if "label_name" in get:
                     names = [str(v or "") for v in get["label_name"]]
             metas = [str(v or "") for v in get["meta"]] if "meta" in get else None
-            yield raw_block(rels, [url] * n, label=labels, label_name=names, meta=metas,
-                            row=range(row0, row0 + n), stamp=[stamp] * n)
+            rows: range | list[int] = range(row0, row0 + n)
+            if labels and (max(labels) > INT64[1] or min(labels) < INT64[0]):
+                rels, labels, names, metas, rows = _without_huge_labels(listing, url, stem, lcol, row0, rels, labels,
+                                                                        names, metas)
+            yield raw_block(rels, [url] * len(rels), label=labels, label_name=names, meta=metas,
+                            row=rows, stamp=[stamp] * len(rels))
             row0 += n
 
     listing.set_blocks(blocks)
     return listing
+
+
+def _without_huge_labels(listing: Listing, url: str, stem: str, lcol: str, row0: int, rels: list[str],
+                         labels: list[int], names: list[str] | None, metas: list[str] | None) -> tuple:
+    """A block without its rows whose label is beyond 64 bits: each is an error row (stage ``list``)."""
+    keep = []
+    for i, v in enumerate(labels):
+        if INT64[0] <= v <= INT64[1]:
+            keep.append(i)
+        else:
+            why = f"row {row0 + i} of the manifest: {lcol[:60]!r} {beyond_int64(v)}"
+            listing.errors.add(list_error(f"{stem}/row {row0 + i}", url, why))
+
+    def pick(values: list | None) -> list | None:
+        return None if values is None else [values[i] for i in keep]
+
+    return pick(rels), pick(labels), pick(names), pick(metas), [row0 + i for i in keep]

@@ -3,12 +3,17 @@
 Tars are listed in parallel (one task per group of tars: threads here, Ray tasks on Ray), each
 writing its samples as runs (`runs.RunStore`) in the tar's own order; the rows then stream tar after
 tar, in sorted tar order. A tar that cannot be read (not a tar, truncated) is one error row (stage
-``list``); the samples listed before the point where it broke are kept.
+``list``); the samples listed before the point where it broke are kept. A sample whose ``.cls``
+holds a number beyond 64 bits is one error row. Members that are not regular files (symbolic and
+hard links, devices, FIFOs, sparse files) are never read: counted by reason, the first
+`MAX_SKIPPED_SHOWN` named (`Listing.skipped_members`, `Listing.skipped_examples`), in tar order
+whichever task listed them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -16,13 +21,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resize_pipeline.sources.base import IMAGE_EXTENSIONS
-from resize_pipeline.sources.common import BLOCK, Listing, list_error, raw_block
+from resize_pipeline.sources.common import (
+    BLOCK,
+    INT64,
+    MAX_SKIPPED_SHOWN,
+    Listing,
+    beyond_int64,
+    list_error,
+    raw_block,
+)
 from resize_pipeline.sources.runs import RUN_ROWS, RunStore, run_tasks
 from resize_pipeline.sources.stamps import stamp_info
+
+log = logging.getLogger(__name__)
 
 #: tars listed by one task at most (a task per tar when there are few)
 MAX_TASKS = 256
 _COLUMNS = ("k", "offset", "length", "label", "label_name", "meta")
+#: bytes of a ``.cls`` member read at most (its label is one number)
+CLS_BYTES = 4096
 
 
 @dataclass
@@ -35,6 +52,11 @@ class TarResult:
     stamp: int = 0
     error: str = ""
     skip: bool = False  # could not be read at all: no samples
+    #: samples that cannot be taken (key, why): error rows
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    #: members that are not regular files: count by reason, and the first `MAX_SKIPPED_SHOWN` (member, why)
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: list[tuple[str, str]] = field(default_factory=list)
 
 
 def list_tar_group(source: str, storage_options: dict[str, Any], task: int, tars: list[str],
@@ -49,14 +71,16 @@ def list_tar_group(source: str, storage_options: dict[str, Any], task: int, tars
         res = TarResult(tar_path)
         try:
             res.stamp = stamp_info(fs.info(tar_path))
-            samples = _tar_samples(fs, tar_path)
+            scan = _tar_samples(fs, tar_path)
         except _BrokenTar as exc:
-            samples, res.stamp = exc.samples, 0
+            scan, res.stamp = exc.scan, 0
             res.error = exc.reason
         except (OSError, tarfile.TarError, EOFError) as exc:
             res.error, res.skip = f"cannot read this tar: {type(exc).__name__}: {exc}", True
             out.append(res)
             continue
+        samples = scan.samples
+        res.bad, res.skipped, res.examples = scan.bad, scan.skipped, scan.examples
         for a in range(0, len(samples), RUN_ROWS):
             chunk = samples[a:a + RUN_ROWS]
             name, _ = store.write(task, run, {c: [s[i] for s in chunk] for i, c in enumerate(_COLUMNS)})
@@ -82,8 +106,13 @@ def prepare_tars(listing: Listing, fs: Any, tars: list[str], base: str, source: 
     for e in errors or ():
         listing.errors.add(e)
     for r in results:
+        url, rel = fs.unstrip_protocol(r.path), _rel_tar(r.path, base)
         if r.error:
-            listing.errors.add(list_error(_rel_tar(r.path, base), fs.unstrip_protocol(r.path), r.error))
+            listing.errors.add(list_error(rel, url, r.error))
+        stem = posixpath.splitext(rel)[0]
+        for k, why in r.bad:
+            listing.errors.add(list_error(posixpath.join(stem, k), url, why))
+    _gather_skipped(listing, results, fs)
     listing.bound = sum(r.samples for r in results)
     names = [n for r in results for n in r.runs]
 
@@ -106,19 +135,73 @@ def prepare_tars(listing: Listing, fs: Any, tars: list[str], base: str, source: 
     listing.set_blocks(blocks, store.close if own else (lambda: store.remove(names)))  # type: ignore[union-attr]
 
 
+def _gather_skipped(listing: Listing, results: list[TarResult], fs: Any) -> None:
+    """The members no task read, over every tar in tar order (`results` are): counts by reason, the
+    first `MAX_SKIPPED_SHOWN` named; one warning."""
+    counts: dict[str, int] = {}
+    examples: list[dict[str, str]] = []
+    for r in results:
+        for kind, n in r.skipped.items():
+            counts[kind] = counts.get(kind, 0) + n
+        for member, reason in r.examples[: MAX_SKIPPED_SHOWN - len(examples)]:
+            examples.append({"path": fs.unstrip_protocol(r.path), "member": member, "reason": reason})
+    listing.skipped_members, listing.skipped_examples = counts, examples
+    if counts:
+        log.warning("skipped %d tar member(s) that are not regular files (%s), e.g. %s in %s: their samples are "
+                    "not converted (counted in the manifest)", sum(counts.values()),
+                    ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), examples[0]["member"],
+                    examples[0]["path"])
+
+
 def _rel_tar(tar_path: str, base: str) -> str:
     return posixpath.relpath(tar_path, base) if base else tar_path
 
 
+@dataclass(slots=True)
+class _TarScan:
+    """What one tar holds: samples (key, offset, length, label, label name, metadata) with an image
+    member; samples that cannot be taken (key, why: error rows); members never read (counts by
+    reason, the first `MAX_SKIPPED_SHOWN` as (name, why))."""
+
+    samples: list[tuple[str, int, int, int, str, str]] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: list[tuple[str, str]] = field(default_factory=list)
+
+    def skip(self, member: str, why: str) -> None:
+        kind = why.split(" (", 1)[0]
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        if len(self.examples) < MAX_SKIPPED_SHOWN:
+            self.examples.append((member, why))
+
+
 class _BrokenTar(Exception):
-    def __init__(self, reason: str, samples: list) -> None:
+    def __init__(self, reason: str, scan: _TarScan) -> None:
         super().__init__(reason)
-        self.reason, self.samples = reason, samples
+        self.reason, self.scan = reason, scan
 
 
-def _tar_samples(fs, tar_path: str) -> list[tuple[str, int, int, int, str, str]]:
-    """(key, offset, length, label, label name, metadata) of each sample with an image member."""
-    out: list[tuple[str, int, int, int, str, str]] = []
+def _not_regular(m: tarfile.TarInfo) -> str | None:
+    """Why member `m` is not read as a file, or None for a regular file (or a directory: no input)."""
+    if m.issym():
+        return f"symbolic link (to {m.linkname[:200]})"
+    if m.islnk():
+        return f"hard link (to {m.linkname[:200]})"
+    if m.ischr() or m.isblk():
+        return "device"
+    if m.isfifo():
+        return "FIFO"
+    if m.issparse():
+        return "sparse file (its bytes are not stored in one piece)"
+    if m.isfile() or m.isdir():
+        return None
+    return f"member of type {m.type!r}"
+
+
+def _tar_samples(fs, tar_path: str) -> _TarScan:
+    """Every sample of one tar with an image member (see `_TarScan`)."""
+    scan = _TarScan()
+    out = scan.samples
     with fs.open(tar_path, "rb") as fh:
         tf = tarfile.open(fileobj=fh, mode="r:")  # noqa: SIM115 - closed below, or by fh
         samples: dict[str, dict[str, tarfile.TarInfo]] = {}
@@ -126,6 +209,10 @@ def _tar_samples(fs, tar_path: str) -> list[tuple[str, int, int, int, str, str]]
         broken = ""
         try:
             for m in tf:
+                why = _not_regular(m)
+                if why is not None:
+                    scan.skip(m.name, why)
+                    continue
                 if not m.isfile():
                     continue
                 d, b = posixpath.split(m.name)
@@ -149,9 +236,12 @@ def _tar_samples(fs, tar_path: str) -> list[tuple[str, int, int, int, str, str]]
             if "cls" in parts:
                 fh.seek(parts["cls"].offset_data)
                 try:
-                    label = int(fh.read(parts["cls"].size).decode().strip())
+                    label = int(fh.read(min(parts["cls"].size, CLS_BYTES)).decode().strip())
                 except (ValueError, UnicodeDecodeError):
                     label = -1
+                if not INT64[0] <= label <= INT64[1]:
+                    scan.bad.append((k, f"sample {k}: the label in {parts['cls'].name} {beyond_int64(label)}"))
+                    continue
             if "json" in parts:
                 fh.seek(parts["json"].offset_data)
                 meta = fh.read(parts["json"].size).decode("utf-8", "replace")
@@ -161,5 +251,5 @@ def _tar_samples(fs, tar_path: str) -> list[tuple[str, int, int, int, str, str]]
                     pass
             out.append((k, img.offset_data, img.size, label, name, meta))
     if broken:
-        raise _BrokenTar(broken, out)
-    return out
+        raise _BrokenTar(broken, scan)
+    return scan

@@ -431,3 +431,46 @@ def test_an_empty_folder_listed_on_ray_leaves_dest_as_it_was(ray_cluster, tmp_pa
     with pytest.raises(SourceError, match="no images found"):
         convert(base_config(src, dest, engine="ray"))
     assert sorted(p.name for p in dest.iterdir()) == [] if dest.exists() else True
+
+
+def test_tar_members_skipped_by_ray_listing_tasks_reach_the_listing(ray_cluster, tmp_path):
+    """Tars listed as Ray tasks (one per tar): what each task skipped (links, FIFOs) is counted on the
+    driver, the examples in tar order; a ``.cls`` beyond 64 bits is one error row."""
+    import io
+    import tarfile
+
+    from resize_pipeline.sources import open_source
+    from resize_pipeline.sources.runs import RunStore
+    from workers.listing_tasks import ray_runner
+
+    def member(tf, name, data=b"", **kw):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        for k, v in kw.items():
+            setattr(info, k, v)
+        tf.addfile(info, io.BytesIO(data) if data else None)
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for t in range(4):
+        with tarfile.open(src / f"t{t}.tar", "w") as tf:
+            for s in range(2):
+                member(tf, f"s{s}.jpg", b"img")
+                member(tf, f"s{s}.cls", str(2**64 if (t, s) == (2, 1) else s).encode())
+            member(tf, "link.jpg", type=tarfile.SYMTYPE, linkname="s0.jpg")
+            if t % 2:
+                member(tf, "pipe.jpg", type=tarfile.FIFOTYPE)
+    listing = open_source(str(src))
+    store = RunStore()
+    try:
+        listing.prepare(ray_runner(None), store)
+        keys = [it.key for it in listing.items]
+    finally:
+        store.close()
+    assert keys == [f"t{t}__s{s}" for t in range(4) for s in range(2) if (t, s) != (2, 1)]
+    assert listing.skipped_members == {"symbolic link": 4, "FIFO": 2}
+    assert [(e["path"].rsplit("/", 1)[-1], e["member"]) for e in listing.skipped_examples] == [
+        ("t0.tar", "link.jpg"), ("t1.tar", "link.jpg"), ("t1.tar", "pipe.jpg"), ("t2.tar", "link.jpg"),
+        ("t3.tar", "link.jpg"), ("t3.tar", "pipe.jpg")]
+    [err] = list(listing.errors)
+    assert err["key"] == "t2__s1" and "beyond the 64-bit integer range" in err["error"]
