@@ -167,7 +167,7 @@ def plan_shards(items: Sequence[SourceItem] | Any, samples_per_shard: int, prefi
 
     `first` and `width`: a generation of ``--update`` continues the numbering of the shards DEST holds,
     with the digits its first generation chose (default: from this listing's size). `classes`: the
-    class names the labels index (default: the listing's own, `ItemTable.classes`)."""
+    class names the labels index (default: the rows' own `classes` attribute, if any)."""
     n = len(items)
     width = shard_width(n, samples_per_shard) if width is None else width
     return [
