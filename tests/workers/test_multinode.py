@@ -147,9 +147,14 @@ def test_a_lost_worker_node_costs_no_sample(cluster, faults, big_corpus, referen
     def lose_a_node() -> None:
         _wait_for(lambda: len(_stats(dest)) >= 2, 90, "two committed shards")
         by_id = {n.node_id: n for n in cluster.workers}
-        done = {s[:-5] for s in _stats(dest)}
-        busy = [line.split() for line in log.read_text().splitlines() if line.split()[0] not in done]
-        node_id = next((b[2] for b in reversed(busy) if b[2] in by_id), None)
+        deadline = time.monotonic() + 60
+        while True:  # a node in the middle of a shard (its attempt is logged at its first sample)
+            done = {s[:-5] for s in _stats(dest)}
+            busy = [line.split() for line in log.read_text().splitlines() if line.split()[0] not in done]
+            node_id = next((b[2] for b in reversed(busy) if b[2] in by_id), None)
+            if node_id is not None or len(done) >= 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         if node_id is None:
             return
         removed["node"], removed["shards"] = node_id, [b[0] for b in busy if b[2] == node_id]
