@@ -157,11 +157,10 @@ class _DiskSet:
             self._grow(self.count)
         h, v = self._held[0][:n], self._held[1][:n]
         order = np.argsort(h % self.size, kind="stable")
-        for a in range(0, n, 1 << 16):
-            part = order[a:a + (1 << 16)]
-            for b in range(0, len(part), CHUNK):
-                self._place(h[part[b:b + CHUNK]], v[part[b:b + CHUNK]])
-            self.release()
+        for a in range(0, n, CHUNK):
+            part = order[a:a + CHUNK]
+            self._place(h[part], v[part])
+            self.release()  # at most a chunk's pages resident, however large the table
         self.nheld = 0
 
     def release(self) -> None:
@@ -183,7 +182,11 @@ class _DiskSet:
     def _probe(self, h: np.ndarray) -> np.ndarray:
         """Whether each hash is in the disk table."""
         if len(h) > CHUNK:
-            return np.concatenate([self._probe(h[a:a + CHUNK]) for a in range(0, len(h), CHUNK)])
+            found = []
+            for a in range(0, len(h), CHUNK):
+                found.append(self._probe(h[a:a + CHUNK]))
+                self.release()
+            return np.concatenate(found)
         found = np.zeros(len(h), dtype=bool)
         active = np.arange(len(h))
         pos = h % self.size
