@@ -42,6 +42,10 @@ FILTER_BYTES = 64 << 20
 #: keys held in memory (sorted; 32 bytes each with the merge buffers) before they go into the disk
 #: table all at once, in slot order
 FLUSH = 1 << 21
+#: keys added last, held in small sorted runs (a block each) before they are merged into the held keys
+#: (a merge costs the held keys' size: paid once per `RUN_KEYS` keys or `MAX_RUNS` blocks, not per block)
+RUN_KEYS = 1 << 17
+MAX_RUNS = 16
 #: the disk table is grown past this share of its slots taken (linear probing stays short)
 LOAD = 0.6
 _EMPTY = np.uint64(0)
@@ -82,7 +86,8 @@ class _DiskSet:
     fixed size in memory in front of it: a filter (three bits per key: a key whose bits are not all
     set was never added, so most new keys never touch the disk table), and the keys added last, held
     sorted by hash, then placed into the table `FLUSH` at a time in slot order (a page of the table is
-    touched about once per flush, not once per key)."""
+    touched about once per flush, not once per key). A key's home slot grows with its hash (`_slots`),
+    so the held keys, sorted by hash, are already in slot order."""
 
     def __init__(self, folder: str, capacity: int) -> None:
         self.folder = folder
@@ -99,6 +104,9 @@ class _DiskSet:
         self._held = [np.empty(size, dtype=np.uint64) for _ in range(4)]  # hashes, values; twice (merging)
         self._mask = np.empty(size, dtype=bool)
         self.nheld = 0
+        small = min(RUN_KEYS, size)
+        self._recent = [np.empty(small, dtype=np.uint64), np.empty(small, dtype=np.uint64)]
+        self._runs = [0]  # where each sorted run of `_recent` ends (after a leading 0)
 
     def _open_table(self, capacity: int) -> None:
         self._generation += 1
@@ -111,6 +119,13 @@ class _DiskSet:
         # a plain array over the mapping (numpy's memmap class costs ~0.1 ms per indexing)
         self.table = np.frombuffer(self._mm, dtype=np.uint64).reshape(capacity, 2)
         self.capacity, self.size = capacity, np.uint64(capacity)
+        self._scale, self._last = capacity / 2.0**53, np.uint64(capacity - 1)
+
+    def _slots(self, h: np.ndarray) -> np.ndarray:
+        """Each hash's home slot: its top 53 bits scaled to the table, so that a larger hash never has
+        a smaller slot (the held keys, sorted by hash, are placed in slot order without a sort)."""
+        s = (h >> np.uint64(11)).astype(np.float64) * self._scale
+        return np.minimum(s.astype(np.uint64), self._last)
 
     # -- the filter -------------------------------------------------------------------------------
     def _bits_of(self, h: np.ndarray) -> np.ndarray:
@@ -129,10 +144,35 @@ class _DiskSet:
                          np.left_shift(1, (pos & np.uint64(7)).astype(np.uint8)).astype(np.uint8))
 
     # -- the keys held in memory ------------------------------------------------------------------
+    @property
+    def nrecent(self) -> int:
+        return self._runs[-1]
+
     def _hold(self, h: np.ndarray, v: np.ndarray) -> None:
-        """Merge (h, v) into the held keys, kept sorted by hash (two buffers, in turn)."""
+        """Hold (h, v): a new sorted run of the recent keys, merged into the held keys when the runs
+        are full."""
         order = np.argsort(h, kind="stable")
         h, v = h[order], v[order]
+        a, m = self.nrecent, len(h)
+        if a + m > len(self._recent[0]) or len(self._runs) > MAX_RUNS:
+            self._merge_recent()
+            a = 0
+        if m > len(self._recent[0]):
+            self._merge(h, v)
+            return
+        self._recent[0][a:a + m], self._recent[1][a:a + m] = h, v
+        self._runs.append(a + m)
+
+    def _merge_recent(self) -> None:
+        n = self.nrecent
+        if n:
+            rh, rv = self._recent[0][:n], self._recent[1][:n]
+            order = np.argsort(rh, kind="stable")
+            self._merge(rh[order], rv[order])
+        self._runs = [0]
+
+    def _merge(self, h: np.ndarray, v: np.ndarray) -> None:
+        """Merge sorted (h, v) into the held keys, kept sorted by hash (two buffers, in turn)."""
         n, m = self.nheld, len(h)
         ch, cv, oh, ov = self._held
         pos = np.searchsorted(ch[:n], h) + np.arange(m)
@@ -144,22 +184,30 @@ class _DiskSet:
         self._held = [oh, ov, ch, cv]
         self.nheld = n + m
 
-    def _held_range(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        held = self._held[0][:self.nheld]
-        return np.searchsorted(held, h, side="left"), np.searchsorted(held, h, side="right")
+    def _segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The held keys as sorted (hashes, values) segments: the merged ones, then each recent run."""
+        out = [(self._held[0][:self.nheld], self._held[1][:self.nheld])]
+        rh, rv = self._recent
+        out += [(rh[a:b], rv[a:b]) for a, b in zip(self._runs, self._runs[1:])]
+        return out
+
+    def _held_hits(self, h: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(h), dtype=bool)
+        for sh, _ in self._segments():
+            found |= np.searchsorted(sh, h, side="right") > np.searchsorted(sh, h, side="left")
+        return found
 
     def flush(self) -> None:
         """Place the held keys into the disk table, in slot order, and let their pages go."""
+        self._merge_recent()
         n = self.nheld
         if not n:
             return
         if self.count > self.capacity * LOAD:
             self._grow(self.count)
-        h, v = self._held[0][:n], self._held[1][:n]
-        order = np.argsort(h % self.size, kind="stable")
+        h, v = self._held[0][:n], self._held[1][:n]  # sorted by hash: in slot order
         for a in range(0, n, CHUNK):
-            part = order[a:a + CHUNK]
-            self._place(h[part], v[part])
+            self._place(h[a:a + CHUNK], v[a:a + CHUNK])
             self.release()  # at most a chunk's pages resident, however large the table
         self.nheld = 0
 
@@ -175,8 +223,7 @@ class _DiskSet:
         ask = np.flatnonzero(self._in_filter(h))
         if ask.size:
             hq = h[ask]
-            lo, hi = self._held_range(hq)
-            found[ask] = (hi > lo) | self._probe(hq)
+            found[ask] = self._held_hits(hq) | self._probe(hq)
         return found
 
     def _probe(self, h: np.ndarray) -> np.ndarray:
@@ -189,7 +236,7 @@ class _DiskSet:
             return np.concatenate(found)
         found = np.zeros(len(h), dtype=bool)
         active = np.arange(len(h))
-        pos = h % self.size
+        pos = self._slots(h)
         table = self.table
         while active.size:
             slot = table[pos[active], 0]
@@ -211,10 +258,11 @@ class _DiskSet:
         if not self._in_filter(hs)[0]:
             return False
         data = key.encode("utf-8", "surrogatepass")
-        lo, hi = self._held_range(hs)
-        if any(self._is(int(self._held[1][j]), data) for j in range(int(lo[0]), int(hi[0]))):
-            return True
-        i = int(hv % self.size)
+        for sh, sv in self._segments():
+            lo, hi = int(np.searchsorted(sh, hv, side="left")), int(np.searchsorted(sh, hv, side="right"))
+            if any(self._is(int(sv[j]), data) for j in range(lo, hi)):
+                return True
+        i = int(self._slots(hs)[0])
         table = self.table
         while True:
             slot = table[i, 0]
@@ -244,7 +292,7 @@ class _DiskSet:
         room = len(self._mask)
         for a in range(0, len(h), room):
             piece = slice(a, a + room)
-            if self.nheld + len(h[piece]) > room:
+            if self.nheld + self.nrecent + len(h[piece]) > room:
                 self.flush()
             self._hold(h[piece], values[piece])
             self.count += len(h[piece])
@@ -252,7 +300,7 @@ class _DiskSet:
     def _place(self, h: np.ndarray, values: np.ndarray) -> None:
         table, size = self.table, self.size
         pending = np.arange(len(h))
-        pos = h % size
+        pos = self._slots(h)
         while pending.size:
             free = table[pos[pending], 0] == _EMPTY
             cand = pending[free]
