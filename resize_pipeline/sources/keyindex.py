@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -188,7 +189,7 @@ class _DiskSet:
         """The held keys as sorted (hashes, values) segments: the merged ones, then each recent run."""
         out = [(self._held[0][:self.nheld], self._held[1][:self.nheld])]
         rh, rv = self._recent
-        out += [(rh[a:b], rv[a:b]) for a, b in zip(self._runs, self._runs[1:])]
+        out += [(rh[a:b], rv[a:b]) for a, b in pairwise(self._runs)]
         return out
 
     def _held_hits(self, h: np.ndarray) -> np.ndarray:
