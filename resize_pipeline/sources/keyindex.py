@@ -7,11 +7,13 @@ so that the driver's memory does not grow with the listing:
 
 - an open-addressing hash table (linear probing, at most `LOAD` full, doubled when needed) of
   16-byte slots ``(hash, where the key's text is in the log)``, memory-mapped and probed with numpy
-  a block of keys at a time; the mapped pages are handed back to the page cache (``MADV_DONTNEED``)
-  after each block and during each flush, so they never add up in the process's resident memory;
-- in front of it, in memory of a fixed size (at most `FILTER_BYTES` + 32 x `FLUSH` bytes, ~130 MB):
-  a filter, three bits per key, that most new keys fail (no disk access for them), and the last
-  keys added, held sorted, placed into the table `FLUSH` at a time in slot order;
+  `CHUNK` keys at a time; the mapped pages are handed back to the page cache (``MADV_DONTNEED``)
+  after each chunk probed or placed, so at most a chunk's pages (~16 MB) are ever resident, however
+  large the table;
+- in front of it, in memory of a fixed size (at most `FILTER_BYTES` + 33 x `FLUSH` + 32 x `RUN_KEYS`
+  bytes, ~135 MB, whatever the listing's size): a filter, three bits per key, that most new keys fail
+  (no disk access for them), and the last keys added, held sorted by hash, placed into the table
+  `FLUSH` at a time in slot order (a key's home slot grows with its hash, so no sort is needed then);
 - a log of the keys' text (UTF-8; `keys.sanitize_key` makes them ASCII), appended once per block: a hash
   found in the table is confirmed by reading the text back (``os.pread``), so the answer is exact.
 
