@@ -139,7 +139,7 @@ class _DiskSet:
     def _in_filter(self, h: np.ndarray) -> np.ndarray:
         pos = self._bits_of(h)
         got = (self.bits[(pos >> np.uint64(3)).astype(np.int64)] >> (pos & np.uint64(7)).astype(np.uint8)) & 1
-        return got.all(axis=0)
+        return np.asarray(got.all(axis=0), dtype=bool)
 
     def _to_filter(self, h: np.ndarray) -> None:
         pos = self._bits_of(h).ravel()
@@ -232,11 +232,11 @@ class _DiskSet:
     def _probe(self, h: np.ndarray) -> np.ndarray:
         """Whether each hash is in the disk table."""
         if len(h) > CHUNK:
-            found = []
+            chunks = []
             for a in range(0, len(h), CHUNK):
-                found.append(self._probe(h[a:a + CHUNK]))
+                chunks.append(self._probe(h[a:a + CHUNK]))
                 self.release()
-            return np.concatenate(found)
+            return np.concatenate(chunks)
         found = np.zeros(len(h), dtype=bool)
         active = np.arange(len(h))
         pos = self._slots(h)
