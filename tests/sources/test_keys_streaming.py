@@ -165,3 +165,22 @@ def test_home_slots_grow_with_the_hash_and_fill_the_table(tmp_path, capacity):
         assert counts.min() > 0.9 * len(h) / 10  # tenths of the table get their share
     finally:
         d.close()
+
+
+def test_the_filter_lets_through_no_more_new_keys_than_a_bloom_filter_should(tmp_path, monkeypatch):
+    """1M keys in a filter at its cap (2^24 bits here, 2^29 for real: a power of two), three bits each:
+    a new key passes with probability about (1 - e^(-3n/m))^3 = 0.4%. Bit positions derived from the
+    hash's low bits alone passed ~n/m = 6% (each pass costs a lookup in the disk table)."""
+    from resize_pipeline.sources import keyindex
+    from resize_pipeline.sources.keyindex import _DiskSet
+
+    monkeypatch.setattr(keyindex, "FILTER_BYTES", 1 << 21)
+    d = _DiskSet(str(tmp_path), 4_000_000)
+    assert d.bits.nbytes == 1 << 21
+    try:
+        rng = np.random.default_rng(7)
+        d._to_filter(rng.integers(1, 2**64 - 1, 1_000_000, dtype=np.uint64, endpoint=True))
+        passed = d._in_filter(key_hashes([f"new/{i}.jpg" for i in range(100_000)])).mean()
+        assert passed < 0.01, passed
+    finally:
+        d.close()
