@@ -138,8 +138,8 @@ class _DiskSet:
     def _bits_of(self, h: np.ndarray) -> np.ndarray:
         """Three bit positions per hash, shape (3, n): ``h1 + i * h2`` from the hash's two halves (two
         independent hashes: a step derived from the low bits alone made the three bits a function of
-        the low ``log2(bits)`` bits, so that the filter let through ~keys/bits of new keys, 19% at
-        100M keys, instead of ~8%)."""
+        the low ``log2(bits)`` bits at the filter's cap, so that it let through ~keys/bits of new keys:
+        about a quarter at 100M keys instead of ~8%)."""
         h1 = h & np.uint64(0xFFFFFFFF)
         h2 = (h >> np.uint64(32)) | np.uint64(1)
         return np.stack([(h1 + np.uint64(i) * h2) % self.nbits for i in range(3)])
