@@ -15,10 +15,13 @@ shard size, and the 1B-row driver peak extrapolated from the measured slope.
 
     python benchmarks/bench_plan.py --rows 10000000 --formats parquet csv --base /tmp/base  # ~15 min
     python benchmarks/bench_plan.py --rows 100000000 --formats csv --modes run --base /tmp/base
+    python benchmarks/bench_plan.py --rows --manifest /data/m100000000.parquet --modes run  # an existing one
 
 The manifests (``path,label``: ``/mnt/datasets/<set>/<folder>/<name>.jpg``, ~60-character paths,
 1000 files per folder; ``--caption`` adds a 60-character caption column) are written to ``--work``
-and deleted at the end (100M rows: ~7.5 GB of CSV). Linux only.
+and deleted at the end (100M rows: ~7.5 GB of CSV); ``--manifest`` measures existing ones (kept). Each
+result also gives ``rows_per_s``: the rows listed per second over the whole job (in ``run`` mode the
+stand-in converts nothing, so that is the listing's own rate). Linux only.
 """
 
 from __future__ import annotations
@@ -74,6 +77,16 @@ print(json.dumps({"total": s.total, "shards": s.shards, "first_shard_s": first[0
 """
 
 
+def manifest_rows(path: Path) -> int:
+    """Rows of an existing manifest (Parquet: its metadata; CSV: its lines but the header)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    with open(path, "rb") as fh:
+        return sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 24), b"")) - 1
+
+
 def write_manifest(path: Path, rows: int, fmt: str, caption: bool) -> None:
     """~60-character absolute paths in folders of 1000, an integer label (and a 60-character caption)."""
     chunk = 1_000_000
@@ -118,7 +131,9 @@ def measure(repo: Path, man: Path, dest: Path, per_shard: int, mode: str, timeou
         shutil.rmtree(dest, ignore_errors=True)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["?"])[-1][:300]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["rows_per_s"] = round(r["total"] / r["seconds"]) if r.get("seconds") else None
+    return r
 
 
 def task_sizes() -> dict:
@@ -143,7 +158,8 @@ def task_sizes() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, nargs="+", default=[10_000_000])
+    ap.add_argument("--rows", type=int, nargs="*", default=[10_000_000])
+    ap.add_argument("--manifest", type=Path, nargs="*", default=[], help="existing manifests to measure (kept)")
     ap.add_argument("--formats", nargs="+", default=["parquet", "csv"], choices=["parquet", "csv"])
     ap.add_argument("--modes", nargs="+", default=["dryrun", "run"], choices=["dryrun", "run"])
     ap.add_argument("--samples-per-shard", type=int, default=10_000)
@@ -156,27 +172,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-plan-", dir=args.work))
     print(json.dumps({"task_sizes": task_sizes()}), flush=True)
     results = []
+    jobs = [(rows, fmt, None) for rows in args.rows for fmt in args.formats]
+    jobs += [(manifest_rows(m), m.suffix.lstrip("."), m) for m in args.manifest]
     try:
-        for rows in args.rows:
-            for fmt in args.formats:
-                man = work / f"m{rows}.{fmt}"
+        for rows, fmt, given in jobs:
+            man = given or work / f"m{rows}.{fmt}"
+            if given is None:
                 t = time.time()
                 write_manifest(man, rows, fmt, args.caption)
                 print(json.dumps({"manifest": str(man), "rows": rows, "bytes": man.stat().st_size,
                                   "write_s": round(time.time() - t, 1)}), flush=True)
-                repos = [("now", REPO)] + ([("base", args.base)] if args.base and rows <= args.base_max_rows else [])
-                for mode in args.modes:
-                    for name, repo in repos:
-                        r = measure(repo, man, work / "dest", args.samples_per_shard, mode, args.timeout)
-                        r.update(rows=rows, format=fmt, mode=mode, code=name, caption=args.caption,
-                                 load=os.getloadavg()[0])
-                        results.append(r)
-                        print(json.dumps(r), flush=True)
+            repos = [("now", REPO)] + ([("base", args.base)] if args.base and rows <= args.base_max_rows else [])
+            for mode in args.modes:
+                for name, repo in repos:
+                    r = measure(repo, man, work / "dest", args.samples_per_shard, mode, args.timeout)
+                    r.update(rows=rows, format=fmt, mode=mode, code=name, caption=args.caption,
+                             load=os.getloadavg()[0])
+                    results.append(r)
+                    print(json.dumps(r), flush=True)
+            if given is None:
                 man.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     now = {(r["rows"], r["format"], r["mode"]): r for r in results if r["code"] == "now" and "peak_rss_mib" in r}
-    for fmt in args.formats:
+    for fmt in sorted({f for _, f, _ in jobs}):
         for mode in args.modes:
             pts = sorted((k[0], v["peak_rss_mib"]) for k, v in now.items() if k[1] == fmt and k[2] == mode)
             if len(pts) >= 2:

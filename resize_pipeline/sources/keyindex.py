@@ -8,10 +8,13 @@ so that the driver's memory does not grow with the listing:
 - an open-addressing hash table (linear probing, at most `LOAD` full, doubled when needed) of
   16-byte slots ``(hash, where the key's text is in the log)``, memory-mapped and probed with numpy
   a block of keys at a time; the mapped pages are handed back to the page cache (``MADV_DONTNEED``)
-  after each block and during each flush, so they never add up in the process's resident memory;
-- in front of it, in memory of a fixed size (at most `FILTER_BYTES` + 32 x `FLUSH` bytes, ~130 MB):
-  a filter, three bits per key, that most new keys fail (no disk access for them), and the last
-  keys added, held sorted, placed into the table `FLUSH` at a time in slot order;
+  after each `CHUNK` keys placed (a contiguous stretch of the table) and each `PROBES` keys looked
+  up (each maps a page, and the kernel up to 15 more around it), so at most ~32 MB of them are ever
+  resident, however large the table;
+- in front of it, in memory of a fixed size (at most `FILTER_BYTES` + 33 x `FLUSH` + 32 x `RUN_KEYS`
+  bytes, ~135 MB, whatever the listing's size): a filter, three bits per key, that most new keys fail
+  (no disk access for them), and the last keys added, held sorted by hash, placed into the table
+  `FLUSH` at a time in slot order (a key's home slot grows with its hash, so no sort is needed then);
 - a log of the keys' text (UTF-8; `keys.sanitize_key` makes them ASCII), appended once per block: a hash
   found in the table is confirmed by reading the text back (``os.pread``), so the answer is exact.
 
@@ -28,6 +31,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -35,13 +39,19 @@ log = logging.getLogger(__name__)
 
 #: keys held in a Python set before the set moves to the local disk
 SPILL = 1 << 16
-#: keys probed or placed at a time in the disk table
+#: keys placed at a time in the disk table (in slot order: a contiguous stretch of it)
 CHUNK = 4096
+#: keys looked up in the disk table (anywhere in it) before its pages are handed back
+PROBES = 512
 #: bytes of the in-memory filter in front of the disk table (fixed: it does not grow with the keys)
 FILTER_BYTES = 64 << 20
 #: keys held in memory (sorted; 32 bytes each with the merge buffers) before they go into the disk
 #: table all at once, in slot order
 FLUSH = 1 << 21
+#: keys added last, held in small sorted runs (a block each) before they are merged into the held keys
+#: (a merge costs the held keys' size: paid once per `RUN_KEYS` keys or `MAX_RUNS` blocks, not per block)
+RUN_KEYS = 1 << 17
+MAX_RUNS = 16
 #: the disk table is grown past this share of its slots taken (linear probing stays short)
 LOAD = 0.6
 _EMPTY = np.uint64(0)
@@ -82,7 +92,8 @@ class _DiskSet:
     fixed size in memory in front of it: a filter (three bits per key: a key whose bits are not all
     set was never added, so most new keys never touch the disk table), and the keys added last, held
     sorted by hash, then placed into the table `FLUSH` at a time in slot order (a page of the table is
-    touched about once per flush, not once per key)."""
+    touched about once per flush, not once per key). A key's home slot grows with its hash (`_slots`),
+    so the held keys, sorted by hash, are already in slot order."""
 
     def __init__(self, folder: str, capacity: int) -> None:
         self.folder = folder
@@ -99,6 +110,10 @@ class _DiskSet:
         self._held = [np.empty(size, dtype=np.uint64) for _ in range(4)]  # hashes, values; twice (merging)
         self._mask = np.empty(size, dtype=bool)
         self.nheld = 0
+        self._lookups = 0
+        small = min(RUN_KEYS, size)
+        self._recent = [np.empty(small, dtype=np.uint64), np.empty(small, dtype=np.uint64)]
+        self._runs = [0]  # where each sorted run of `_recent` ends (after a leading 0)
 
     def _open_table(self, capacity: int) -> None:
         self._generation += 1
@@ -111,17 +126,28 @@ class _DiskSet:
         # a plain array over the mapping (numpy's memmap class costs ~0.1 ms per indexing)
         self.table = np.frombuffer(self._mm, dtype=np.uint64).reshape(capacity, 2)
         self.capacity, self.size = capacity, np.uint64(capacity)
+        self._scale, self._last = capacity / 2.0**53, np.uint64(capacity - 1)
+
+    def _slots(self, h: np.ndarray) -> np.ndarray:
+        """Each hash's home slot: its top 53 bits scaled to the table, so that a larger hash never has
+        a smaller slot (the held keys, sorted by hash, are placed in slot order without a sort)."""
+        s = (h >> np.uint64(11)).astype(np.float64) * self._scale
+        return np.minimum(s.astype(np.uint64), self._last)
 
     # -- the filter -------------------------------------------------------------------------------
     def _bits_of(self, h: np.ndarray) -> np.ndarray:
-        """Three bit positions per hash (double hashing), shape (3, n)."""
-        h2 = (h * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
-        return np.stack([(h + np.uint64(i) * h2) % self.nbits for i in range(3)])
+        """Three bit positions per hash, shape (3, n): ``h1 + i * h2`` from the hash's two halves (two
+        independent hashes: a step derived from the low bits alone made the three bits a function of
+        the low ``log2(bits)`` bits at the filter's cap, so that it let through ~keys/bits of new keys:
+        about a quarter at 100M keys instead of ~8%)."""
+        h1 = h & np.uint64(0xFFFFFFFF)
+        h2 = (h >> np.uint64(32)) | np.uint64(1)
+        return np.stack([(h1 + np.uint64(i) * h2) % self.nbits for i in range(3)])
 
     def _in_filter(self, h: np.ndarray) -> np.ndarray:
         pos = self._bits_of(h)
         got = (self.bits[(pos >> np.uint64(3)).astype(np.int64)] >> (pos & np.uint64(7)).astype(np.uint8)) & 1
-        return got.all(axis=0)
+        return np.asarray(got.all(axis=0), dtype=bool)
 
     def _to_filter(self, h: np.ndarray) -> None:
         pos = self._bits_of(h).ravel()
@@ -129,10 +155,35 @@ class _DiskSet:
                          np.left_shift(1, (pos & np.uint64(7)).astype(np.uint8)).astype(np.uint8))
 
     # -- the keys held in memory ------------------------------------------------------------------
+    @property
+    def nrecent(self) -> int:
+        return self._runs[-1]
+
     def _hold(self, h: np.ndarray, v: np.ndarray) -> None:
-        """Merge (h, v) into the held keys, kept sorted by hash (two buffers, in turn)."""
+        """Hold (h, v): a new sorted run of the recent keys, merged into the held keys when the runs
+        are full."""
         order = np.argsort(h, kind="stable")
         h, v = h[order], v[order]
+        a, m = self.nrecent, len(h)
+        if a + m > len(self._recent[0]) or len(self._runs) > MAX_RUNS:
+            self._merge_recent()
+            a = 0
+        if m > len(self._recent[0]):
+            self._merge(h, v)
+            return
+        self._recent[0][a:a + m], self._recent[1][a:a + m] = h, v
+        self._runs.append(a + m)
+
+    def _merge_recent(self) -> None:
+        n = self.nrecent
+        if n:
+            rh, rv = self._recent[0][:n], self._recent[1][:n]
+            order = np.argsort(rh, kind="stable")
+            self._merge(rh[order], rv[order])
+        self._runs = [0]
+
+    def _merge(self, h: np.ndarray, v: np.ndarray) -> None:
+        """Merge sorted (h, v) into the held keys, kept sorted by hash (two buffers, in turn)."""
         n, m = self.nheld, len(h)
         ch, cv, oh, ov = self._held
         pos = np.searchsorted(ch[:n], h) + np.arange(m)
@@ -144,24 +195,31 @@ class _DiskSet:
         self._held = [oh, ov, ch, cv]
         self.nheld = n + m
 
-    def _held_range(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        held = self._held[0][:self.nheld]
-        return np.searchsorted(held, h, side="left"), np.searchsorted(held, h, side="right")
+    def _segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The held keys as sorted (hashes, values) segments: the merged ones, then each recent run."""
+        out = [(self._held[0][:self.nheld], self._held[1][:self.nheld])]
+        rh, rv = self._recent
+        out += [(rh[a:b], rv[a:b]) for a, b in pairwise(self._runs)]
+        return out
+
+    def _held_hits(self, h: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(h), dtype=bool)
+        for sh, _ in self._segments():
+            found |= np.searchsorted(sh, h, side="right") > np.searchsorted(sh, h, side="left")
+        return found
 
     def flush(self) -> None:
         """Place the held keys into the disk table, in slot order, and let their pages go."""
+        self._merge_recent()
         n = self.nheld
         if not n:
             return
         if self.count > self.capacity * LOAD:
             self._grow(self.count)
-        h, v = self._held[0][:n], self._held[1][:n]
-        order = np.argsort(h % self.size, kind="stable")
-        for a in range(0, n, 1 << 16):
-            part = order[a:a + (1 << 16)]
-            for b in range(0, len(part), CHUNK):
-                self._place(h[part[b:b + CHUNK]], v[part[b:b + CHUNK]])
-            self.release()
+        h, v = self._held[0][:n], self._held[1][:n]  # sorted by hash: in slot order
+        for a in range(0, n, CHUNK):
+            self._place(h[a:a + CHUNK], v[a:a + CHUNK])
+            self.release()  # at most a chunk's pages resident, however large the table
         self.nheld = 0
 
     def release(self) -> None:
@@ -176,17 +234,21 @@ class _DiskSet:
         ask = np.flatnonzero(self._in_filter(h))
         if ask.size:
             hq = h[ask]
-            lo, hi = self._held_range(hq)
-            found[ask] = (hi > lo) | self._probe(hq)
+            found[ask] = self._held_hits(hq) | self._probe(hq)
         return found
 
     def _probe(self, h: np.ndarray) -> np.ndarray:
-        """Whether each hash is in the disk table."""
-        if len(h) > CHUNK:
-            return np.concatenate([self._probe(h[a:a + CHUNK]) for a in range(0, len(h), CHUNK)])
+        """Whether each hash is in the disk table (its pages handed back every `PROBES` hashes: each
+        probe maps a page of its own, and the kernel maps up to 15 more around it)."""
+        if len(h) > PROBES:
+            chunks = []
+            for a in range(0, len(h), PROBES):
+                chunks.append(self._probe(h[a:a + PROBES]))
+                self.release()
+            return np.concatenate(chunks)
         found = np.zeros(len(h), dtype=bool)
         active = np.arange(len(h))
-        pos = h % self.size
+        pos = self._slots(h)
         table = self.table
         while active.size:
             slot = table[pos[active], 0]
@@ -208,10 +270,15 @@ class _DiskSet:
         if not self._in_filter(hs)[0]:
             return False
         data = key.encode("utf-8", "surrogatepass")
-        lo, hi = self._held_range(hs)
-        if any(self._is(int(self._held[1][j]), data) for j in range(int(lo[0]), int(hi[0]))):
-            return True
-        i = int(hv % self.size)
+        self._lookups += 1
+        if self._lookups >= PROBES:  # a block of many duplicate keys: their pages go back as they come
+            self._lookups = 0
+            self.release()
+        for sh, sv in self._segments():
+            lo, hi = int(np.searchsorted(sh, hv, side="left")), int(np.searchsorted(sh, hv, side="right"))
+            if any(self._is(int(sv[j]), data) for j in range(lo, hi)):
+                return True
+        i = int(self._slots(hs)[0])
         table = self.table
         while True:
             slot = table[i, 0]
@@ -241,7 +308,7 @@ class _DiskSet:
         room = len(self._mask)
         for a in range(0, len(h), room):
             piece = slice(a, a + room)
-            if self.nheld + len(h[piece]) > room:
+            if self.nheld + self.nrecent + len(h[piece]) > room:
                 self.flush()
             self._hold(h[piece], values[piece])
             self.count += len(h[piece])
@@ -249,7 +316,7 @@ class _DiskSet:
     def _place(self, h: np.ndarray, values: np.ndarray) -> None:
         table, size = self.table, self.size
         pending = np.arange(len(h))
-        pos = h % size
+        pos = self._slots(h)
         while pending.size:
             free = table[pos[pending], 0] == _EMPTY
             cand = pending[free]

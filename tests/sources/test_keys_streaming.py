@@ -145,3 +145,42 @@ def test_a_killed_process_s_key_folder_is_removed_by_the_next(tmp_path, monkeypa
     (left / "keys.log").write_bytes(b"x" * 10)
     mine = private_folder("resize-pipeline-keys")
     assert not left.exists() and mine.startswith(str(tmp_path))
+
+
+@pytest.mark.parametrize("capacity", [1, 100_000, 10**8])
+def test_home_slots_grow_with_the_hash_and_fill_the_table(tmp_path, capacity):
+    """A key's home slot never decreases as its hash grows (the held keys, sorted by hash, are placed
+    in slot order without a sort), stays inside the table, and spreads hashes evenly over it."""
+    from resize_pipeline.sources.keyindex import _DiskSet
+
+    d = _DiskSet(str(tmp_path), capacity)
+    try:
+        rng = np.random.default_rng(0)
+        h = np.sort(np.concatenate([rng.integers(1, 2**64 - 1, 200_000, dtype=np.uint64, endpoint=True),
+                                    np.array([1, 2, 2**53, 2**63, 2**64 - 2048, 2**64 - 1], dtype=np.uint64)]))
+        s = d._slots(h)
+        assert (s[1:] >= s[:-1]).all() and int(s.max()) < d.capacity and int(s[0]) == 0
+        assert int(s[-1]) == d.capacity - 1
+        counts = np.bincount((s * np.uint64(10) // np.uint64(d.capacity)).astype(np.int64), minlength=10)
+        assert counts.min() > 0.9 * len(h) / 10  # tenths of the table get their share
+    finally:
+        d.close()
+
+
+def test_the_filter_lets_through_no_more_new_keys_than_a_bloom_filter_should(tmp_path, monkeypatch):
+    """1M keys in a filter at its cap (2^24 bits here, 2^29 for real: a power of two), three bits each:
+    a new key passes with probability about (1 - e^(-3n/m))^3 = 0.4%. Bit positions derived from the
+    hash's low bits alone passed ~n/m = 6% (each pass costs a lookup in the disk table)."""
+    from resize_pipeline.sources import keyindex
+    from resize_pipeline.sources.keyindex import _DiskSet
+
+    monkeypatch.setattr(keyindex, "FILTER_BYTES", 1 << 21)
+    d = _DiskSet(str(tmp_path), 4_000_000)
+    assert d.bits.nbytes == 1 << 21
+    try:
+        rng = np.random.default_rng(7)
+        d._to_filter(rng.integers(1, 2**64 - 1, 1_000_000, dtype=np.uint64, endpoint=True))
+        passed = d._in_filter(key_hashes([f"new/{i}.jpg" for i in range(100_000)])).mean()
+        assert passed < 0.01, passed
+    finally:
+        d.close()
