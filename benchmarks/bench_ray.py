@@ -7,10 +7,10 @@ Corpus: `resize_pipeline.sample_data.make_sample_dataset` (augmented skimage pho
 WebDataset) into a fresh folder, on one local Ray cluster started once (``num_cpus=--cpus``), after
 a warm-up run. Two figures per run, best of ``--repeats``:
 
-- end-to-end: inputs / wall clock of the engine call (actor start-up included: a fresh process per
-  actor that imports the package and builds the stages, ~2-4 s here);
-- steady: images converted after the first shard result / time from the first to the last result,
-  i.e. the streaming rate once the actors run, which is what a long job sees.
+- end-to-end: inputs / wall clock of `convert` (listing, planning and actor start-up included: a
+  fresh process per actor that imports the package and builds the stages, ~2-4 s here);
+- steady: images committed after the first shard / time from the first to the last commit (the
+  stats files' times), i.e. the streaming rate once the actors run, which is what a long job sees.
 """
 
 from __future__ import annotations
@@ -24,32 +24,34 @@ import tempfile
 import time
 
 
-def _run(items, dest: str, engine: str, workers: int, args) -> tuple[float, float]:
-    """(end-to-end img/s, steady img/s) of one engine call over `items`."""
-    from resize_pipeline.config import ConvertConfig
+def commit_rate(dest: str) -> float:
+    """Images committed after the first shard / time from the first to the last commit (the stats
+    files' modification times): the streaming rate once the workers run."""
+    import json
+
     from resize_pipeline.layout import STATS_DIR
-    from resize_pipeline.shards import plan_shards
+
+    d = os.path.join(dest, STATS_DIR)
+    done = sorted((os.stat(os.path.join(d, f)).st_mtime, json.load(open(os.path.join(d, f)))["total"])
+                  for f in os.listdir(d))
+    if len(done) < 2 or done[-1][0] <= done[0][0]:
+        return float("nan")
+    return sum(n for _, n in done[1:]) / (done[-1][0] - done[0][0])
+
+
+def _run(src: str, dest: str, engine: str, workers: int, args) -> tuple[float, float]:
+    """(end-to-end img/s, steady img/s) of one `convert` of `src` (listing and planning included)."""
+    from resize_pipeline import convert
+    from resize_pipeline.config import ConvertConfig
 
     shutil.rmtree(dest, ignore_errors=True)
-    os.makedirs(os.path.join(dest, STATS_DIR))
-    config = ConvertConfig(source="unused", dest=dest, size=224, mode="center-crop", resizer="bilinear",
+    config = ConvertConfig(source=src, dest=dest, size=224, mode="center-crop", resizer="bilinear",
                            encode="jpg", quality=95, samples_per_shard=args.samples_per_shard,
                            engine=engine, workers=workers, quiet=True, batch_size=args.batch_size)
-    tasks = plan_shards(items, args.samples_per_shard)
-    if engine == "ray":
-        from workers.ray_engine import run_ray as runner
-    else:
-        from resize_pipeline.engine.local import run_local as runner
-    seen: list[tuple[float, int]] = []
     t0 = time.perf_counter()
-    total = 0
-    for res in runner(config, tasks):
-        seen.append((time.perf_counter(), res.total))
-        total += res.total
+    summary = convert(config)
     wall = time.perf_counter() - t0
-    assert total == len(items), (total, len(items))
-    steady = (total - seen[0][1]) / (seen[-1][0] - seen[0][0]) if len(seen) > 1 else float("nan")
-    return total / wall, steady
+    return summary.total / wall, commit_rate(dest)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         make_sample_dataset(src, args.num, seed=0)
         items = list_source(src).items
+        small = os.path.join(tmp, "small")  # the warm-up's corpus: a few images
+        os.makedirs(small)
+        for it in items[: 2 * args.cpus]:
+            shutil.copy(it.url[len("file://"):], os.path.join(small, os.path.basename(it.url)))
         mib = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs) / 2**20
         print(f"corpus: {len(items)} images, {mib:.1f} MiB, made in {time.perf_counter() - t0:.1f} s", flush=True)
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
@@ -82,11 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
             logging.getLogger("ray.data").setLevel(logging.WARNING)
-            _run(items[: 2 * args.cpus], os.path.join(tmp, "warm"), "ray", args.cpus,
+            _run(small, os.path.join(tmp, "warm"), "ray", args.cpus,
                  argparse.Namespace(**{**vars(args), "samples_per_shard": 2}))  # Ray's worker processes
             for engine in ["ray"] if args.no_local else ["ray", "local"]:
                 for workers in (1, args.cpus):
-                    runs = [_run(items, os.path.join(tmp, f"{engine}{workers}"), engine, workers, args)
+                    runs = [_run(src, os.path.join(tmp, f"{engine}{workers}"), engine, workers, args)
                             for _ in range(args.repeats)]
                     e2e, steady = max(r[0] for r in runs), max(r[1] for r in runs)
                     rows.append((engine, workers, e2e, steady))

@@ -512,8 +512,10 @@ class ConvertConfig:
         "auto: on with a GPU or a remote source, off for CPU-only local work; see runner.should_overlap"),
         help="run read/decode/resize/encode concurrently in threads")
     engine: str = _run("local", kind=Str(choices=ENGINES), help="local processes/threads, or a Ray cluster")
-    address: str | None = _run(None, kind=Str(), optional=True, metavar="ADDRESS", default_text="a local cluster",
-                               help="Ray address for --engine ray: auto, ray://host:10001")
+    address: str | None = _run(None, kind=Str(), optional=True, metavar="ADDRESS", default_text=(
+        "RAY_ADDRESS if set, else a cluster of this job's own on this machine, shut down after it"),
+        help="Ray cluster to join for --engine ray: auto (the one `ray start` made on this machine), HOST:PORT, "
+             "ray://HOST:10001")
     device: str = _run("auto", kind=Str(validate=_device_problem), metavar="DEVICE",
                        help=f"torch device for the learned resizer: {DEVICE_FORMS}")
     read_timeout: float | None = _run(60.0, kind=Timeout(hi=MAX_SECONDS), optional=True, metavar="SECONDS",
@@ -547,13 +549,17 @@ class ConvertConfig:
     storage_options: dict[str, Any] = _run(dataclasses.MISSING, factory=dict, kind=StrMapping(), cli=False,
                                            help="fsspec options for SOURCE and DEST (config file or Python)")
     # --- Ray engine knobs (None: decided from the cluster); RESIZE_PIPELINE_RAY_* override them ---
-    ray_gpus_per_actor: float | None = _ray(kind=Float(0.0, MAX_RAY_RESOURCES), metavar="N", default_text="1 with GPUs, else 0",
-                                            help="GPUs per Ray actor")
+    ray_gpus_per_actor: float | None = _ray(kind=Float(0.0, MAX_RAY_RESOURCES), metavar="N", default_text=(
+        "when the job uses a GPU, a share of one: one actor per 4 of the smallest GPU node's CPUs per GPU "
+        "(0.25 on 16-CPU one-GPU nodes; 1 with fewer than 8 CPUs per GPU, or when --ray-cpus-per-actor is "
+        "given); else 0"), help="GPUs per Ray actor")
     ray_cpus_per_actor: float | None = _ray(kind=Float(0.0, MAX_RAY_RESOURCES, lo_open=True), metavar="N", default_text=(
-        "1 without GPUs, else the CPUs per GPU of the smallest GPU node, at most 8"),
+        "1 without GPUs; else the CPUs per GPU of the smallest GPU node divided among the actors sharing it "
+        "(4 on 16-CPU one-GPU nodes), at most 8"),
         help="CPUs reserved per Ray actor, also its decode/torch thread count")
-    ray_max_task_retries: int | None = _ray(kind=Int(0, MAX_RETRIES), metavar="N", default_text="Ray Data's: no cap",
-                                            help="retries of a shard whose Ray actor died")
+    ray_max_task_retries: int | None = _ray(kind=Int(0, MAX_RETRIES), metavar="N", default_text=(
+        "Ray's (it retries; the job's attempt ledger records a shard attempted --shard-attempts times as failed)"),
+        help="Ray's own cap on retries of a task whose actor died (past it the whole job fails)")
     ray_ship_code: bool | None = _ray(kind=Bool(), default_text="on for ray://, off otherwise",
                                       help="upload this checkout's resize_pipeline and workers with the Ray job")
 

@@ -1,13 +1,16 @@
 """`convert(config)`: the one public function behind ``resize-pipeline convert``.
 
     check (device, decoder, resizer; SOURCE and DEST apart: before DEST is touched)
-      -> list SOURCE -> plan shards -> [--dry-run: report, write nothing]
-      -> lock DEST -> check DEST (ownership, resume guard) -> record the run -> skip done shards
-      -> engine (local or Ray) runs `ShardRunner`s -> finalize (_errors.jsonl, _manifest.json) -> unlock
+      -> open SOURCE (a manifest's columns and rows counted; a folder listed, in parallel: here, or
+         on Ray once DEST is locked) -> [--dry-run: read the listing, report, write nothing]
+      -> lock DEST -> check DEST (ownership, resume guard) -> record the run
+      -> a planner thread streams the listing into parts in DEST (`planning`) and releases each
+         part's shards, while the engine (local or Ray) runs `ShardRunner`s on them
+      -> finalize (_errors.jsonl, _manifest.json) -> unlock
 
 With ``--update`` the plan is a new generation of DEST instead (`generations.update.prepare`: what
-DEST holds vs what SOURCE lists), its shards numbered after DEST's last, published by
-`generations.publish.publish`; the engines run its shards like any others.
+DEST holds vs what SOURCE lists, the listing read into memory), its shards numbered after DEST's
+last, published by `generations.publish.publish`; the engines run its shards like any others.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import Any
 from resize_pipeline.config import ConvertConfig, ray_knobs_from_env
 from resize_pipeline.errors import ConfigError, OutputError, SourceError
 from resize_pipeline.layout import ERRORS_FILE, MANIFEST_FILE, OutputNames
-from resize_pipeline.manifest import completed_shards, finalize, inspect_dest, prepare_dest, run_record
+from resize_pipeline.manifest import check_legacy, finalize, inspect_dest, prepare_dest, run_record
 from resize_pipeline.ownership import check_overlap, remove_partials
+from resize_pipeline.planning import DoneShards, Layout, Planner, PlanThread, read_index
 from resize_pipeline.shards import ShardResult, ShardTask, plan_shards
-from resize_pipeline.sources import list_source
+from resize_pipeline.sources.listing import open_source
 from resize_pipeline.urls import normalise, store_options
 
 log = logging.getLogger(__name__)
@@ -169,25 +173,48 @@ def convert(config: ConvertConfig, *, progress: bool | None = None) -> Summary:
         return _convert(config, resolved, t0, progress)
 
 
-def _list(config):
+def _open_listing(config):
+    """SOURCE, opened (what is cheap, before DEST is touched)."""
     try:  # a filesystem instance fsspec kept from an earlier run in this process must not answer from
         from resize_pipeline.urls import url_to_fs  # its cache: the listing and every read see SOURCE now
 
         url_to_fs(config.source, config.storage_options)[0].invalidate_cache()
     except (ImportError, ValueError, OSError):
         pass  # cannot be opened: the listing says why
-    listing = list_source(
-        config.source,
-        storage_options=config.storage_options,
-        path_column=config.path_column,
-        label_column=config.label_column,
-        io_timeout=config.io_timeout,
-    )
-    if not len(listing.items):
-        why = f" ({len(listing.errors)} could not be listed: {listing.errors[0]['error']})" if listing.errors else ""
-        raise SourceError(f"no images found in {config.source}{why}")
-    log.info("listed %d inputs (%s) from %s%s", len(listing.items), listing.kind, config.source,
-             f"; {len(listing.errors)} could not be listed" if listing.errors else "")
+    return open_source(config.source, storage_options=config.storage_options, path_column=config.path_column,
+                       label_column=config.label_column, io_timeout=config.io_timeout)
+def _prepare_here(config, listing) -> None:
+    """List a folder-like SOURCE in this process (threads; runs in a local temporary folder)."""
+    from resize_pipeline.sources.common import LISTING_ERRORS, one_line
+
+    try:
+        listing.prepare()
+    except SourceError:
+        raise
+    except LISTING_ERRORS as exc:
+        raise one_line(config.source, exc) from None
+
+
+def _require_inputs(config, listing) -> None:
+    if listing.bound:
+        log.info("listed %s: up to %d inputs (%s)%s", config.source, listing.bound, listing.kind,
+                 f"; {len(listing.errors)} could not be listed" if listing.errors else "")
+        return
+    raise _no_inputs(config, listing.errors)
+
+
+def _no_inputs(config, errors) -> SourceError:
+    first = errors.first
+    why = f" ({len(errors)} could not be listed: {first['error']})" if first else ""
+    return SourceError(f"no images found in {config.source}{why}")
+
+
+def _list(config):
+    """SOURCE listed here, every row in memory (``--update``: the diff against DEST's records)."""
+    listing = _open_listing(config)
+    _prepare_here(config, listing)
+    _require_inputs(config, listing)
+    listing.items  # noqa: B018 - read now: a listing streams once
     return listing
 
 
@@ -202,21 +229,58 @@ def _open_dest(config):
     return dest
 
 
-def _dry_run(config, dest, run: dict[str, Any], listing, tasks: list[ShardTask], t0: float) -> Summary:
-    """Everything a run checks before it writes, read-only; then what it would do."""
+def _layout(config, listing) -> Layout:
+    return Layout(listing.bound, config.samples_per_shard, config.shard_prefix)
+
+
+def _dry_run(config, resolved, dest, listing, t0: float) -> Summary:
+    """Everything a run checks before it writes, read-only; then what it would do (the whole listing
+    is read: counts, shards, and how many DEST holds complete, its recorded parts compared)."""
     from resize_pipeline.sinks.lock import DestLock
 
+    run = run_record(config, resolved, listing)
     state = inspect_dest(dest, config, run)
-    done = completed_shards(dest, tasks) if state.old is not None and not config.overwrite else {}
+    resume = state.old is not None and not config.overwrite
+    if resume and state.legacy:
+        listing = _check_legacy(config, dest, state, listing)
     lock = DestLock(dest)
     held = lock.read()
     if held and lock.stale(held) is None:
         log.warning("%s is being written by another job now (%s)", dest.url, lock.describe(held))
-    n = len(listing.items)
-    plan = {"kind": listing.kind, "per_shard": config.samples_per_shard, "first": tasks[0].name,
-            "last": tasks[-1].name, "pending": [t.name for t in tasks if t.index not in done][:20]}
-    return Summary(n + len(listing.errors), 0, len(listing.errors), time.perf_counter() - t0, config.dest,
-                   len(done), len(tasks), {}, 0, dry_run=True, list_failed=len(listing.errors), plan=plan)
+    layout = _layout(config, listing)
+    planner = Planner(listing, layout, dest if resume else None, write=False,
+                      recorded=read_index(dest) if resume and not state.legacy else None,
+                      done=DoneShards(dest if resume else None), source=config.source)
+    counts = {"shards": 0, "done": 0}
+    pending: list[str] = []
+
+    def on_part(ev) -> None:
+        counts["shards"] += len(ev.tasks) + len(ev.done)
+        counts["done"] += len(ev.done)
+        pending.extend(t.name for t in ev.tasks[: max(0, 20 - len(pending))])
+
+    outcome = planner.run(on_part)
+    n, errors = outcome.inputs, len(listing.errors)
+    if not n:
+        raise _no_inputs(config, listing.errors)
+    shards = counts["shards"]
+    plan = {"kind": listing.kind, "per_shard": config.samples_per_shard, "first": layout.name(0),
+            "last": layout.name(max(0, shards - 1)), "pending": pending}
+    return Summary(n + errors, 0, errors, time.perf_counter() - t0, config.dest, counts["done"], shards, {}, 0,
+                   dry_run=True, list_failed=errors, plan=plan)
+
+
+def _check_legacy(config, dest, state, listing):
+    """A DEST started by release <= 0.2 (the listing's digests in ``_run.json``): the whole listing is
+    read and checked first; returns a fresh listing for the run."""
+    log.info("%s was started by an earlier release: checking the whole listing against its record first",
+             dest.url)
+    planner = Planner(listing, _layout(config, listing), None, write=False, legacy=True, source=config.source)
+    outcome = planner.run(lambda ev: None)
+    check_legacy(dest, config, state.old, outcome.digest, outcome.stamps, outcome.inputs)
+    fresh = _open_listing(config)
+    _prepare_here(config, fresh)
+    return fresh
 
 
 @contextlib.contextmanager
@@ -267,28 +331,51 @@ def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) 
 
     if config.update:
         return _convert_update(config, resolved, t0, progress)
-    listing = _list(config)
-    tasks = plan_shards(listing.items, config.samples_per_shard, config.shard_prefix)
-    run = run_record(config, resolved, listing.items)
+    listing = _open_listing(config)
+    # folders are listed here, before DEST is touched; on Ray, in parallel once DEST is locked (the
+    # listing tasks write their sorted runs into DEST/_listing/, which must be ours by then)
+    on_ray = config.engine == "ray" and not config.dry_run and not listing.prepared
+    if not on_ray:
+        _prepare_here(config, listing)
+        _require_inputs(config, listing)
     dest = _open_dest(config)
     if config.dry_run:
-        return _dry_run(config, dest, run, listing, tasks, t0)
+        return _dry_run(config, resolved, dest, listing, t0)
     dest.makedirs()
     with DestLock(dest) as lock:
-        return _plain(config, resolved, dest, run, listing, tasks, t0, progress, lock)
+        return _plain(config, resolved, dest, listing, t0, progress, lock)
 
 
-def _plain(config, resolved, dest, run, listing, tasks, t0, progress, lock) -> Summary:
+def _plain(config, resolved, dest, listing, t0, progress, lock) -> Summary:
     """A plain run (generation 1), DEST locked."""
+    run = run_record(config, resolved, listing)
     state = inspect_dest(dest, config, run)
+    if state.legacy and not config.overwrite:
+        listing = _check_legacy(config, dest, state, listing)
+        run = run_record(config, resolved, listing)
     previous = _previous_components(dest, run) if state.old is not None else None
     lock.check()
     with _document_step(dest, "start", "nothing was converted yet"):
         prepare_dest(dest, config, run, state)
+    if not listing.prepared:
+        run = _prepare_on_ray(config, resolved, dest, listing, state)
     records = [run] + ([state.old] if state.old is not None else [])
     names = [n for n in (OutputNames.from_record(r) for r in records) if n is not None]
     remove_partials(dest, names)
-    return _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress, lock)
+    return _run(config, resolved, dest, run, listing, state, names, previous, t0, progress, lock)
+
+
+def _update_run(config, resolved, listing) -> dict[str, Any]:
+    """The run record of an ``--update`` (its listing in memory): the plain record with the whole
+    listing's digests, row count and shard names, as `generations.update` compares them; the plain
+    record's listing extent is kept (``extent``) to recognise an interrupted plain run of it."""
+    from resize_pipeline.planning import listing_digests
+
+    run = run_record(config, resolved, listing)
+    items = listing.items
+    digest_, stamps = listing_digests(listing)
+    return dict(run, extent=run["listing"], listing=digest_, stamps=stamps, inputs=len(items),
+                outputs=OutputNames.of(config, len(items)).to_dict())
 
 
 def _convert_update(config: ConvertConfig, resolved, t0: float, progress: bool | None) -> Summary:
@@ -301,20 +388,21 @@ def _convert_update(config: ConvertConfig, resolved, t0: float, progress: bool |
     dest = _open_dest(config)
     if config.dry_run:
         listing = _list(config)
-        prepared = prepare(dest, config, run_record(config, resolved, listing.items), listing, dry_run=True)
+        prepared = prepare(dest, config, _update_run(config, resolved, listing), listing, dry_run=True)
         return _update_summary(config, prepared, listing, t0, dry_run=True)
     dest.makedirs()
     with DestLock(dest) as lock:
         listing = _list(config)
-        run = run_record(config, resolved, listing.items)
+        run = _update_run(config, resolved, listing)
         prepared = prepare(dest, config, run, listing)
         if prepared.kind == "plain":  # the first conversion, interrupted, of this very listing: finish it
             log.info("%s holds an unfinished conversion of this listing (not made with --update): completing it",
                      dest.url)
             plain = config.replace(update=False, on_change="refuse", prune_deleted=False, dedup=None)
-            tasks = plan_shards(listing.items, config.samples_per_shard, config.shard_prefix)
-            return _plain(plain, resolved, dest, run_record(plain, resolved, listing.items), listing, tasks, t0,
-                          progress, lock)
+            fresh = _open_listing(plain)
+            _prepare_here(plain, fresh)
+            _require_inputs(plain, fresh)
+            return _plain(plain, resolved, dest, fresh, t0, progress, lock)
         if prepared.kind == "nothing":
             return _update_summary(config, prepared, listing, t0)
         planned = prepared.planned
@@ -361,37 +449,42 @@ def _update_summary(config, prepared, listing, t0: float, *, dry_run: bool = Fal
                    manifest, list_failed=len(listing.errors), generation=entry)
 
 
-def _run(config, resolved, dest, run, listing, tasks, names, previous, t0, progress, lock) -> Summary:
-    results, built, done = _execute(config, resolved, dest, tasks, names, len(listing.items), progress, lock)
-    seconds = time.perf_counter() - t0
-    converted = sum(r.total for r in results) - sum(r.total for r in done.values())
-    with _document_step(dest, "finish", "the shards written so far are kept: rerun the same command to finish"):
-        manifest = finalize(
-            dest, config, run, results,
-            listing_kind=listing.kind, list_errors=listing.errors, classes=listing.classes,
-            skipped=listing.skipped, skipped_members=listing.skipped_members,
-            skipped_examples=listing.skipped_examples, seconds=seconds,
-            components=previous if previous and not built else _components(built, config, resolved),
-            converted=converted,
-        )
-    c = manifest["counts"]
-    return Summary(c["total"], c["written"], c["failed"], seconds, config.dest, len(done), len(tasks), manifest,
-                   converted, list_failed=len(listing.errors))
+def completed_shards(dest, tasks: list[ShardTask]) -> dict[int, ShardResult]:
+    """Shards of an ``--update`` plan whose stats exist and whose files and input record are all
+    present (a rerun skips them)."""
+    from resize_pipeline.layout import INPUTS_DIR, STATS_DIR, inputs_name, stats_name
+
+    have = set(dest.ls(STATS_DIR))
+    if not have:
+        return {}
+    present = set(dest.ls())
+    records = set(dest.ls(INPUTS_DIR))
+    done: dict[int, ShardResult] = {}
+    for t in tasks:
+        if f"{t.name}.json" not in have:
+            continue
+        try:
+            res = ShardResult.from_dict(dest.read_json(*stats_name(t.name)))
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # torn: redo it
+            continue
+        if res.total == t.size and all(isinstance(f, dict) and f.get("name") in present for f in res.files) \
+                and (res.record is None or inputs_name(t.name)[1] in records):
+            done[t.index] = res
+    return done
 
 
 def _execute(config, resolved, dest, tasks, names, total: int, progress, lock):
-    """Run the shards not complete yet on the engine; (every result, what the workers built, the
-    results of the shards that were complete already)."""
+    """Run the shards of an ``--update`` plan not complete yet on the engine; (every result, what the
+    workers built, the results of the shards that were complete already)."""
+    from tqdm.auto import tqdm
+
     done = completed_shards(dest, tasks)
     pending = [t for t in tasks if t.index not in done]
     if done:
         log.info("resuming: %d of %d shards already complete", len(done), len(tasks))
     results: list[ShardResult] = list(done.values())
     built: list[dict[str, Any]] = []
-
     show = (not config.quiet) if progress is None else progress
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=total, initial=sum(r.total for r in results), unit="img",
                disable=not show, desc="convert", dynamic_ncols=True)
     with bar, _show_waits(bar):
@@ -411,3 +504,105 @@ def _execute(config, resolved, dest, tasks, names, total: int, progress, lock):
     lock.check()
     remove_partials(dest, names)  # temp files of a worker that died mid-commit (its shard was redone)
     return results, built, done
+
+
+def _prepare_on_ray(config, resolved, dest, listing, state) -> dict[str, Any]:
+    """List a folder-like SOURCE in parallel on Ray (runs in ``DEST/_listing/``), then record it."""
+    from resize_pipeline.layout import RUN_FILE
+    from resize_pipeline.manifest import check_listing
+    from resize_pipeline.ownership import remove_listing
+    from resize_pipeline.sources.runs import RunStore
+    from workers.listing_tasks import ray_runner
+
+    remove_listing(dest, runs_only=True)
+    from resize_pipeline.sources.common import LISTING_ERRORS, one_line
+
+    try:
+        listing.prepare(ray_runner(config), RunStore.in_dest(dest.url, dest.storage_options))
+        _require_inputs(config, listing)
+    except (SourceError, *LISTING_ERRORS) as exc:  # type: ignore[misc]
+        if state.old is None:  # nothing of ours was here: leave DEST as it was found
+            from resize_pipeline.layout import RECORD_DIRS
+
+            dest.remove(RUN_FILE)
+            for folder in RECORD_DIRS:
+                if not dest.object_store and dest.isdir(folder) and not dest.entries(folder):
+                    dest.remove(folder, recursive=True)
+        if isinstance(exc, SourceError):
+            raise
+        raise one_line(config.source, exc) from None
+    run = run_record(config, resolved, listing)
+    if state.old is not None and not config.overwrite:
+        check_listing(dest, config, state.old, run)
+    dest.write_json(run, RUN_FILE)
+    return run
+
+
+def _run(config, resolved, dest, run, listing, state, names, previous, t0, progress, lock) -> Summary:
+    from tqdm.auto import tqdm
+
+    from resize_pipeline.errorlog import ShardErrors
+
+    layout = _layout(config, listing)
+    resume = state.old is not None and not config.overwrite
+    planner = Planner(listing, layout, dest, recorded=read_index(dest) if resume and not state.legacy else None,
+                      source=config.source)
+    plan = PlanThread(planner)
+    shard_errors = ShardErrors()
+    results: dict[int, ShardResult] = {}
+    built: list[dict[str, Any]] = []
+    show = (not config.quiet) if progress is None else progress
+    bar = tqdm(total=listing.bound, unit="img", disable=not show, desc="convert", dynamic_ncols=True)
+
+    def take(res: ShardResult) -> None:
+        if res.index in results:  # reported twice (a Ray task retried after it finished): once counts
+            return
+        shard_errors.put(res.index, res.errors)
+        res.errors = []
+        results[res.index] = res
+        if res.built and res.built not in built:
+            built.append(res.built)
+
+    try:
+        with bar, _show_waits(bar):
+            if config.engine == "ray":
+                from workers.ray_engine import run_ray
+
+                stream = run_ray(config, resolved, plan, on_progress=bar.update)
+            else:
+                from resize_pipeline.engine.local import run_local
+
+                plan.start()
+                stream = run_local(config, resolved, plan.tasks, on_progress=bar.update)
+            for res in stream:
+                lock.check()  # another job took DEST over: stop now (workers ended), delete nothing
+                take(res)
+                for done in plan.take_done():
+                    bar.update(done.total)
+                    take(done)
+            plan.join()
+            for done in plan.take_done():
+                bar.update(done.total)
+                take(done)
+            bar.total = plan.outcome.inputs if plan.outcome else bar.total
+        lock.check()
+        plan.planner.write_index()
+    finally:
+        plan.stop()
+    seconds = time.perf_counter() - t0
+    remove_partials(dest, names)  # temp files of a worker that died mid-commit (its shard was redone)
+    reused = [r for r in results.values() if r.reused]
+    converted = sum(r.total for r in results.values() if not r.reused)
+    with _document_step(dest, "finish", "the shards written so far are kept: rerun the same command to finish"):
+        manifest = finalize(
+            dest, config, run, list(results.values()),
+            listing_kind=listing.kind, list_errors=listing.errors, shard_errors=shard_errors,
+            classes=listing.classes, skipped=listing.skipped, skipped_members=listing.skipped_members,
+            skipped_examples=listing.skipped_examples, seconds=seconds,
+            components=previous if previous and not built else _components(built, config, resolved),
+            converted=converted,
+        )
+    shard_errors.close()
+    c = manifest["counts"]
+    return Summary(c["total"], c["written"], c["failed"], seconds, config.dest, len(reused), len(results), manifest,
+                   converted, list_failed=len(listing.errors))

@@ -6,6 +6,12 @@
       {shard}.idx                    DALI index of a tar (``inspect --dali-index``)
       _stats/{shard}.json            a shard's commit record (counts, files with sha256, failed
                                      inputs), written after its files: a shard is complete only with it
+      _listing/part-{p}.parquet      the listing, in order, in parts of whole shards (`listing_part`): the
+                                     rows (`sources.base.ROW_COLUMNS`) each worker reads for its shard
+                                     (a shard task is a row range of a part), with their digests
+      _listing/run-{t}-{k}.parquet   sorted runs of a folder listed in parallel (Ray), merged into the
+                                     parts, then removed (`listing_run`)
+      _listing/_index.json           written when the listing is complete: its parts, rows and digests
       _inputs/{shard}.parquet        the inputs a shard took (key, identity, stamp, written or failed,
                                      its sample's place, sha256 with --dedup): what DEST holds, for
                                      ``--update``; written after the shard's files, before its stats
@@ -18,7 +24,8 @@
       _generations/{g}.superseded.parquet  the samples readers of generation >= g skip: file, position,
                                      key (``--on-change replace``, ``--prune-deleted``)
       _run.json                      the job's record, written before any shard: config fingerprint,
-                                     listing and stamp digests, the shard names it writes (`OutputNames`)
+                                     the listing's extent and source stamp, the shard names it writes
+                                     (`OutputNames`)
       _manifest.json                 written last, from the commit records: what readers read
       _errors.jsonl                  every failed input with its reason (written with the manifest)
       _lock.json                     only while a job runs (`sinks.lock`)
@@ -32,7 +39,8 @@ are written is `sinks.dest`'s.
 
 What is *ours* in DEST (`is_ours`): our documents, shard files matching a recorded `OutputNames`
 pattern, commit and input records of such shards, generation records, DALI indexes beside our tars,
-and temp files whose final name is one of those. Nothing else is ever replaced or deleted.
+listing parts, runs and index in `_listing/`, and temp files whose final name is one of those.
+Nothing else is ever replaced or deleted.
 
 Shard numbers continue across generations (``--update``): generation g's shards follow the last
 shard of g-1, named with the width the first generation chose (``shard-100000`` after
@@ -57,12 +65,16 @@ LOCK_FILE = "_lock.json"
 #: DALI index files' record, written by ``inspect --dali-index`` (`readers.dali.write_dali_indexes`)
 DALI_INDEX_RECORD = "_dali_index.json"
 STATS_DIR = "_stats"
+#: the listing of the job (`listing_part`, `listing_run`, `LISTING_INDEX`)
+LISTING_DIR = "_listing"
+#: in `LISTING_DIR`: the record of a complete listing
+LISTING_INDEX = "_index.json"
 #: per-shard input records (`inputs_name`)
 INPUTS_DIR = "_inputs"
 #: per-generation records (`generation_file`)
 GENERATIONS_DIR = "_generations"
 #: the folders of DEST that hold only this tool's records
-RECORD_DIRS = (STATS_DIR, INPUTS_DIR, GENERATIONS_DIR)
+RECORD_DIRS = (STATS_DIR, INPUTS_DIR, GENERATIONS_DIR, LISTING_DIR)
 #: what a generation file holds (`generation_file`)
 GENERATION_KINDS = ("plan", "pending", "records", "superseded")
 #: this tool's own documents at the top of DEST
@@ -107,6 +119,20 @@ def shard_file(shard: str, ext: str, part: int | None = None) -> str:
 def stats_name(shard: str) -> tuple[str, str]:
     """Where shard `shard`'s commit record lives, relative to DEST."""
     return STATS_DIR, f"{shard}.json"
+
+
+# ---------------------------------------------------------------------------------------- listing
+_LISTING_RE = re.compile(r"^(?:part-\d{5,}|run-\d{5,}-\d{5,})\.parquet$")
+
+
+def listing_part(index: int) -> tuple[str, str]:
+    """Where listing part `index` lives, relative to DEST (``_listing/part-00000.parquet``)."""
+    return LISTING_DIR, f"part-{index:05d}.parquet"
+
+
+def listing_run(task: int, run: int) -> tuple[str, str]:
+    """Where sorted run `run` of listing task `task` lives, relative to DEST."""
+    return LISTING_DIR, f"run-{task:05d}-{run:05d}.parquet"
 
 
 def inputs_name(shard: str) -> tuple[str, str]:
@@ -221,11 +247,13 @@ _GEN_INDEX_RE = re.compile(r"^(?P<stem>.+)\.g\d{6}\.idx$")
 
 def is_ours(name: str, names: Iterable[OutputNames], in_stats: bool = False, folder: str | None = None) -> bool:
     """Whether `name` (a file at the top of DEST, or in the record folder `folder`: ``_stats/`` with
-    `in_stats`, ``_inputs/``, ``_generations/``) is one this tool writes under the recorded `names`
+    `in_stats`, ``_inputs/``, ``_generations/``, ``_listing/``) is one this tool writes under the recorded `names`
     (a temp file of such a name included)."""
     names = list(names)
     name = final_name(name) or name
     folder = STATS_DIR if in_stats else folder
+    if folder == LISTING_DIR:  # listing files are ours whatever the record says: their names are ours alone
+        return name == LISTING_INDEX or _LISTING_RE.match(name) is not None
     if folder == STATS_DIR:
         return name.endswith(".json") and any(n.matches(shard_file(name[:-5], n.exts[0])) for n in names)
     if folder == INPUTS_DIR:

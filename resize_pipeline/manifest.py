@@ -3,71 +3,53 @@
 goes through `sinks.dest.Dest` (atomic, retried); what may be replaced or deleted is `ownership`'s call.
 
 The resume guard: ``_run.json`` records the fingerprint of everything that decides the bytes written,
-the listing's digest (keys, URLs, byte ranges, labels) and the inputs' stamps digest (sizes and
-modification times or ETags, as the listing saw them). A rerun with another config, another listing
-or changed inputs is refused (one line, exit 2) unless ``--overwrite``.
+and the listing's extent (its inputs' bound, its kind, the stamps of the files it comes from, e.g. a
+manifest's own); the listing itself is in DEST's listing parts, each with the digests of its rows and
+of its inputs' stamps (sizes and modification times or ETags, as the listing saw them), checked part
+by part on a rerun (`planning.Planner`). A rerun with another config, another listing or changed
+inputs is refused (one line, exit 2) unless ``--overwrite``. A record of release <= 0.2 (the listing's
+digests in ``_run.json``) is checked against the whole listing before anything is converted.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from resize_pipeline import jsontext
 from resize_pipeline.config import digest
+from resize_pipeline.errorlog import ShardErrors, line
 from resize_pipeline.errors import OutputError
-from resize_pipeline.layout import (
-    ERRORS_FILE,
-    INPUTS_DIR,
-    MANIFEST_FILE,
-    RUN_FILE,
-    STATS_DIR,
-    OutputNames,
-    inputs_name,
-    stats_name,
-)
+from resize_pipeline.layout import ERRORS_FILE, INPUTS_DIR, MANIFEST_FILE, RUN_FILE, STATS_DIR, OutputNames
 from resize_pipeline.ownership import check_foreign, check_not_in_the_way, clear_dest
-from resize_pipeline.shards import ShardResult, ShardTask
+from resize_pipeline.shards import ShardResult
 from resize_pipeline.sinks.dest import Dest
-from resize_pipeline.sources.base import SourceItem
 from resize_pipeline.version import __version__
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DestState", "completed_shards", "finalize",
-           "inspect_dest", "listing_digest", "prepare_dest", "run_record"]
+__all__ = ["DestState", "finalize", "inspect_dest", "prepare_dest", "run_record"]
 
 
-def listing_digest(items: Sequence[SourceItem]) -> str:
-    """The digest of a listing (`ItemTable.digest` computes the same, column-wise)."""
-    digest = getattr(items, "digest", None)
-    if isinstance(digest, str) and digest:
-        return digest
-    h = hashlib.sha256()
-    for it in items:
-        h.update(f"{it.key}\t{it.url}\t{it.offset}\t{it.length}\t{it.row}\t{it.label}\n".encode("utf-8", "surrogatepass"))
-    return h.hexdigest()[:16]
-
-
-def run_record(config, resolved, items: Sequence[SourceItem]) -> dict[str, Any]:
+def run_record(config, resolved, listing: Any = None) -> dict[str, Any]:
     """What ``_run.json`` holds: the fingerprint of everything that decides the bytes written (the
-    config's output fields and the driver's resolved decisions), the listing's digests, and the
-    names of the shard files this run writes (what ``--overwrite`` may later remove)."""
+    config's output fields and the driver's resolved decisions), the listing's extent (its inputs'
+    bound, kind, the stamps of the files it comes from) and the names of the shard files this run
+    writes (what ``--overwrite`` may later remove). Without a listing (a folder about to be listed
+    in parallel on Ray, after DEST is locked) the last two are None until it is listed."""
     output = config.output_dict()
     # knobs that cannot change this job's bytes do not block its resume
     for name in resolved.unused_output_options():
         output.pop(name, None)
     output["resolved"] = resolved.output_dict()
+    known = listing is not None and listing.prepared
     return {
         "fingerprint": digest(output),
-        "listing": listing_digest(items),
-        "stamps": getattr(items, "stamps_digest", None),
-        "inputs": len(items),
-        "outputs": OutputNames.of(config, len(items)).to_dict(),
+        "listing": {"inputs": listing.bound, "kind": listing.kind, "source": list(listing.source_stamps)}
+        if known else None,
+        "outputs": OutputNames.of(config, listing.bound).to_dict() if known else None,
         "config": output,
         "version": __version__,
         "generation": 1,
@@ -114,10 +96,17 @@ def same_output(old: dict[str, Any], run: dict[str, Any]) -> bool:
 
 @dataclass(slots=True)
 class DestState:
-    """What `inspect_dest` found: the earlier run's record (None: DEST holds no output of ours)."""
+    """What `inspect_dest` found: the earlier run's record (None: DEST holds no output of ours);
+    `legacy`: it was written by a release that recorded the listing's digests in ``_run.json``."""
 
     old: dict[str, Any] | None
     entries: dict[str, str]
+    legacy: bool = False
+
+
+def names_of(run: dict[str, Any]) -> OutputNames | None:
+    out = run.get("outputs")
+    return OutputNames(**{**out, "exts": tuple(out["exts"])}) if isinstance(out, dict) else None
 
 
 def read_run(dest: Dest, present: bool = True) -> dict[str, Any] | None:
@@ -152,7 +141,7 @@ def inspect_dest(dest: Dest, config, run: dict[str, Any]) -> DestState:
     files, files that are not ours in the way, an unreadable ``_run.json``, and (unless
     ``--overwrite``) an earlier run with another config, listing or changed inputs."""
     entries = dest.entries()
-    names = OutputNames(**{**run["outputs"], "exts": tuple(run["outputs"]["exts"])})
+    names = names_of(run)
     check_not_in_the_way(dest, entries, names)
     old = read_run(dest, entries.get(RUN_FILE) == "file")
     if old is None:
@@ -172,54 +161,54 @@ def inspect_dest(dest: Dest, config, run: dict[str, Any]) -> DestState:
             f"{dest.url} holds output made with a different config (differs in: {fields}); "
             "use --overwrite to replace it, or another destination"
         )
-    if old.get("listing") != run["listing"]:
+    if isinstance(old.get("listing"), str):  # release <= 0.2: checked against the whole listing first
+        return DestState(old, entries, legacy=True)
+    check_listing(dest, config, old, run)
+    return DestState(old, entries)
+
+
+def check_listing(dest: Dest, config, old: dict[str, Any], run: dict[str, Any]) -> None:
+    """The listing's extent against the earlier run's (when both are known)."""
+    a, b = old.get("listing"), run.get("listing")
+    if not isinstance(a, dict) or not isinstance(b, dict) or a == b:
+        return
+    if {k: v for k, v in a.items() if k != "source"} == {k: v for k, v in b.items() if k != "source"}:
+        raise OutputError(
+            f"inputs of {config.source} changed since {dest.url} was started (the manifest itself changed): "
+            "resuming would mix old and new images; use --overwrite to convert them again, or restore the inputs")
+    raise OutputError(
+        f"{dest.url} holds output of a different input listing ({a.get('inputs')} inputs then, "
+        f"{b.get('inputs')} now); use --overwrite to replace it, or another destination")
+
+
+def check_legacy(dest: Dest, config, old: dict[str, Any], digest_: str, stamps: str | None, inputs: int) -> None:
+    """A record of release <= 0.2 against the whole listing's digests (`planning.Outcome`)."""
+    if old.get("listing") != digest_:
         raise OutputError(
             f"{dest.url} holds output of a different input listing ({old.get('inputs')} inputs then, "
-            f"{run['inputs']} now); use --overwrite to replace it, or another destination"
-        )
-    if old.get("stamps") is not None and old.get("stamps") != run["stamps"]:
+            f"{inputs} now); use --overwrite to replace it, or another destination")
+    if old.get("stamps") is not None and old.get("stamps") != stamps:
         raise OutputError(
             f"inputs of {config.source} changed since {dest.url} was started (same names, other sizes or "
             "modification times): resuming would mix old and new images; use --overwrite to convert them "
-            "again, or restore the inputs"
-        )
-    if old.get("stamps") is None and run["stamps"] is not None:
+            "again, or restore the inputs")
+    if old.get("stamps") is None:
         log.warning("%s was started by a version that did not record the inputs' sizes and times: changes "
                     "to the inputs since then cannot be detected", dest.url)
-    return DestState(old, entries)
 
 
 def prepare_dest(dest: Dest, config, run: dict[str, Any], state: DestState) -> None:
     """Write this run's record (after `inspect_dest`): with ``--overwrite``, first remove what the
-    earlier run's records say it wrote."""
-    names = OutputNames(**{**run["outputs"], "exts": tuple(run["outputs"]["exts"])})
+    earlier run's records say it wrote. A record whose listing is not known yet (`run_record`) does
+    not replace an earlier run's complete one (the rerun of that job lists, then rewrites it)."""
+    names = names_of(run)
     if config.overwrite and state.old is not None:
         n = clear_dest(dest, state.old, names)
         log.info("--overwrite: removed %d file(s) of the earlier run in %s", n, dest.url)
-    dest.write_json(run, RUN_FILE)  # first: from here on DEST is ours (and says what it will hold)
+    if run["listing"] is not None or state.old is None or config.overwrite or state.legacy:
+        dest.write_json(run, RUN_FILE)  # first: from here on DEST is ours (and says what it will hold)
     dest.makedirs(STATS_DIR)
     dest.makedirs(INPUTS_DIR)
-
-
-def completed_shards(dest: Dest, tasks: Sequence[ShardTask]) -> dict[int, ShardResult]:
-    """Shards whose stats exist and whose files are all present (resume skips them)."""
-    have = set(dest.ls(STATS_DIR))
-    if not have:
-        return {}
-    present = set(dest.ls())
-    records = set(dest.ls(INPUTS_DIR))
-    done: dict[int, ShardResult] = {}
-    for t in tasks:
-        if f"{t.name}.json" not in have:
-            continue
-        try:
-            res = ShardResult.from_dict(dest.read_json(*stats_name(t.name)))
-        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # torn: redo it
-            continue
-        if res.total == t.size and all(isinstance(f, dict) and f.get("name") in present for f in res.files) \
-                and (res.record is None or inputs_name(t.name)[1] in records):
-            done[t.index] = res
-    return done
 
 
 def finalize(
@@ -229,7 +218,8 @@ def finalize(
     results: Sequence[ShardResult],
     *,
     listing_kind: str,
-    list_errors: Sequence[dict[str, str]] = (),
+    list_errors: Any = (),
+    shard_errors: Any = None,
     classes: Sequence[str],
     skipped: int,
     skipped_members: dict[str, int] | None = None,
@@ -242,19 +232,35 @@ def finalize(
     counts: dict[str, Any] | None = None,
     extra_errors: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
-    """Write ``_errors.jsonl`` then ``_manifest.json`` (last) from the per-shard results.
+    """Write ``_errors.jsonl`` (the listing's error rows, then each shard's failed inputs in shard
+    order, streamed from `errorlog` spools, then `extra_errors`) then ``_manifest.json`` (last) from
+    the per-shard results. `shard_errors` None: the failed inputs are the results' own ``errors``.
 
     A plain run is generation 1. An update (`generation`: its entry, `previous`: the manifest it
     grows, `counts`: DEST's counts after it) lists the previous generations' shards and its own."""
     results = sorted(results, key=lambda r: r.index)
-    errors = list(list_errors) + [e for r in results for e in r.errors] + list(extra_errors)
-    dest.write_text("".join(jsontext.dumps(e, sort_keys=True) + "\n" for e in errors), ERRORS_FILE)
+    if shard_errors is None:
+        shard_errors = ShardErrors()
+        for r in results:
+            shard_errors.put(r.index, r.errors)
+    by_stage: dict[str, int] = {}
+    with Dest.spool() as spool:
+        for src in (list_errors, shard_errors):
+            if hasattr(src, "copy_to"):
+                src.copy_to(spool)
+                for stage, n in src.by_stage.items():
+                    by_stage[stage] = by_stage.get(stage, 0) + n
+            else:
+                for e in src:
+                    spool.write(line(e))
+                    by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
+        for e in extra_errors:
+            spool.write(line(e))
+            by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
+        dest.commit(spool, ERRORS_FILE)
     total = sum(r.total for r in results) + len(list_errors)
     written = sum(r.written for r in results)
     failed = sum(r.failed for r in results) + len(list_errors)
-    by_stage: dict[str, int] = {}
-    for e in errors:
-        by_stage[e["stage"]] = by_stage.get(e["stage"], 0) + 1
     paths: dict[str, dict[str, int]] = {}  # how the samples went where a stage had a choice
     for r in results:
         for column, hows in r.paths.items():

@@ -6,9 +6,10 @@ shard files named by the ``outputs`` pattern recorded in ``_run.json`` (prefix, 
 count), its own JSON documents (``_run.json``, ``_manifest.json``, ``_errors.jsonl``,
 ``_lock.json``, ``_stats/{shard}.json``), the input records of those shards (``_inputs/{shard}.parquet``),
 generation records (``_generations/{g:06d}.{kind}.parquet``), the DALI index files ``inspect
---dali-index`` writes beside our tars (``{shard}.idx``, ``{shard}.g{g}.idx``, ``_dali_index.json``)
-and temporary files of exactly its temp-name pattern whose final name is one of those. Anything else
-in DEST is left alone, with or without ``--overwrite``.
+--dali-index`` writes beside our tars (``{shard}.idx``, ``{shard}.g{g}.idx``, ``_dali_index.json``),
+the listing in ``_listing/`` (parts, runs, index: names only this tool writes) and temporary files
+of exactly its temp-name pattern whose final name is one of those. Anything else in DEST is left
+alone, with or without ``--overwrite``.
 
 Without ``_run.json`` DEST holds nothing of ours: ``--overwrite`` there is refused when DEST holds
 any file, and a plain run is refused when a file is in the way of a name it would write. SOURCE and
@@ -27,6 +28,7 @@ from resize_pipeline.layout import (
     DOCUMENTS,
     ERRORS_FILE,
     INPUTS_DIR,
+    LISTING_DIR,
     LOCK_FILE,
     MANIFEST_FILE,
     RECORD_DIRS,
@@ -45,39 +47,43 @@ def _few(names: list[str], n: int = 4) -> str:
     return shown + (f" (+{len(names) - n} more)" if len(names) > n else "")
 
 
-def check_not_in_the_way(dest: Dest, entries: dict[str, str], names: OutputNames) -> None:
+def check_not_in_the_way(dest: Dest, entries: dict[str, str], names: OutputNames | None) -> None:
     """Refuse a folder where this run must write a file (``shard-00000.tar/``, ``_manifest.json/``),
-    or a file where it needs its ``_stats/`` folder: never write *into* them."""
+    or a file where it needs its ``_stats/`` or ``_listing/`` folder: never write *into* them.
+    (`names` None: the shard names are not known yet, the listing is still to be made.)"""
     blocked = sorted(e for e, kind in entries.items()
-                     if kind == "directory" and (e in DOCUMENTS or names.matches(e)))
+                     if kind == "directory" and (e in DOCUMENTS or (names is not None and names.matches(e))))
     if blocked:
         raise OutputError(f"{dest.url} holds a folder named like an output file ({_few(blocked)}); "
                           "move it away or choose another destination")
     for folder in RECORD_DIRS:
         if entries.get(folder) == "file":
-            raise OutputError(f"{posixpath.join(dest.url, folder)} is a file where this tool keeps its shard "
-                              "records; move it away or choose another destination")
+            what = "the job's listing" if folder == LISTING_DIR else "its shard records"
+            raise OutputError(f"{posixpath.join(dest.url, folder)} is a file where this tool keeps {what}; "
+                              "move it away or choose another destination")
 
 
-def check_foreign(dest: Dest, entries: dict[str, str], names: OutputNames, overwrite: bool) -> None:
+def check_foreign(dest: Dest, entries: dict[str, str], names: OutputNames | None, overwrite: bool) -> None:
     """DEST without ``_run.json``: nothing in it is ours. ``--overwrite`` is refused if it holds
     anything (it would have nothing of ours to replace); a plain run if a file is in its way."""
     leftovers = {LOCK_FILE}  # a run killed before it wrote _run.json leaves its lock at most
-    present = sorted(e for e in entries if e not in leftovers and not (TEMP_RE.match(e) and is_ours(e, [names])))
+    known = [names] if names is not None else []
+    present = sorted(e for e in entries if e not in leftovers and not (TEMP_RE.match(e) and is_ours(e, known)))
     if overwrite and present:
         raise OutputError(f"--overwrite: {dest.url} holds files this tool did not write (no {RUN_FILE}): "
                           f"{_few(present)}; it only replaces its own output: choose an empty or new destination")
-    in_way = [e for e in present if e in (MANIFEST_FILE, ERRORS_FILE, *RECORD_DIRS) or names.matches(e)]
+    in_way = [e for e in present if e in (MANIFEST_FILE, ERRORS_FILE, *RECORD_DIRS)
+              or (names is not None and names.matches(e))]
     if in_way:
         raise OutputError(f"{dest.url} already holds {_few(in_way)}, which this tool did not write (no {RUN_FILE}); "
                           "choose an empty or new destination")
 
 
-def clear_dest(dest: Dest, old: dict[str, Any], names: OutputNames) -> int:
+def clear_dest(dest: Dest, old: dict[str, Any], names: OutputNames | None) -> int:
     """``--overwrite``: remove what the earlier run's records say it wrote, nothing else: the files its
     stats list, shard files of its recorded name pattern, its stats, manifest, error list and temp
-    files. ``_run.json`` stays until the caller replaces it (DEST is never without its record), the
-    lock is the caller's. Returns the number of files removed."""
+    files, and its listing (``_listing/``). ``_run.json`` stays until the caller replaces it (DEST is never
+    without its record), the lock is the caller's. Returns the number of files removed."""
     recorded = [n for n in (OutputNames.from_record(old), names) if n is not None]
     stats = {b for b, kind in dest.entries(STATS_DIR).items() if kind == "file" and is_ours(b, recorded, in_stats=True)}
     listed: set[str] = set()
@@ -107,6 +113,20 @@ def clear_dest(dest: Dest, old: dict[str, Any], names: OutputNames) -> int:
     for folder in RECORD_DIRS:
         if not dest.object_store and dest.entries().get(folder) == "directory" and not dest.entries(folder):
             dest.remove(folder, recursive=True)  # empty: ours (a folder still holding a file of yours stays)
+    return removed
+
+
+def remove_listing(dest: Dest, runs_only: bool = False) -> int:
+    """Remove the listing files of ours in ``_listing/`` (with `runs_only`: the sorted runs of a
+    parallel listing, and temp files); anything else there stays. Returns the number removed."""
+    removed = 0
+    for base, kind in sorted(dest.entries(LISTING_DIR).items()):
+        if kind != "file" or not is_ours(base, [], folder=LISTING_DIR):
+            continue
+        if runs_only and not (TEMP_RE.match(base) or base.startswith("run-")):
+            continue
+        dest.remove(LISTING_DIR, base)
+        removed += 1
     return removed
 
 

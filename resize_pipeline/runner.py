@@ -356,6 +356,7 @@ class ShardService:
                 fut.set_exception(exc)
 
     def submit(self, task: ShardTask) -> Future:
+        """Queue `task` on the runner's stream; a Future of its result."""
         fut: Future = Future()
         with self._lock:
             if self._error is not None:

@@ -147,3 +147,25 @@ def test_no_cycles_between_subpackages():
     for mod, deps in every.items():
         folded.setdefault(group(mod), set()).update(group(d) for d in deps if group(d) != group(mod))
     assert _cycles(folded) == []
+
+
+def test_a_short_job_imports_the_listing_code_of_its_source_kind_only():
+    """Each source kind's module is imported when SOURCE is of that kind: converting a folder never
+    imports the manifest, tar or Parquet-bytes readers (nor pyarrow's CSV/JSON readers)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from resize_pipeline.sources import list_source\n"
+        "before = set(sys.modules)\n"
+        f"list_source({str(ROOT / 'tests' / 'fixtures' / 'golden' / 'inputs')!r}).items\n"
+        "print(sorted(m for m in set(sys.modules) if m.startswith(('resize_pipeline.sources.', 'pyarrow.'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = out.stdout
+    assert "resize_pipeline.sources.folder" in loaded
+    for other in ("sources.manifest", "sources.tars", "sources.parquet_bytes", "pyarrow.csv", "pyarrow.json"):
+        assert other not in loaded, other

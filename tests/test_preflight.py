@@ -191,7 +191,7 @@ def test_resolution_on_a_gpu_machine_decides_for_the_workers():
 def test_precision_is_part_of_the_fingerprint_only_where_it_matters():
     from resize_pipeline.manifest import run_record
 
-    items: list = []
+    items = None  # the listing's extent plays no part in the fingerprint
     base = ConvertConfig("/s", "/d")
     a = run_record(base, resolve(base, gpus=0), items)
     b = run_record(base.replace(precision="fp16", hw_decoder_load=0.9), resolve(base, gpus=0), items)

@@ -1,21 +1,33 @@
 """Ray engine: the conversion as a Ray Data streaming job, one task per shard (img2dataset's Ray model).
 
-    from_items(shard-task rows) -> map_batches(ShardConverter, batch_size=1, actor pool) -> iter_rows
+    read_datasource(ShardTasks: one small row per shard) -> map_batches(ShardConverter, batch_size=1,
+        actor pool) -> iter_rows
 
-Each actor builds one `ShardRunner` and streams the shards it is given (two calls run at once per
-actor, so the next shard flows in behind the current one): each shard is written straight into DEST
-(any fsspec URL) and committed atomically, its stats file last, and only the small `ShardResult`
-comes back to the driver. Ray Data does the scheduling, backpressure and retries: actors
-are restarted when they die (``max_restarts``) and their in-flight shard is run again
-(``max_task_retries``); since a shard's output is deterministic and only visible once complete, a
-killed actor costs no sample. A shard that *raises* (a write error) is retried in the actor, then its
-inputs are recorded as failed, as in the local engine. A killed *job* resumes on rerun from the completed shards
-(`resize_pipeline.conversion.convert` filters them before calling `run_ray`).
+A task row is a descriptor (index, name, row range of a listing part in DEST: ~60 bytes whatever the
+shard size), made from the shard's index alone, so the rows stream into Ray Data while the driver's
+planner is still reading SOURCE and writing the parts (`resize_pipeline.planning`); an actor waits for
+its part at the job's gate (`gate.PartGate`) and reads its rows from it. Each actor builds one
+`ShardRunner` and streams the shards it is given (two calls run at once per actor, so the next shard
+flows in behind the current one): each shard is written straight into DEST (any fsspec URL) and
+committed atomically, its stats file last, and only the small `ShardResult` comes back to the
+driver. Ray Data does the scheduling, backpressure and retries: actors are restarted when they die
+(``max_restarts``) and their in-flight shard is run again (``max_task_retries``); since a shard's
+output is deterministic and only visible once complete, a killed actor (a lost node) costs no sample.
+Every attempt of a shard is counted in the gate's ledger, whatever ended the last one (an exception,
+retried in the actor; the actor dying, retried by Ray): past `shard_attempts` its inputs are recorded
+as failed (stage ``shard``), as on the local engine, and a rerun tries it again. A killed *job*
+resumes on rerun from the completed shards (shards whose stats exist are not even sent; the planner
+checks them, and any that is not complete after all runs in a second, small pass).
 
 The process that iterates the dataset is Ray Data's driver: this process when it is part of the
 cluster (a local cluster, ``--address auto``, a job started by ``ray job submit``). Through Ray Client
 (``ray://``) Ray Data cannot drive a dataset, so a small actor on the cluster (`_ClusterDriver`) does,
 and this process polls it for finished shards.
+
+Connecting (`connect`): no address (and no ``RAY_ADDRESS``) starts a cluster of this job's own on
+this machine (``ray.init(address="local")``: never another user's, never a stale record's) and shuts
+it down after the job; ``--address auto`` / ``RAY_ADDRESS`` / ``host:port`` / ``ray://`` join one.
+An address that cannot be reached ends the job in one line within `CONNECT_TIMEOUT` seconds.
 
 Knobs (config fields and flags; the environment variables, read on the driver, override them, so
 they also work through ``ray job submit``; ``--workers N`` sets the actor count):
@@ -26,10 +38,10 @@ they also work through ``ray job submit``; ``--workers N`` sets the actor count)
 - ``ray_cpus_per_actor`` / ``RESIZE_PIPELINE_RAY_CPUS_PER_ACTOR``: CPUs reserved per actor, also its
   decode/torch thread count (default 1 on CPU-only clusters; on GPU clusters the CPUs per GPU of the
   smallest GPU node, at most 8).
-- ``ray_max_task_retries`` / ``RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES``: cap on the retries of a shard
-  whose actor died. Ray Data's default (kept when unset) restarts actors and retries their tasks
-  without limit; set a cap (e.g. 3) when an input could crash the decoder process itself, so that
-  such a shard fails the job instead of looping (rerun resumes the rest).
+- ``ray_max_task_retries`` / ``RESIZE_PIPELINE_RAY_MAX_TASK_RETRIES``: Ray's own cap on the retries of
+  a task whose actor died (when set, a task past it fails the whole job: rerun resumes). Unset (the
+  default), Ray retries, and the job's attempt ledger records a shard whose actor died
+  `shard_attempts` times as failed, so the job finishes.
 - ``ray_ship_code`` / ``RESIZE_PIPELINE_RAY_SHIP_CODE``: ``1`` uploads this checkout's
   ``resize_pipeline`` and ``workers`` with the job (``py_modules``); default on for ``ray://`` client
   connections, off otherwise (a job submitted with ``--working-dir`` or an image with the package
@@ -41,21 +53,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 
 from resize_pipeline.engine.local import CORES_PER_GPU_WORKER
 from resize_pipeline.errors import ConfigError, OutputError
-from resize_pipeline.shards import ShardResult, ShardTask
+from resize_pipeline.shards import ShardResult
 from resize_pipeline.urls import is_in_process_url, is_local_url
-from workers.actors import ShardConverter, encode_task, result_from_json
+from workers.actors import ShardConverter, encode_task, result_from_json, task_row
 
 log = logging.getLogger(__name__)
 
+#: seconds to wait for a Ray cluster's address to answer before giving up (one line, exit 2)
+CONNECT_TIMEOUT = 5.0
+#: shard rows one read task of the task source hands out
+ROWS_PER_READ_TASK = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +94,53 @@ def _code_dirs() -> list[str]:
 
 
 def connect(address: str | None, ship_code: bool | None = None) -> bool:
-    """Use the running Ray instance, or ``ray.init(address)``; returns True when this call started it.
+    """Use the running Ray instance, or connect; returns True when this call started one (then the
+    caller shuts it down).
 
-    ``None`` starts a local cluster (or joins ``RAY_ADDRESS``, as ``ray job submit`` sets it),
-    ``"auto"`` joins the cluster of this machine, ``"ray://host:10001"`` connects a Ray Client.
-    Workers find the code through `job_runtime_env`: ``PYTHONPATH`` for a cluster on this machine,
-    ``py_modules`` for Ray Client; a submitted job brings its ``--working-dir``.
+    ``None`` starts a local cluster of this job's own (``ray.init(address="local")``), unless
+    ``RAY_ADDRESS`` names one to join (as inside a job started by ``ray job submit``); ``"auto"`` joins
+    the cluster of this machine (``ray start``), ``"host:port"`` that cluster, ``"ray://host:10001"``
+    connects a Ray Client. An address is probed first: one that does not answer within
+    `CONNECT_TIMEOUT` seconds is a `ConfigError` (one line) instead of Ray's retries. Workers find the
+    code through `job_runtime_env`: ``PYTHONPATH`` for a cluster on this machine, ``py_modules`` for
+    Ray Client; a submitted job brings its ``--working-dir``.
     """
     if ray.is_initialized():
         return False
-    ray.init(address=address, runtime_env=job_runtime_env(address, ship_code))
-    return True
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    env = job_runtime_env(target, ship_code)
+    if target is None or target == "local":
+        ray.init(address="local", runtime_env=env)
+        return True
+    probe(target, from_env=address is None)
+    ray.init(address=target, runtime_env=env)
+    return True  # shutting down a connection to a cluster only disconnects
+
+
+def probe(address: str, from_env: bool = False) -> str:
+    """The ``host:port`` a Ray address leads to, checked to accept a connection; `ConfigError` else."""
+    said = f"RAY_ADDRESS={address}" if from_env else f"--address {address}"
+    hint = ("start one (`ray start --head`) or check the address; leave --address out (and RAY_ADDRESS unset) "
+            "to run on a Ray cluster of this job's own")
+    if address.startswith("ray://"):
+        hostport = address[len("ray://"):].split("/", 1)[0]
+    else:
+        from ray._private import services
+
+        try:
+            hostport = services.canonicalize_bootstrap_address(address) or ""
+        except (ConnectionError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ConfigError(f"{said}: no Ray cluster found ({first}); {hint}") from None
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConfigError(f"{said}: cannot reach the Ray cluster at {hostport} ({reason}) within "
+                          f"{CONNECT_TIMEOUT:.0f} s; {hint}") from None
+    return hostport
 
 
 def job_runtime_env(address: str | None, ship_code: bool | None = None) -> dict[str, Any] | None:
@@ -145,11 +199,56 @@ def _strategy(size: int):
         return ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2)
 
 
-def build_dataset(config, resolved, tasks: Sequence[ShardTask], plan: ActorPlan):
-    """The lazy Ray Dataset: one row (and one block) per shard task, mapped by the actor pool."""
-    rows = [encode_task(t) for t in tasks]
-    # one block per shard: a map task then carries exactly one shard, so shards balance across actors
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+class ShardTasks(ray.data.datasource.Datasource):
+    """A Ray Data datasource of shard task rows (`actors.task_row`), one row and one block per shard,
+    made from the shard indices alone (`planning.Layout`): read tasks of `ROWS_PER_READ_TASK` shards
+    each, run one at a time, yield their blocks as Ray Data asks for them, so the driver holds the
+    indices (8 bytes a shard) and Ray Data only the blocks in flight."""
+
+    def __init__(self, indices: np.ndarray, layout: Any) -> None:
+        self.indices, self.layout = indices, layout
+
+    def estimate_inmemory_data_size(self) -> int:
+        return int(len(self.indices)) * 64
+
+    def get_name(self) -> str:
+        return "ShardTasks"
+
+    def get_read_tasks(self, parallelism: int, *args: Any, **kwargs: Any) -> list:
+        from ray.data.block import BlockMetadata
+        from ray.data.datasource import ReadTask
+
+        layout = self.layout
+        tasks = []
+        for a in range(0, len(self.indices), ROWS_PER_READ_TASK):
+            chunk = self.indices[a:a + ROWS_PER_READ_TASK]
+
+            def read(chunk: np.ndarray = chunk) -> Iterator[Any]:
+                import pyarrow as pa
+
+                from resize_pipeline.sources.parts import part_name
+
+                for i in chunk.tolist():
+                    start, stop = layout.rows_of(i)
+                    row = task_row(i, layout.name(i), part_name(layout.part_of(i)), start, stop)
+                    yield pa.table({k: [v] for k, v in row.items()})
+
+            meta = BlockMetadata(num_rows=len(chunk), size_bytes=len(chunk) * 64, exec_stats=None, input_files=None)
+            tasks.append(ReadTask(read, meta))
+        return tasks
+
+
+def build_dataset(config, resolved, indices: Any, layout: Any, plan: ActorPlan, gate: Any, classes: Any = None):
+    """The lazy Ray Dataset: one row (and one block) per shard task, mapped by the actor pool.
+
+    `indices`: the shard indices of the listing's `layout` (descriptor rows); or, with `layout`
+    None, `shards.ShardTask`s on rows in memory (``--update``'s plan: rows carry their items)."""
+    if layout is None:
+        rows = [encode_task(t) for t in indices]
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    else:
+        # one read task at a time: they only do arithmetic, and must not take the actors' CPUs
+        ds = ray.data.read_datasource(ShardTasks(indices, layout), concurrency=1, num_cpus=0)
     retries = config.ray_max_task_retries
     extra: dict[str, Any] = {}
     if retries is not None:
@@ -159,7 +258,8 @@ def build_dataset(config, resolved, tasks: Sequence[ShardTask], plan: ActorPlan)
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         return ds.map_batches(
             ShardConverter,
-            fn_constructor_kwargs={"config": config, "resolved": resolved, "threads": plan.threads},
+            fn_constructor_kwargs={"config": config, "resolved": resolved, "threads": plan.threads, "gate": gate,
+                                   "classes": classes},
             batch_size=1,
             batch_format="numpy",
             zero_copy_batch=True,
@@ -190,17 +290,17 @@ def check_storage(config, nodes: int) -> None:
                         "(shared filesystem), or use an object store URL", what, url, nodes)
 
 
-def _results_here(config, resolved, tasks: Sequence[ShardTask]) -> Iterator[str]:
+def _results_here(config, resolved, indices: Any, layout: Any, gate: Any, classes: Any = None) -> Iterator[str]:
     """Run the dataset with this process as its driver; yields each shard's result (JSON)."""
     ctx = ray.data.DataContext.get_current()
     bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = bars and not config.quiet
     try:
         check_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
-        plan = plan_actors(config, resolved, len(tasks))
+        plan = plan_actors(config, resolved, len(indices))
         log.info("ray: %d shard(s) on %d actor(s) (%.3g CPU, %.3g GPU each)",
-                 len(tasks), plan.concurrency, plan.num_cpus, plan.num_gpus)
-        for row in build_dataset(config, resolved, tasks, plan).iter_rows():
+                 len(indices), plan.concurrency, plan.num_cpus, plan.num_gpus)
+        for row in build_dataset(config, resolved, indices, layout, plan, gate, classes).iter_rows():
             yield row["result"]
     finally:
         ctx.enable_progress_bars = bars
@@ -214,21 +314,21 @@ class _ClusterDriver:
     on the cluster and the client polls it for finished shards.
     """
 
-    def __init__(self, config, resolved, tasks: list[ShardTask]) -> None:
+    def __init__(self, config, resolved, indices, layout, gate, classes=None) -> None:
         import threading
 
         self._lock = threading.Lock()
         self._done: list[str] = []
         self._finished = False
         self._error: str | None = None
-        self._thread = threading.Thread(target=self._run, args=(config, resolved, tasks), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(config, resolved, indices, layout, gate, classes), daemon=True)
         self._thread.start()
 
-    def _run(self, config, resolved, tasks) -> None:
+    def _run(self, config, resolved, indices, layout, gate, classes) -> None:
         import traceback
 
         try:
-            for text in _results_here(config, resolved, tasks):
+            for text in _results_here(config, resolved, indices, layout, gate, classes):
                 with self._lock:
                     self._done.append(text)
         except BaseException:  # noqa: BLE001 - reported to the client by poll()
@@ -242,12 +342,11 @@ class _ClusterDriver:
         return done, self._finished and not self._done, self._error
 
 
-def _results_via_cluster(config, resolved, tasks: Sequence[ShardTask]) -> Iterator[str]:
+def _results_via_cluster(config, resolved, indices, layout, gate, classes=None) -> Iterator[str]:
     import time
 
     actor_cls: Any = ray.remote(num_cpus=0, max_restarts=0)(_ClusterDriver)
-    driver = actor_cls.remote(
-        config, resolved, list(tasks))
+    driver = actor_cls.remote(config, resolved, indices, layout, gate, classes)
     try:
         while True:
             done, finished, error = ray.get(driver.poll.remote())
@@ -259,6 +358,42 @@ def _results_via_cluster(config, resolved, tasks: Sequence[ShardTask]) -> Iterat
             time.sleep(0.5)
     finally:
         ray.kill(driver)
+
+
+class _GateFeeder:
+    """The planner's listener on Ray: opens each part at the gate once it is written (or checked), and
+    keeps the shards whose stats exist but turned out incomplete (they were not sent: `repair`)."""
+
+    def __init__(self, gate: Any, done: Any) -> None:
+        self.gate, self.done = gate, done
+        self.repair: list[int] = []
+
+    def __call__(self, ev: Any) -> None:
+        ray.get(self.gate.open.remote(ev.index, ev.rows))
+        self.repair += [t.index for t in ev.tasks if self.done.candidate(t.name)]
+
+    def end(self, outcome: Any) -> None:
+        ray.get(self.gate.end.remote(len(outcome.parts)))
+
+    def fail(self, exc: BaseException) -> None:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        try:
+            ray.get(self.gate.fail.remote(first))
+        except ray.exceptions.RayError:
+            pass
+
+
+def start_gate() -> Any:
+    """The job's `gate.PartGate`, on this node (it lives as long as this driver)."""
+    from workers.gate import PartGate
+
+    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1000, "max_restarts": 0}
+    if not ray.util.client.ray.is_connected():
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                        soft=False)
+    return ray.remote(PartGate).options(**options).remote()
 
 
 def worker_environment(cluster_gpus: int) -> dict[str, bool]:
@@ -297,24 +432,77 @@ def session(config) -> Iterator[int]:
             ray.shutdown()
 
 
-def run_ray(
-    config,
-    resolved,
-    tasks: Sequence[ShardTask],
-    on_progress: Callable[[int], None] | None = None,
-) -> Iterator[ShardResult]:
-    """Convert `tasks` on Ray (connected by `session`), yielding each shard's result as it completes."""
+def run_ray(config, resolved, plan: Any, on_progress: Callable[[int], None] | None = None) -> Iterator[ShardResult]:
+    """Convert the shards of `plan` on Ray (connected by `session`), yielding each shard's result as
+    it completes. `plan` is a `planning.PlanThread`, not started (shards already complete come from
+    the planner: `PlanThread.take_done`), or a list of `shards.ShardTask`s on rows in memory
+    (``--update``'s plan)."""
+    if isinstance(plan, (list, tuple)):
+        yield from _run_tasks(config, resolved, list(plan), on_progress)
+        return
+    layout, done = plan.planner.layout, plan.planner.done
+    classes = tuple(plan.planner.listing.classes) or None
+    indices = np.fromiter((i for i in range(layout.shards) if not done.candidate(layout.name(i))), dtype=np.int64)
+    gate = start_gate()
+    feeder = _GateFeeder(gate, done)
+    plan.listeners.append(feeder)
+    plan.queue_tasks = False
+    plan.start()
+    client = ray.util.client.ray.is_connected()
+    run = _results_via_cluster if client else _results_here
+    try:
+        for batch in (indices, None):
+            if batch is None:  # shards whose stats existed but were not complete: a second, small pass
+                plan.join()
+                batch = np.asarray(sorted(set(feeder.repair)), dtype=np.int64)
+                if not len(batch):
+                    break
+                log.info("ray: %d shard(s) whose records were not complete", len(batch))
+            if not len(batch):
+                continue
+            for text in run(config, resolved, batch, layout, gate, classes):
+                res = result_from_json(text)
+                if res is None:
+                    continue
+                if on_progress:
+                    on_progress(res.total)
+                yield res
+    except ray.exceptions.RayError as exc:
+        if plan.error is not None:
+            raise plan.error from None
+        raise _job_failed(exc) from exc
+    finally:
+        _kill(gate)
+
+
+def _run_tasks(config, resolved, tasks: list, on_progress: Callable[[int], None] | None) -> Iterator[ShardResult]:
+    """Tasks on rows in memory (each row carries its items), counted in a gate like any others."""
     if not tasks:
         return
-    client = ray.util.client.ray.is_connected()
-    stream = (_results_via_cluster if client else _results_here)(config, resolved, tasks)
+    gate = start_gate()
+    run = _results_via_cluster if ray.util.client.ray.is_connected() else _results_here
     try:
-        for text in stream:
+        for text in run(config, resolved, tasks, None, gate):
             res = result_from_json(text)
+            if res is None:
+                continue
             if on_progress:
                 on_progress(res.total)
             yield res
     except ray.exceptions.RayError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise OutputError(f"the Ray job failed ({type(exc).__name__}: {first}); the shards completed so "
-                          "far are kept: rerun the same command to resume") from exc
+        raise _job_failed(exc) from exc
+    finally:
+        _kill(gate)
+
+
+def _job_failed(exc: BaseException) -> OutputError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return OutputError(f"the Ray job failed ({type(exc).__name__}: {first}); the shards completed so "
+                       "far are kept: rerun the same command to resume")
+
+
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor)
+    except Exception:  # noqa: BLE001 - the cluster may be gone already
+        pass

@@ -1,7 +1,9 @@
 """Local engine: `ShardRunner` workers on one machine, in-process, in threads or in processes.
 
 The engine only schedules: each worker builds one `ShardRunner` and streams the shards it is given
-(two in flight per worker, so its stream never drains between shards). ``workers=1`` runs in this
+(two in flight per worker, so its stream never drains between shards). Tasks arrive as a stream
+(`shards.TaskStream`: the planner releases each listing part's shards as the listing is read), so
+the first shard starts while SOURCE is still being listed. ``workers=1`` runs in this
 process. On a GPU job the default is, for each visible GPU, one worker process per four cores of its
 share (`CORES_PER_GPU_WORKER`), each process seeing only its GPU (``CUDA_VISIBLE_DEVICES``).
 
@@ -10,7 +12,8 @@ Every worker, whatever it is, counts shard attempts in the driver's one `attempt
 (`errors.DeviceFault`: the worker is ended and replaced: a new runner in-process, a new thread, a new
 process; its running shards are attempted again), a worker process that dies (the OOM killer, a
 crash in a native decoder: replaced the same way). A shard that used up its attempts is recorded as
-failed (stage ``shard``, no stats: a rerun attempts it again).
+failed (stage ``shard``, no stats: a rerun attempts it again). The Ray engine counts in the same
+interface (`workers.gate.GateLedger`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 from resize_pipeline.attempts import AttemptLedger, ForwardingLedger
 from resize_pipeline.devices import Placement, gpu_count, gpu_memory_mib, parse_device, place_workers
 from resize_pipeline.errors import DeviceFault, JobStopped, OutputError, ResizePipelineError
-from resize_pipeline.shards import ShardResult, ShardTask
+from resize_pipeline.shards import ShardResult, ShardTask, TaskStream
 from resize_pipeline.urls import is_in_process_url
 
 log = logging.getLogger(__name__)
@@ -209,54 +212,81 @@ class _Slot:
 def run_local(
     config,
     resolved,
-    tasks: Sequence[ShardTask],
+    tasks: TaskStream | Sequence[ShardTask],
     on_progress: Callable[[int], None] | None = None,
 ) -> Iterator[ShardResult]:
-    """Convert `tasks`, yielding each shard's result as it completes (in completion order); each
-    result carries what its worker built."""
-    if not tasks:
+    """Convert `tasks` (a stream, or a list), yielding each shard's result as it completes (in
+    completion order); each result carries what its worker built."""
+    stream = tasks if isinstance(tasks, TaskStream) else TaskStream.of(tasks)
+    if not stream.expected:
+        for _ in stream:  # nothing to convert (every shard complete); the stream still ends
+            pass
         return
-    workers, parallelism = plan_workers(config, resolved, len(tasks))
+    workers, parallelism = plan_workers(config, resolved, stream.expected)
     threads = max(1, (os.cpu_count() or 1) // workers)
     placements = place_workers(resolved.device, workers, isolate=parallelism == "process" and workers > 1)
     log.info("local engine: %d %s worker(s), %d thread(s) each, on %s", workers,
              "in-process" if workers == 1 else parallelism, threads, [p.device for p in placements])
     ledger = AttemptLedger(config.shard_attempts)
     if workers == 1:
-        yield from _run_in_process(config, resolved, tasks, placements[0], ledger, on_progress)
+        yield from _run_in_process(config, resolved, stream, placements[0], ledger, on_progress)
         return
-    yield from _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, ledger, on_progress)
+    yield from _run_pool(config, resolved, stream, workers, parallelism, threads, placements, ledger, on_progress)
 
 
-def _run_in_process(config, resolved, tasks, placement, ledger, on_progress):
-    """One runner in this process. A device fault ends the runner: its running shards are charged an
-    attempt, and a new runner (new DALI pipelines, a new CNN) takes what is left; if none can be built
-    (the GPU is gone, or its context poisoned), the job stops with one line."""
+def _run_in_process(config, resolved, stream: TaskStream, placement, ledger, on_progress):
+    """One runner in this process, fed from `stream` as the planner releases shards. A device fault
+    ends the runner: its running shards are charged an attempt, and a new runner (new DALI pipelines,
+    a new CNN) takes what is left; if none can be built (the GPU is gone, or its context poisoned),
+    the job stops with one line."""
     from resize_pipeline.runner import ShardRunner, TaskQueue
 
-    outstanding = {t.index: t for t in tasks}
-    runner = ShardRunner(config, resolved, placement, os.cpu_count() or 1, ledger=ledger)
-    while True:
-        queue = TaskQueue.of(sorted(outstanding.values(), key=lambda t: t.index))
+    first = stream.get()  # a runner is built only when there is something to convert
+    if first is None:
+        return
+    lock = threading.Lock()
+    outstanding = {first.index: first}  # taken from the stream, no result yet
+    state: dict[str, Any] = {"queue": TaskQueue([first]), "ended": False}
+
+    def pump() -> None:
         try:
-            for res in runner.run(queue, on_progress):
-                outstanding.pop(res.index, None)
+            for t in stream:
+                with lock:
+                    outstanding[t.index] = t
+                    state["queue"].put(t)
+        finally:
+            with lock:
+                state["ended"] = True
+                state["queue"].close()
+
+    runner = ShardRunner(config, resolved, placement, os.cpu_count() or 1, ledger=ledger)
+    threading.Thread(target=pump, daemon=True, name="task-pump").start()
+    while True:
+        try:
+            for res in runner.run(state["queue"], on_progress):
+                with lock:
+                    outstanding.pop(res.index, None)
                 yield res
             return
         except DeviceFault as exc:
             why = f"device fault: {_one_line(exc)}"
-            for t in sorted(outstanding.values(), key=lambda t: t.index):
-                res = ledger.fail(t, why) if ledger.running(t) else None
-                if res is not None:
-                    outstanding.pop(t.index)
+            with lock:
+                running = sorted(outstanding.values(), key=lambda t: t.index)
+            for t in running:
+                final = ledger.fail(t, why) if ledger.running(t) else None
+                if final is not None:
+                    with lock:
+                        outstanding.pop(t.index, None)
                     if on_progress:
-                        on_progress(res.total)
-                    yield res
+                        on_progress(final.total)
+                    yield final
         del runner
-        if not outstanding:
+        with lock:  # the shards left, for the next runner (the pump adds later ones to its queue)
+            state["queue"] = TaskQueue(sorted(outstanding.values(), key=lambda t: t.index), closed=state["ended"])
+            left = len(outstanding)
+        if not left and state["ended"]:
             return
-        log.warning("the worker stopped on a device fault; building a new one for the %d shard(s) left",
-                    len(outstanding))
+        log.warning("the worker stopped on a device fault; building a new one for the %d shard(s) left", left)
         try:
             runner = ShardRunner(config, resolved, placement, os.cpu_count() or 1, ledger=ledger)
         except Exception as exc:  # noqa: BLE001 - said in one line: the device cannot be used any more
@@ -264,7 +294,7 @@ def _run_in_process(config, resolved, tasks, placement, ledger, on_progress):
                               "the shards completed so far are kept: rerun the same command to resume") from None
 
 
-def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements, ledger, on_progress):
+def _run_pool(config, resolved, stream: TaskStream, workers, parallelism, threads, placements, ledger, on_progress):
     """Workers in threads or processes; each gets its shards through its own inbox (two queued).
 
     Worker processes report through their own pipe (never a shared queue: a process killed while
@@ -291,11 +321,25 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
         t.start()
         return _Slot(wid, t, inbox)
 
-    pending: deque[ShardTask] = deque(tasks)
+    pending: deque[ShardTask] = deque()
     slots = [start(w) for w in range(workers)]
-    remaining = len(tasks)
+    remaining = 0  # taken from the stream, not finished
+
+    def refill() -> None:
+        """Take what the stream has released (never waits)."""
+        nonlocal remaining
+        while not stream.ended:
+            try:
+                t = stream.get(timeout=0)
+            except queue.Empty:
+                return
+            if t is None:
+                return
+            pending.append(t)
+            remaining += 1
 
     def assign_all() -> None:
+        refill()  # shards the planner released since
         for slot in slots:
             while pending and len(slot.tasks) < WINDOW and not slot.exited:
                 t = pending.popleft()
@@ -363,8 +407,9 @@ def _run_pool(config, resolved, tasks, workers, parallelism, threads, placements
 
     assign_all()
     try:
-        while remaining:
-            for slot, msg in messages(0.5):
+        while remaining or not stream.ended:
+            assign_all()
+            for slot, msg in messages(0.5 if remaining else 0.05):
                 if slots[slot.wid] is not slot:
                     continue  # a report of a worker already replaced
                 if msg is None:

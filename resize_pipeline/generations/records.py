@@ -128,7 +128,7 @@ def _raw(values: list[str]):
 
 
 def plan_batch(columns: dict[str, list[Any]]):
-    """Listing columns (`ItemTable.columns`, `batch` lists) -> a record batch in `plan_schema`."""
+    """Listing columns (`sources.rows.RowTable.columns`, `batch` lists) -> a record batch in `plan_schema`."""
     import pyarrow as pa
 
     schema = plan_schema()
@@ -138,7 +138,7 @@ def plan_batch(columns: dict[str, list[Any]]):
 
 
 def listed_batches(items: Any, chunk: int = CHUNK) -> Iterator[Any]:
-    """A listing (`ItemTable`: ``columns(a, b)``) as plan-schema batches, in listing order."""
+    """A listing in memory (`sources.rows.RowTable`: ``columns(a, b)``) as plan-schema batches, in listing order."""
     for a in range(0, len(items), chunk):
         yield plan_batch(items.columns(a, min(len(items), a + chunk)))
 

@@ -153,7 +153,7 @@ def prepare(dest, config, run: dict[str, Any], listing, *, dry_run: bool = False
             planned = _resume(dest, config, old, published)
             if planned is not None:
                 return Prepared("convert", published, old, planned, old, names)
-        elif published.generation == 0 and old.get("listing") == run["listing"] and \
+        elif published.generation == 0 and old.get("listing") in (run["listing"], run.get("extent")) and \
                 old.get("dedup") == config.dedup and not dry_run:
             return Prepared("plain", published, old, names=names)
         if not dry_run and recorded is not None:  # its unpublished shards were planned from other rows

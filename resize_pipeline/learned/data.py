@@ -3,7 +3,8 @@
 `open_dataset(spec, size)` lists SOURCE with `resize_pipeline.sources.list_source` (an ImageFolder
 directory, a glob, a manifest, WebDataset tars, Parquet files of image bytes, any fsspec URL), or, for
 a ``convert`` output (a folder with ``_manifest.json``), its complete shards as the manifest lists
-them (`resize_pipeline.readers`); every row keeps the listing's key, URL, byte range and label.
+them (`resize_pipeline.readers`); every row keeps the listing's key, URL, byte range and label, in
+compact columns (`rowstore.RowStore`: the listing is streamed once, never held as Python objects).
 Samples are read with `sources.reader.read_items` (one call per batch: tar members by byte range,
 Parquet rows a row group at a time) and decoded with `decode.PillowDecoder` (EXIF orientation, the
 colour rule, the decompression-bomb guard, JPEG draft decoding): the same code paths as ``convert``.
@@ -112,24 +113,19 @@ class LabelledImages(Dataset):
     """Listed inputs with labels, decoded on demand at `size` (see the module docstring).
 
     Args:
-        tables: `ItemTable`s (one per listing), concatenated in order.
+        rows: the labelled rows of every listing, in order (`rowstore.RowStore`, compact columns).
         labels: class index of every row (all >= 0).
         classes: class names (index -> name), or [] when the source gave numbers only.
         size: the side of the square tensors.
         errors: what the listing could not list or label (error records, counted as skipped).
-        rows: for each table, the rows kept (None: all); rows without a label are left out here and
-            recorded in `errors`.
     """
 
-    def __init__(self, tables: Sequence[Any], labels: np.ndarray, classes: Sequence[str], size: int,
-                 errors: Sequence[dict[str, str]] = (), rows: Sequence[np.ndarray | None] | None = None) -> None:
-        self.tables = list(tables)
-        self.rows = list(rows) if rows is not None else [None] * len(self.tables)
-        counts = [len(t) if r is None else len(r) for t, r in zip(self.tables, self.rows, strict=True)]
-        self.starts = np.cumsum([0, *counts])
+    def __init__(self, rows: Any, labels: np.ndarray, classes: Sequence[str], size: int,
+                 errors: Sequence[dict[str, str]] = ()) -> None:
+        self.rows = rows
         self.labels = np.asarray(labels, dtype=np.int64)
-        if len(self.labels) != self.starts[-1]:
-            raise ValueError(f"{len(self.labels)} labels for {self.starts[-1]} rows")
+        if len(self.labels) != len(rows):
+            raise ValueError(f"{len(self.labels)} labels for {len(rows)} rows")
         if not len(self.labels):
             raise ValueError("the dataset is empty")
         self.num_classes = int(self.labels.max()) + 1
@@ -138,30 +134,15 @@ class LabelledImages(Dataset):
         self.errors = list(errors)
 
     def __len__(self) -> int:
-        return int(self.starts[-1])
+        return len(self.labels)
 
     def item(self, i: int):
         """The `SourceItem` of row `i`."""
-        t = int(np.searchsorted(self.starts, i, side="right")) - 1
-        r = i - int(self.starts[t])
-        rows = self.rows[t]
-        row = int(rows[r]) if rows is not None else r
-        return self.tables[t].items(row, row + 1)[0]
+        return self.items(i, i + 1)[0]
 
     def items(self, a: int, b: int) -> list[Any]:
-        """The `SourceItem`s of rows ``[a, b)`` (whole runs of a table at once)."""
-        out: list[Any] = []
-        while a < b:
-            t = int(np.searchsorted(self.starts, a, side="right")) - 1
-            end = min(b, int(self.starts[t + 1]))
-            r0, r1 = a - int(self.starts[t]), end - int(self.starts[t])
-            rows = self.rows[t]
-            if rows is None:
-                out.extend(self.tables[t].items(r0, r1))
-            else:
-                out.extend(self.tables[t].items(int(r), int(r) + 1)[0] for r in rows[r0:r1])
-            a = end
-        return out
+        """The `SourceItem`s of rows ``[a, b)``."""
+        return self.rows.items(a, b, self.labels[a:b], self.classes)
 
     def __getitem__(self, i: int) -> Sample:
         return self.__getitems__([i])[0]
@@ -205,45 +186,59 @@ def collate(samples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, list[tu
 # --- listing -----------------------------------------------------------------------------------------
 
 
-def _unlabelled_error(item, where: str) -> dict[str, str]:
-    return error_record(key=item.key, source=item.url, stage="list", exc=f"{where}: no label",
-                        error_type="SourceError")
+#: rows without a label recorded (as list errors) per listing, at most
+MAX_UNLABELLED = 100_000
+
+
+def _unlabelled_error(key: str, url: str, where: str) -> dict[str, str]:
+    return error_record(key=key, source=url, stage="list", exc=f"{where}: no label", error_type="SourceError")
 
 
 def _combine(listings: Sequence[Any], size: int, where: str, classes: Sequence[str] = ()) -> LabelledImages:
-    """One dataset from several listings. Text labels are re-indexed over the union of their names
-    (sorted); numeric labels are kept. Rows without a label are recorded as list errors."""
+    """One dataset from several listings, each streamed once into compact columns (`rowstore.RowStore`).
+    Text labels are re-indexed over the union of their names (sorted); numeric labels are kept. Rows
+    without a label are recorded as list errors."""
+    from resize_pipeline.learned.rowstore import RowStore
+
+    store = RowStore()
     errors: list[dict[str, str]] = []
-    tables, rows, labels = [], [], []
+    labels: list[tuple[Any, np.ndarray]] = []  # (listing, its rows' labels as listed) for listings with rows
+    listed = 0
+    for lst in listings:
+        unlabelled: list[dict[str, str]] = []
+        got: list[np.ndarray] = []
+        for block in lst.rows():
+            lab = np.asarray(block["label"], dtype=np.int64)
+            listed += len(lab)
+            keep = lab >= 0
+            if not keep.all():
+                for j in np.flatnonzero(~keep)[: max(0, MAX_UNLABELLED - len(unlabelled))].tolist():
+                    unlabelled.append(_unlabelled_error(block["key"][j], block["url"][j], where))
+                idx = np.flatnonzero(keep).tolist()
+                block = {c: [block[c][j] for j in idx] for c in ("key", "url", "offset", "length", "row")}
+                lab = lab[keep]
+            if len(lab):
+                store.add(block)
+                got.append(lab)
+        errors.extend(lst.errors)  # after its rows: a manifest adds to them as they stream
+        errors.extend(unlabelled)
+        if got:
+            labels.append((lst, np.concatenate(got)))
+    store.finish()
     named = any(lst.classes for lst in listings) and not classes
     all_names = sorted({c for lst in listings for c in lst.classes}) if named else list(classes)
     index = {c: i for i, c in enumerate(all_names)}
-    for lst in listings:
-        errors.extend(lst.errors)
-        t = lst.items
-        if not len(t):
-            continue
-        lab = np.full(len(t), -1, np.int64) if t.label is None else np.asarray(t.label, dtype=np.int64)
-        if named:
+    if named:
+        for k, (lst, lab) in enumerate(labels):
             if not lst.classes:
                 raise ValueError(f"{where}: some files have text labels and others numbers")
-            remap = np.asarray([index[c] for c in lst.classes], dtype=np.int64)
-            lab = np.where(lab >= 0, remap[np.clip(lab, 0, None)], -1)
-        keep = np.flatnonzero(lab >= 0)
-        if len(keep) < len(t):
-            missing = np.flatnonzero(lab < 0)
-            errors.extend(_unlabelled_error(t.items(int(j), int(j) + 1)[0], where) for j in missing[:100_000])
-        tables.append(t)
-        rows.append(None if len(keep) == len(t) else keep)
-        labels.append(lab[keep])
-    total = sum(len(x) for x in labels)
-    if not total:
-        listed = sum(len(lst.items) for lst in listings)
+            labels[k] = (lst, np.asarray([index[c] for c in lst.classes], dtype=np.int64)[lab])
+    if not len(store):
         if listed:
             raise ValueError(f"{where}: none of its {listed} images has a label (an ImageFolder tree "
                              "ROOT/CLASS/image.jpg, a label column or .cls members)")
         raise ValueError(f"{where}: no images found")
-    return LabelledImages(tables, np.concatenate(labels), all_names, size, errors, rows)
+    return LabelledImages(store, np.concatenate([lab for _, lab in labels]), all_names, size, errors)
 
 
 def _list(url: str):
@@ -297,7 +292,8 @@ def open_dataset(spec: str, size: int) -> LabelledImages:
         if not glob.glob(os.path.join(glob.escape(spec), "*.tar")):
             parquets = sorted(glob.glob(os.path.join(glob.escape(spec), "*.parquet")))
             images = _list(spec)
-            if parquets and not len(images.items):
+            if parquets and not images.bound:  # a folder's bound is its exact image count
+                images.close()
                 return _parquet_files(parquets, size, spec)
             if images.kind == "directory":
                 raise ValueError(f"{spec}: no class sub-folders (expected ROOT/CLASS/.../image.jpg)")

@@ -2,10 +2,10 @@
 listing already returns (``os.scandir`` entries, ``find``/``glob``/``ls`` details), never one stat
 per file. ``_run.json`` records their digest, so a resume refuses inputs that changed since.
 
-A manifest lists paths, not file details: its rows are stamped by listing each folder they point
-into once (`FolderStamps`), up to `MAX_FOLDERS` folders (local) or `MAX_REMOTE_FOLDERS` (object
-stores, one LIST request each, run concurrently); beyond that only the manifest file itself is
-stamped (a warning says so).
+A manifest lists paths, not file details: its rows are stamped by listing the folders they point
+into (`RowStamper`, block by block as the manifest streams), up to `MAX_FOLDERS` folders (local) or
+`MAX_REMOTE_FOLDERS` (object stores, one LIST request each, run concurrently); rows beyond that are
+not stamped (0), and the manifest file itself is always (a warning says so).
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import hashlib
 import logging
 import os
 import posixpath
-from collections.abc import Callable
+from collections import OrderedDict
 from typing import Any
-
-import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -49,48 +47,33 @@ def stamp_info(info: dict[str, Any]) -> int:
     return _pack(values)
 
 
-class FolderStamps:
-    """Stamps of a manifest's rows, by listing each folder they point into once.
+class RowStamper:
+    """Stamps of a manifest's rows, a block at a time, by listing each folder they point into.
 
-    Fed the rows' URLs chunk by chunk while the table is walked anyway (`observe`, from
-    `ItemTable.finish`), then `result()` lists the folders and returns one stamp per row (plus
-    `extra`, e.g. the manifest's own). Rows on another filesystem than `fs` (an ``https://`` row in a
-    local manifest) and files not found get stamp 0; `result()` is None when the rows point into
-    more folders than it lists (then only `extra` is stamped).
+    Folder listings are kept for the `CACHE` most recently used folders (a manifest's rows usually
+    come folder by folder); the first `MAX_FOLDERS` distinct folders (`MAX_REMOTE_FOLDERS` on object
+    stores, listed `threads` at a time) are stamped. Rows on another filesystem than `fs` (an
+    ``https://`` row in a local manifest), files not found, and every row after the first one in a
+    folder beyond the limit get stamp 0 (a warning says so once).
     """
 
-    def __init__(self, fs: Any, n: int, urls: Callable[[int, int], list[str]], extra: tuple[int, ...] = (),
-                 threads: int = 16) -> None:
+    CACHE = 256
+
+    def __init__(self, fs: Any, threads: int = 16) -> None:
         from resize_pipeline.urls import is_local_fs
 
-        self.fs, self.n, self.urls, self.extra, self.threads = fs, n, urls, extra, threads
+        self.fs, self.threads = fs, threads
         self.local = is_local_fs(fs)
         self.limit = MAX_FOLDERS if self.local else MAX_REMOTE_FOLDERS
         protos = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
         self.prefixes = tuple(f"{p}://" for p in protos)
-        self.folders: dict[str, int] = {}
-        self.ids: np.ndarray | None = np.full(n, -1, dtype=np.int32)
+        self.seen: set[str] = set()
+        self.cache: OrderedDict[str, dict[str, int]] = OrderedDict()
+        #: rows past the folder limit came: stamping stopped there
+        self.stopped = False
 
     def path_of(self, u: str) -> str:  # fsspec's local _strip_protocol costs ~5 us; our URLs are normalised
         return u[7:] if self.local and u.startswith("file:///") else self.fs._strip_protocol(u)
-
-    def observe(self, a: int, b: int, urls: list[str]) -> None:
-        if self.ids is None:
-            return
-        folders, ids, prefixes, dirname = self.folders, self.ids, self.prefixes, posixpath.dirname
-        for i, u in enumerate(urls, a):
-            if not u.startswith(prefixes):
-                continue
-            d = dirname(self.path_of(u))
-            j = folders.get(d)
-            if j is None:
-                if len(folders) >= self.limit:
-                    log.warning("the manifest's rows point into more than %d folders: only the manifest "
-                                "file itself is checked for changes on resume", self.limit)
-                    self.ids = None
-                    return
-                j = folders[d] = len(folders)
-            ids[i] = j
 
     def _listing(self, d: str) -> dict[str, int]:
         try:
@@ -100,44 +83,56 @@ class FolderStamps:
         return {posixpath.basename(e["name"].rstrip("/")): stamp_info(e) for e in entries
                 if e.get("type") != "directory"}
 
-    #: whether `result` starts with one stamp per row (False when the rows' folders were not listed)
-    per_row = True
+    def stamps(self, urls: list[str]) -> list[int]:
+        """The stamp of each row of a block (0 where not known)."""
+        out = [0] * len(urls)
+        if self.stopped:
+            return out
+        places: list[tuple[int, str, str]] = []
+        wanted: list[str] = []
+        prefixes, seen, cache, path_of = self.prefixes, self.seen, self.cache, self.path_of
+        local = self.local
+        last = None
+        for i, u in enumerate(urls):
+            if not u.startswith(prefixes):
+                continue
+            d, _, base = (u[7:] if local and u.startswith("file:///") else path_of(u)).rpartition("/")
+            d = d or "/"
+            if d != last:
+                if d not in seen:
+                    if len(seen) >= self.limit:
+                        log.warning("the manifest's rows point into more than %d folders: rows beyond them are not "
+                                    "checked for changes on resume (the manifest file itself still is)", self.limit)
+                        self.stopped = True
+                        break
+                    seen.add(d)
+                if d not in cache and d not in wanted:
+                    wanted.append(d)
+                last = d
+            places.append((i, d, base))
+        self._fill(wanted)
+        listing: dict[str, int] | None = None
+        last = None
+        for i, d, base in places:
+            if d != last:
+                listing, last = cache.get(d), d
+            if listing:
+                out[i] = listing.get(base, 0)
+        return out
 
-    def result(self) -> np.ndarray:
-        extra = np.asarray(self.extra, dtype=np.int32)
-        if self.ids is None:
-            self.per_row = False
-            return extra
-        ids, names = self.ids, list(self.folders)
-        self.ids = None
-        stamps = np.zeros(self.n, dtype=np.int32)
-        if names:
-            found_any = False
-            order: np.ndarray | None = None
-            starts: np.ndarray | None = None
+    def _fill(self, folders: list[str]) -> None:
+        if not folders:
+            return
+        if self.local or len(folders) == 1:
+            found = [self._listing(d) for d in folders]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
 
-            def fill(j: int, found: dict[str, int]) -> None:
-                nonlocal order, starts, found_any
-                if not found:
-                    return
-                if order is None or starts is None:  # only when some folder holds files: group rows by folder
-                    order = np.argsort(ids, kind="stable")
-                    starts = np.searchsorted(ids[order], np.arange(len(names) + 1))
-                rows = order[starts[j]:starts[j + 1]]  # increasing: runs of consecutive rows, one call each
-                for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
-                    if not len(run):
-                        continue
-                    a, b = int(run[0]), int(run[-1]) + 1
-                    for i, u in enumerate(self.urls(a, b), a):
-                        stamps[i] = found.get(posixpath.basename(self.path_of(u)), 0)
-
-            if self.local:
-                for j, d in enumerate(names):
-                    fill(j, self._listing(d))
-            else:
-                from concurrent.futures import ThreadPoolExecutor
-
-                with ThreadPoolExecutor(self.threads) as pool:
-                    for j, found in enumerate(pool.map(self._listing, names)):
-                        fill(j, found)
-        return np.concatenate([stamps, extra])
+            with ThreadPoolExecutor(min(self.threads, len(folders))) as pool:
+                found = list(pool.map(self._listing, folders))
+        for d, listing in zip(folders, found, strict=True):
+            self.cache[d] = listing
+            self.cache.move_to_end(d)
+        # keep at least this block's folders; beyond that, the most recent `CACHE`
+        while len(self.cache) > max(self.CACHE, len(folders)):
+            self.cache.popitem(last=False)

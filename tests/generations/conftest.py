@@ -77,10 +77,16 @@ def manifest(dest: Path) -> dict:
     return json.loads((dest / "_manifest.json").read_text())
 
 
-def make_legacy(dest: Path) -> None:
-    """Turn a fresh plain conversion into what a version before generations wrote (release 0.1.0 up to
-    main at a64e96d): no input records, no generations in the manifest or the run record, no record
-    reference in the stats, and the counts of then."""
+def make_legacy(dest: Path, src: Source | Path) -> None:
+    """Turn a fresh plain conversion of `src` into what a version before generations wrote (release
+    0.1.0 up to main at a64e96d): no input records, no listing parts, no generations in the manifest
+    or the run record, no record reference in the stats, the counts of then, and the run record's
+    listing as those versions recorded it (the whole listing's digests)."""
+    from resize_pipeline.planning import listing_digests
+    from resize_pipeline.sources import list_source
+
+    root = src.root if isinstance(src, Source) else src
+    shutil.rmtree(dest / "_listing")
     shutil.rmtree(dest / "_inputs")
     for st in (dest / "_stats").glob("*.json"):
         d = json.loads(st.read_text())
@@ -99,4 +105,7 @@ def make_legacy(dest: Path) -> None:
     (dest / "_manifest.json").write_text(json.dumps(m, indent=1, sort_keys=True))
     r = json.loads((dest / "_run.json").read_text())
     r.pop("generation")
+    listing = list_source(str(root))
+    r["listing"], r["stamps"] = listing_digests(listing)
+    r["inputs"] = len(listing.items)
     (dest / "_run.json").write_text(json.dumps(r, indent=1, sort_keys=True))

@@ -205,7 +205,7 @@ def test_dedup_within_a_run_across_generations_and_touched_files(source, tmp_pat
 def test_an_update_of_a_dest_written_before_generations(source, tmp_path):
     dest = tmp_path / "out"
     run(source, dest)
-    make_legacy(dest)
+    make_legacy(dest, source)
     assert open_output(str(dest)).generation == 1 and len(live_keys(dest)) == 9  # reads as generation 1
     source.add("dogs", 2, start=4)
     s = update(source, dest)
@@ -224,7 +224,7 @@ def test_an_update_of_a_dest_written_before_generations(source, tmp_path):
 def test_an_earlier_version_s_dest_whose_inputs_changed_is_kept_unchecked(source, tmp_path, caplog):
     dest = tmp_path / "out"
     run(source, dest)
-    make_legacy(dest)
+    make_legacy(dest, source)
     source.change("cats/c000.jpg", 99)
     s = update(source, dest)
     assert s.generation["generation"] == 0 and s.generation["counts"]["unchecked"] == 9

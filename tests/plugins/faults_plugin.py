@@ -7,6 +7,12 @@ sample written, the file decides what happens (read each time, so one cluster se
 - ``{"crash_once": "/path/marker"}``: the first writer that finds no marker creates it and kills its
   own process (``os._exit(1)``) in the middle of a shard, as the OOM killer would;
 - ``{"fail_shard": "shard-00001"}``: every write of that shard raises ``OSError``;
+- ``{"attempts": {"shard-00001": ["raise", "crash", ...]}, "log": "/path/log"}``: the k-th attempt of
+  that shard (counted across processes: a line per attempt in the log file) raises ``OSError``
+  ("raise") or kills its process ("crash") at its first sample; past the list, attempts run normally;
+- ``{"sleep_per_sample": 0.05}``: every sample written waits that long (a job that takes a while);
+- ``{"log": "/path/log"}`` alone: every attempt of every shard adds a line ``shard pid node`` (the Ray
+  node it ran on, "-" outside Ray);
 - ``{"enospc_after": N, "under": "/dest"}``: local file writes below ``/dest`` (fsspec's
   ``LocalFileOpener``, what every write into a local DEST goes through) raise ``ENOSPC`` once this
   process has written more than N bytes there: a disk that fills up;
@@ -72,6 +78,24 @@ def install() -> None:
         faults = _faults()
         if faults.get("fail_shard") == self.base:
             raise OSError(f"injected write failure in {self.base}")
+        action = getattr(self, "_fault_action", None)
+        if action is None and faults.get("log"):  # this writer's first sample: a new attempt of the shard
+            with open(faults["log"], "a") as fh:
+                fh.write(f"{self.base} {os.getpid()} {_node()}\n")
+            plan = faults.get("attempts", {}).get(self.base) or []
+            with open(faults["log"]) as fh:
+                k = sum(1 for line in fh if line.split()[0] == self.base)
+            action = self._fault_action = plan[k - 1] if k <= len(plan) else "run"
+        if action is not None:
+            if action == "raise":
+                raise OSError(f"injected failure of an attempt of {self.base}")
+            if action == "crash":
+                os._exit(1)
+        pause = faults.get("sleep_per_sample")
+        if pause:
+            import time
+
+            time.sleep(float(pause))
         marker = faults.get("crash_once")
         if marker:
             try:
@@ -131,6 +155,15 @@ def _install_script() -> None:
     stages.DecodeStage.__call__ = call
 
 
+def _node() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "-"
+    except Exception:  # noqa: BLE001 - outside Ray
+        return "-"
+
+
 def _install_os_faults() -> None:
     """Faults below the package (the filesystem as the OS shows it): they apply to any version."""
     import errno
@@ -182,7 +215,7 @@ def _install_os_faults() -> None:
 
     def scandir(path="."):
         target = _faults().get("unreadable")
-        if target and os.path.abspath(os.fspath(path)) == os.path.abspath(target):
+        if target and not isinstance(path, int) and os.path.abspath(os.fspath(path)) == os.path.abspath(target):
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
         return real_scandir(path)
 

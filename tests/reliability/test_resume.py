@@ -235,6 +235,7 @@ def test_different_config_is_refused_then_overwrite(tmp_path):
     manifest = json.loads(after["_manifest.json"])
     assert manifest["size"] == [48, 48] and manifest["counts"]["written"] == 8
     shard_files = {n for n in after if n.endswith((".tar", ".parquet")) and "/" not in n}
+    assert {n for n in after if n.startswith("_listing/")} == {"_listing/part-00000.parquet", "_listing/_index.json"}
     assert (
         shard_files
         == {s["name"] for s in manifest["shards"]}
@@ -243,6 +244,46 @@ def test_different_config_is_refused_then_overwrite(tmp_path):
     assert len([n for n in after if n.startswith("_stats/")]) == 3
     assert len([n for n in after if n.startswith("_inputs/")]) == 3  # the old run's 4 input records are gone
     assert keep.read_text() == "user file"
+
+
+def test_a_dest_started_by_an_earlier_release_resumes_after_its_whole_listing_is_checked(tmp_path):
+    """Releases up to a64e96d kept the listing's digests in `_run.json` (release 0.1.0's format: sha256
+    of ``key\\turl\\toffset\\tlength\\trow\\tlabel`` lines, and of the int32 stamps) and no listing parts.
+    Such a DEST resumes once the whole listing matches; a changed input is refused as before."""
+    import hashlib
+    import os
+
+    import numpy as np
+
+    from resize_pipeline.sources import list_source
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_jpegs(src, 8, seed=4)
+    args = ("--size", "32", "--samples-per-shard", "3", "-q")
+    assert run_cli(str(src), str(out), *args).returncode == 0
+    items = list(list_source(str(src)).items)
+    lines = "".join(f"{it.key}\t{it.url}\t{it.offset}\t{it.length}\t{it.row}\t{it.label}\n" for it in items)
+    record = json.loads((out / "_run.json").read_text())
+    record.update(listing=hashlib.sha256(lines.encode()).hexdigest()[:16], inputs=len(items),
+                  stamps=hashlib.sha256(np.asarray([it.stamp for it in items], dtype="<i4").tobytes()).hexdigest()[:16])
+    (out / "_run.json").write_text(json.dumps(record))
+    shutil.rmtree(out / "_listing")
+    (out / "_manifest.json").unlink()
+    (out / "_stats" / "shard-00001.json").unlink()
+    reference = tree_files(out)
+    r = run_cli(str(src), str(out), *args[:-1])
+    assert r.returncode == 0, r.stderr
+    assert "[2 shard(s) reused]" in r.stdout
+    assert (out / "_listing" / "_index.json").exists()  # the DEST is in today's layout from now on
+
+    (out / "_run.json").write_text(json.dumps(record))  # the earlier release's record again
+    shutil.rmtree(out / "_listing")
+    first = sorted(src.glob("*.jpg"))[0]
+    os.utime(first, ns=(1, 1))
+    r = run_cli(str(src), str(out), *args)
+    assert r.returncode == 2 and "changed" in r.stderr
+    assert json.loads((out / "_run.json").read_text())["listing"] == record["listing"]  # its record untouched
+    assert reference["_stats/shard-00000.json"] == (out / "_stats" / "shard-00000.json").read_bytes()
 
 
 def test_output_of_a_version_that_recorded_fewer_choices_still_resumes(tmp_path, capsys):

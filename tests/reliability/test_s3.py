@@ -92,8 +92,9 @@ def test_local_source_to_s3_dest_roundtrip_and_resume(s3_endpoint, s3_bucket, im
     manifest = json.loads(fs.cat_file(f"{root}/_manifest.json"))
     listed = {posixpath.basename(p) for p in fs.ls(root, detail=False)}
     shard_files = {f["name"] for f in manifest["shards"]}
-    assert listed == shard_files | {"_manifest.json", "_errors.jsonl", "_run.json", "_stats", "_inputs"}
+    assert listed == shard_files | {"_manifest.json", "_errors.jsonl", "_run.json", "_stats", "_inputs", "_listing"}
     assert len(fs.ls(f"{root}/_stats")) == len(fs.ls(f"{root}/_inputs")) == s.shards == 3
+    assert {posixpath.basename(p) for p in fs.ls(f"{root}/_listing")} == {"part-00000.parquet", "_index.json"}
     # read back through fsspec with each format's own reader
     tars = sorted(f"s3://{root}/{n}" for n in shard_files if n.endswith(".tar"))
     wds = _samples_by_name(tars, so)
@@ -117,7 +118,8 @@ def test_local_source_to_s3_dest_roundtrip_and_resume(s3_endpoint, s3_bucket, im
     again = convert(config)
     assert again.resumed_shards == again.shards == 3 and again.written == 10
     fs.invalidate_cache()
-    rewritten = ("_run.json", "_manifest.json", "_errors.jsonl")  # run-level documents are rewritten each run
+    # run-level documents are rewritten each run (the listing's parts and index are only compared)
+    rewritten = ("_run.json", "_manifest.json", "_errors.jsonl")
     assert {p: fs.info(p)["LastModified"] for p in fs.find(root) if not p.endswith(rewritten)} == {
         p: t for p, t in stamps.items() if not p.endswith(rewritten)
     }
@@ -142,7 +144,7 @@ def test_local_source_to_s3_dest_roundtrip_and_resume(s3_endpoint, s3_bucket, im
     manifest = json.loads(fs.cat_file(f"{root}/_manifest.json"))
     assert {posixpath.basename(p) for p in fs.ls(root, detail=False)} == {
         f["name"] for f in manifest["shards"]
-    } | {"_manifest.json", "_errors.jsonl", "_run.json", "_stats", "_inputs", "notes.txt"}
+    } | {"_manifest.json", "_errors.jsonl", "_run.json", "_stats", "_inputs", "_listing", "notes.txt"}
     assert len(fs.ls(f"{root}/_stats")) == len(fs.ls(f"{root}/_inputs")) == 2  # the old run's 3 records are gone
 
 
@@ -275,7 +277,8 @@ def test_failed_shard_leaves_no_object_behind(store, images, monkeypatch, reques
         assert (s.total, s.written, s.failed) == (11, 0, 11) and calls["n"] == 4  # 1 + 3 attempts
         fs.invalidate_cache()
         left = sorted(posixpath.basename(p) for p in fs.find(root))
-        assert left == ["_errors.jsonl", "_manifest.json", "_run.json"], left  # no shard, no stats
+        # no shard, no stats
+        assert left == ["_errors.jsonl", "_index.json", "_manifest.json", "_run.json", "part-00000.parquet"], left
         with fs.open(f"{root}/_errors.jsonl") as fh:
             errors = [json.loads(line) for line in fh.read().decode().splitlines()]
         assert {e["stage"] for e in errors} == {"shard"} and "injected" in errors[0]["error"]

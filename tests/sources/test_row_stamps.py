@@ -31,10 +31,10 @@ def test_folder_rows_carry_their_stamp_and_it_changes_with_the_file(tmp_path):
 def test_manifest_rows_carry_per_row_stamps_not_the_manifests_own(tmp_path):
     files = _photos(tmp_path / "src", 1)
     (tmp_path / "m.csv").write_text("path\n" + "".join(f"{f}\n" for f in files))
-    items = list_source(str(tmp_path / "m.csv")).items
-    assert len(items.stamps) == 2  # the row's, then the manifest's own
-    first = items.columns(0, 1)["stamp"]
-    assert first == [int(items.stamps[0])] and first != [0]
+    listing = list_source(str(tmp_path / "m.csv"))
+    first = listing.items.columns(0, 1)["stamp"]
+    assert first != [0]  # from the listing of the row's folder (fsspec's details of the file)
+    assert listing.source_stamps and listing.source_stamps[0] != first[0]  # the manifest's own, apart
     os.utime(files[0], ns=(1, 1))
     assert list_source(str(tmp_path / "m.csv")).items.columns(0, 1)["stamp"] != first
 
@@ -45,5 +45,5 @@ def test_rows_whose_folders_were_not_listed_have_stamp_0(tmp_path, monkeypatch):
     files = _photos(tmp_path / "src", 1)
     (tmp_path / "m.csv").write_text("path\n" + "".join(f"{f}\n" for f in files))
     monkeypatch.setattr(stamps, "MAX_FOLDERS", 0)
-    items = list_source(str(tmp_path / "m.csv")).items
-    assert len(items.stamps) == 1 and items.columns(0, 1)["stamp"] == [0]
+    listing = list_source(str(tmp_path / "m.csv"))
+    assert listing.items.columns(0, 1)["stamp"] == [0] and not listing.stamps_complete

@@ -170,3 +170,45 @@ def test_ray_client_address(ray_head, corpus, local_reference, tmp_path):
     assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     assert "Pushing file package" in out.stderr  # the code went with the job
     assert_same_output(dest, local_reference)
+
+
+def test_submit_script_makes_relative_paths_absolute(ray_head, corpus, local_reference, tmp_path):
+    """``deploy/submit.sh in ../out`` from the folder that holds the photos: the job gets absolute
+    paths (it runs in its uploaded working dir, where the relative ones would name other folders)."""
+    dest = tmp_path / "out"
+    env = dict(ray_head.env, RAY_API_SERVER_ADDRESS=ray_head.address)
+    cmd = [str(REPO / "deploy" / "submit.sh"), corpus.name, os.path.relpath(dest, corpus.parent), "--size", str(SIZE),
+           "--samples-per-shard", str(PER_SHARD), "--format", "both", "--quality", "90", "--batch-size", "4", "-q"]
+    out = subprocess.run(cmd, env=env, cwd=corpus.parent, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert_same_output(dest, local_reference)
+
+
+def test_submit_script_to_a_cluster_that_wants_a_token_is_one_line(ray_head, corpus, tmp_path):
+    env = {k: v for k, v in ray_head.env.items() if not k.startswith("RAY_AUTH")}
+    env["RAY_API_SERVER_ADDRESS"] = ray_head.address
+    out = subprocess.run([str(REPO / "deploy" / "submit.sh"), str(corpus), str(tmp_path / "out")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "requires a token" in lines[0] and "RAY_AUTH_TOKEN" in lines[0], out.stderr
+    assert not (tmp_path / "out").exists()
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{_free_ports(1)[0]}"  # nobody there
+    out = subprocess.run([str(REPO / "deploy" / "submit.sh"), str(corpus), str(tmp_path / "out")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "no Ray dashboard" in out.stderr
+
+
+def test_a_relative_path_inside_a_job_is_refused_with_a_hint(ray_head, corpus, tmp_path):
+    """Submitted by hand (not through submit.sh): the entrypoint refuses a relative SOURCE in one line
+    instead of `source not found: .../runtime_resources/working_dir_files/_ray_pkg_.../photos`."""
+    cmd = [
+        _ray_cli(), "job", "submit", "--address", ray_head.address, "--working-dir", str(REPO),
+        "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--",
+        "python", "workers/entrypoint.py", "photos", str(tmp_path / "out"), "-q",
+    ]
+    out = subprocess.run(cmd, env=ray_head.env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "'photos' is a relative path" in text and "absolute path" in text, text[-3000:]
+    assert "source not found" not in text

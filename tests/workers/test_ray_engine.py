@@ -16,7 +16,7 @@ ray = pytest.importorskip("ray")
 
 from helpers_ray import PER_SHARD, SAMPLES, assert_same_output, base_config  # noqa: E402
 
-from workers.actors import decode_task, encode_task  # noqa: E402
+from workers.actors import task_row  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -56,15 +56,34 @@ def inject(faults):
     faults_plugin.set_faults(str(faults))
 
 
-def test_task_rows_round_trip():
-    from resize_pipeline.shards import plan_shards
-    from resize_pipeline.sources.base import SourceItem
+def _part_tasks(corpus, dest: Path, per: int = PER_SHARD) -> list:
+    """The shard tasks of `corpus` on listing parts written into `dest` (as a convert job plans them)."""
+    from resize_pipeline.planning import Layout, Planner
+    from resize_pipeline.sinks.dest import Dest
+    from resize_pipeline.sources import list_source
 
-    items = [SourceItem(f"k{i}", f"file:///x/ü {i}.jpg", i % 3, "cls", '{"a": 1}', 10 * i, 5, -1) for i in range(25)]
-    for task in plan_shards(items, 10):
-        row = encode_task(task)
-        assert decode_task(row["index"], row["name"], row["items"]) == task
-        assert len(row["items"]) < 400  # compact: thousands of shards stream through the object store
+    listing = list_source(str(corpus))
+    tasks: list = []
+    Planner(listing, Layout(listing.bound, per), Dest(str(dest))).run(lambda ev: tasks.extend(ev.tasks))
+    return tasks
+
+
+def test_task_rows_are_small_descriptors(corpus, tmp_path):
+    """A Ray task row is the shard's index, name and row range of a listing part: well under 1 KB,
+    whatever the shard size; the actor reads the rows back from the part."""
+    import pyarrow as pa
+
+    from resize_pipeline.shards import ShardTask
+    from resize_pipeline.sources.rows import PartRows
+
+    for per in (2, 20):
+        tasks = _part_tasks(corpus, tmp_path / f"d{per}", per)
+        for task in tasks:
+            row = task_row(**task.descriptor())
+            assert pa.Table.from_pylist([row]).nbytes < 1024
+            back = ShardTask(row["index"], row["name"], PartRows(str(tmp_path / f"d{per}"), {}, row["part"]),
+                             row["start"], row["stop"])
+            assert back.items == task.items
 
 
 def test_ray_output_equals_local(ray_cluster, corpus, local_reference, tmp_path):
@@ -107,6 +126,28 @@ def test_a_device_fault_ends_the_actor_and_ray_runs_its_shard_again(ray_cluster,
     assert_same_output(dest, local_reference)
 
 
+@pytest.mark.parametrize("script", [["device", "device", "device"], ["stage", "device", "die"]])
+def test_device_faults_count_in_the_attempt_ledger_on_ray(ray_cluster, corpus, inject, tmp_path, script):
+    """A device fault ends the actor (Ray replaces it), and that attempt counts in the job's ledger
+    like a failed stage or a dead actor: a shard whose GPU faults every time is attempted
+    `--shard-attempts` (3) times in all, then recorded as failed (stage "shard"), and the job finishes
+    (Ray Data alone would retry it forever)."""
+    from resize_pipeline import convert
+    from resize_pipeline.sources import list_source
+
+    log = tmp_path / "script.log"
+    key = list_source(str(corpus)).items[3].key
+    inject(script_key=key, script=script + ["device"] * 3, script_log=str(log))
+    dest = tmp_path / "ray"
+    summary = convert(base_config(corpus, dest, engine="ray"))
+    actions = [line.split()[1] for line in log.read_text().splitlines()]
+    assert actions == script, actions  # 3 attempts, never a 4th
+    failed = [e for e in (json.loads(x) for x in (dest / "_errors.jsonl").read_text().splitlines())
+              if e["stage"] == "shard"]
+    assert key in {e["key"] for e in failed} and len(failed) == PER_SHARD
+    assert summary.total == summary.written + summary.failed
+
+
 def test_killed_job_resumes_from_completed_shards(ray_cluster, corpus, local_reference, tmp_path):
     from resize_pipeline import convert
 
@@ -118,10 +159,29 @@ def test_killed_job_resumes_from_completed_shards(ray_cluster, corpus, local_ref
         (dest / f"{name}.tar").unlink()
         (dest / f"{name}.parquet").unlink()
     (dest / ".shard-00001.tar.partial-12345-0a1b2c3d").write_bytes(b"half a shard")
+    # and one whose stats survived but not all its files: not sent at first, found incomplete by the
+    # planner, converted in the second pass
+    (dest / "shard-00002.parquet").unlink()
     (dest / "_manifest.json").unlink()
     summary = convert(base_config(corpus, dest, engine="ray"))
-    assert summary.resumed_shards == summary.shards - 2
+    assert summary.resumed_shards == summary.shards - 3
     assert_same_output(dest, local_reference)
+
+
+def test_changed_inputs_are_refused_on_ray_too(ray_cluster, corpus, tmp_path):
+    from resize_pipeline import convert
+    from resize_pipeline.errors import OutputError
+
+    src = tmp_path / "src"
+    shutil.copytree(corpus, src)
+    dest = tmp_path / "ray"
+    convert(base_config(src, dest, engine="ray"))
+    (dest / "_manifest.json").unlink()
+    first = sorted(src.rglob("*.jpg"))[0]
+    os.utime(first, ns=(1, 1))
+    with pytest.raises(OutputError, match="changed since"):
+        convert(base_config(src, dest, engine="ray"))
+    assert not (dest / "_manifest.json").exists()
 
 
 def test_workers_sets_actor_count(ray_cluster, corpus):
@@ -250,21 +310,21 @@ def test_shard_converter_retries_then_records_like_the_local_engine(corpus, tmp_
     """The actor class on its own (no Ray): a shard that raises is tried 3 times, then every input is
     recorded as failed, with no stats file (a rerun redoes it)."""
     from resize_pipeline.preflight import resolve
-    from resize_pipeline.shards import failed_shard, plan_shards
-    from resize_pipeline.sources import list_source
+    from resize_pipeline.shards import failed_shard
     from workers.actors import ShardConverter, result_from_json
 
-    task = plan_shards(list_source(str(corpus)).items, PER_SHARD)[1]
-    (tmp_path / "out" / "_stats").mkdir(parents=True)
+    out = tmp_path / "out"
+    task = _part_tasks(corpus, out)[1]
+    (out / "_stats").mkdir(parents=True)
     calls = _fail_writes_of(monkeypatch, task.name)
-    config = base_config(corpus, tmp_path / "out")
+    config = base_config(corpus, out)
     actor = ShardConverter(config, resolve(config), threads=1)
-    row = encode_task(task)
-    out = actor({k: np.array([v], dtype=object) for k, v in row.items()})
-    res = result_from_json(out["result"][0])
+    row = task_row(**task.descriptor())
+    result = actor({k: np.array([v], dtype=object) for k, v in row.items()})
+    res = result_from_json(result["result"][0])
     assert calls["n"] == 3
     assert res.to_dict() == failed_shard(task, OSError(f"injected write failure in {task.name}")).to_dict()
-    assert not list((tmp_path / "out" / "_stats").iterdir())
+    assert not list((out / "_stats").iterdir())
 
 
 def test_shard_level_failure_recorded_like_local_and_redone(ray_cluster, inject, corpus, local_reference, tmp_path,
@@ -303,3 +363,114 @@ def test_ray_data_reads_our_shards_back(ray_cluster, local_reference):
     samples = ray_dataset(str(local_reference), "webdataset").take_all()
     assert len(samples) == written
     assert sorted(s["__key__"] for s in samples) == sorted(r["key"] for r in rows)
+
+
+@pytest.mark.parametrize("attempts", [["crash", "crash", "crash"], ["raise", "crash", "crash"]])
+def test_attempt_cap_holds_on_ray_whatever_ends_an_attempt(ray_cluster, inject, corpus, local_reference, tmp_path,
+                                                           attempts):
+    """A shard whose actor dies every time (or that raises, then kills its actor) is attempted 3 times
+    in all, counted in the job's ledger whatever the cause, then recorded as failed (stage "shard"):
+    the job finishes (Ray Data alone would restart the actor and retry it forever). A rerun converts it."""
+    from resize_pipeline import convert
+
+    log = tmp_path / "attempts.log"
+    inject(attempts={"shard-00001": attempts + ["crash"] * 5}, log=str(log))
+    dest = tmp_path / "ray"
+    config = base_config(corpus, dest, engine="ray", format="webdataset")
+    summary = convert(config)
+    tried = [line for line in log.read_text().splitlines() if line.startswith("shard-00001 ")]
+    assert len(tried) == 3, tried
+    failed = [e for e in (json.loads(x) for x in (dest / "_errors.jsonl").read_text().splitlines())
+              if e["stage"] == "shard"]
+    assert len(failed) == PER_SHARD and "died" in failed[0]["error"], failed[:1]
+    assert not (dest / "_stats" / "shard-00001.json").exists()
+    broken_there = json.loads((local_reference / "_stats" / "shard-00001.json").read_text())["failed"]
+    assert summary.failed == 3 - broken_there + PER_SHARD
+
+    inject()
+    again = convert(config)
+    assert again.resumed_shards == again.shards - 1 and again.written == SAMPLES
+
+
+def test_entrypoint_refuses_relative_paths_inside_a_job(monkeypatch, tmp_path, capsys):
+    from workers import entrypoint
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    assert entrypoint.main(["photos", str(tmp_path / "out"), "--size", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SOURCE 'photos' is a relative path" in err[0]
+    assert entrypoint.relative_paths(entrypoint.build_argv(["s3://b/in", str(tmp_path), "--size", "8"])) == []
+    assert entrypoint.relative_paths(entrypoint.build_argv(["--size", "8", "/abs/in", "out"])) == [("DEST", "out")]
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    monkeypatch.chdir(tmp_path)
+    assert not entrypoint.in_a_job()
+
+
+def test_help_and_docs_agree_on_the_ray_defaults():
+    """The defaults `convert --help` prints for the Ray knobs are the ones docs/ray.md's table gives."""
+    from resize_pipeline.config import ConvertConfig
+
+    doc = " ".join((Path(__file__).resolve().parents[2] / "docs" / "ray.md").read_text().split())
+    options = ConvertConfig.options()
+    for name in ("ray_gpus_per_actor", "ray_cpus_per_actor", "ray_max_task_retries"):
+        flag = "--" + name.replace("_", "-")
+        row = next(line for line in doc.split("| `")[1:] if line.startswith(flag + "`"))
+        assert " ".join(options[name].default_text.split()) in row, (flag, options[name].default_text)
+
+
+def test_an_empty_folder_listed_on_ray_leaves_dest_as_it_was(ray_cluster, tmp_path):
+    """A folder is listed on Ray once DEST is locked (the listing tasks write into it); when it holds
+    no image the job says so in one line and what it wrote there is gone again."""
+    from resize_pipeline import convert
+    from resize_pipeline.errors import SourceError
+
+    src = tmp_path / "empty"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "notes.txt").write_text("not an image")
+    dest = tmp_path / "out"
+    with pytest.raises(SourceError, match="no images found"):
+        convert(base_config(src, dest, engine="ray"))
+    assert sorted(p.name for p in dest.iterdir()) == [] if dest.exists() else True
+
+
+def test_tar_members_skipped_by_ray_listing_tasks_reach_the_listing(ray_cluster, tmp_path):
+    """Tars listed as Ray tasks (one per tar): what each task skipped (links, FIFOs) is counted on the
+    driver, the examples in tar order; a ``.cls`` beyond 64 bits is one error row."""
+    import io
+    import tarfile
+
+    from resize_pipeline.sources import open_source
+    from resize_pipeline.sources.runs import RunStore
+    from workers.listing_tasks import ray_runner
+
+    def member(tf, name, data=b"", **kw):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        for k, v in kw.items():
+            setattr(info, k, v)
+        tf.addfile(info, io.BytesIO(data) if data else None)
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for t in range(4):
+        with tarfile.open(src / f"t{t}.tar", "w") as tf:
+            for s in range(2):
+                member(tf, f"s{s}.jpg", b"img")
+                member(tf, f"s{s}.cls", str(2**64 if (t, s) == (2, 1) else s).encode())
+            member(tf, "link.jpg", type=tarfile.SYMTYPE, linkname="s0.jpg")
+            if t % 2:
+                member(tf, "pipe.jpg", type=tarfile.FIFOTYPE)
+    listing = open_source(str(src))
+    store = RunStore()
+    try:
+        listing.prepare(ray_runner(None), store)
+        keys = [it.key for it in listing.items]
+    finally:
+        store.close()
+    assert keys == [f"t{t}__s{s}" for t in range(4) for s in range(2) if (t, s) != (2, 1)]
+    assert listing.skipped_members == {"symbolic link": 4, "FIFO": 2}
+    assert [(e["path"].rsplit("/", 1)[-1], e["member"]) for e in listing.skipped_examples] == [
+        ("t0.tar", "link.jpg"), ("t1.tar", "link.jpg"), ("t1.tar", "pipe.jpg"), ("t2.tar", "link.jpg"),
+        ("t3.tar", "link.jpg"), ("t3.tar", "pipe.jpg")]
+    [err] = list(listing.errors)
+    assert err["key"] == "t2__s1" and "beyond the 64-bit integer range" in err["error"]
