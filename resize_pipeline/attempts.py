@@ -46,6 +46,19 @@ log = logging.getLogger(__name__)
 DEFAULT_ATTEMPTS = SHARD_ATTEMPTS
 
 
+def settle(task: ShardTask, n: int, cap: int, reason: BaseException | str,
+           built: dict[str, Any] | None = None) -> ShardResult | None:
+    """Attempt `n` of `task` failed: None (attempt it again) below `cap`, else the `ShardResult` that
+    records its inputs as failed. Every ledger decides (and says so) here."""
+    why = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
+    if n < cap:
+        log.warning("shard %s: attempt %d of %d failed (%s); attempting it again", task.name, n, cap, why)
+        return None
+    log.error("shard %s failed %d time(s); its %d inputs are recorded as failed (a rerun attempts it "
+              "again): %s", task.name, n, task.size, why)
+    return failed_shard(task, reason, built)
+
+
 class AttemptLedger:
     """Counts attempts per shard index; see the module docstring for the interface."""
 
@@ -83,13 +96,7 @@ class AttemptLedger:
             final = n >= self.cap
             if final:
                 self._count.pop(task.index, None)
-        why = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
-        if not final:
-            log.warning("shard %s: attempt %d of %d failed (%s); attempting it again", task.name, n, self.cap, why)
-            return None
-        log.error("shard %s failed %d time(s); its %d inputs are recorded as failed (a rerun attempts it "
-                  "again): %s", task.name, n, task.size, why)
-        return failed_shard(task, reason, built)
+        return settle(task, n, self.cap, reason, built)
 
     def done(self, task: ShardTask) -> None:
         with self._lock:

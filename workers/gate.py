@@ -113,23 +113,13 @@ class GateLedger:
         return int(self._get(self.gate.count.remote(task.index)))
 
     def fail(self, task: Any, reason: BaseException | str, built: dict[str, Any] | None = None) -> Any:
-        import logging
+        from resize_pipeline.attempts import settle
 
-        from resize_pipeline.shards import failed_shard
-
-        log = logging.getLogger(__name__)
         with self._lock:
             if task.index not in self._running:
                 return None
             self._running.discard(task.index)
-        n = int(self._get(self.gate.count.remote(task.index)))
-        why = reason if isinstance(reason, str) else f"{type(reason).__name__}: {reason}"
-        if n < self.cap:
-            log.warning("shard %s: attempt %d of %d failed (%s); attempting it again", task.name, n, self.cap, why)
-            return None
-        log.error("shard %s failed %d time(s); its %d inputs are recorded as failed (a rerun attempts it "
-                  "again): %s", task.name, n, task.size, why)
-        return failed_shard(task, reason, built)
+        return settle(task, int(self._get(self.gate.count.remote(task.index))), self.cap, reason, built)
 
     def done(self, task: Any) -> None:
         with self._lock:

@@ -460,13 +460,7 @@ def run_ray(config, resolved, plan: Any, on_progress: Callable[[int], None] | No
                 log.info("ray: %d shard(s) whose records were not complete", len(batch))
             if not len(batch):
                 continue
-            for text in run(config, resolved, batch, layout, gate, classes):
-                res = result_from_json(text)
-                if res is None:
-                    continue
-                if on_progress:
-                    on_progress(res.total)
-                yield res
+            yield from _results(run(config, resolved, batch, layout, gate, classes), on_progress)
     except ray.exceptions.RayError as exc:
         if plan.error is not None:
             raise plan.error from None
@@ -482,17 +476,22 @@ def _run_tasks(config, resolved, tasks: list, on_progress: Callable[[int], None]
     gate = start_gate()
     run = _results_via_cluster if ray.util.client.ray.is_connected() else _results_here
     try:
-        for text in run(config, resolved, tasks, None, gate):
-            res = result_from_json(text)
-            if res is None:
-                continue
-            if on_progress:
-                on_progress(res.total)
-            yield res
+        yield from _results(run(config, resolved, tasks, None, gate), on_progress)
     except ray.exceptions.RayError as exc:
         raise _job_failed(exc) from exc
     finally:
         _kill(gate)
+
+
+def _results(texts: Iterator[str], on_progress: Callable[[int], None] | None) -> Iterator[ShardResult]:
+    """The actors' answers as results (an answer for a task past the listing's end is none)."""
+    for text in texts:
+        res = result_from_json(text)
+        if res is None:
+            continue
+        if on_progress:
+            on_progress(res.total)
+        yield res
 
 
 def _job_failed(exc: BaseException) -> OutputError:
