@@ -126,6 +126,7 @@ def test_a_device_fault_ends_the_actor_and_ray_runs_its_shard_again(ray_cluster,
     assert_same_output(dest, local_reference)
 
 
+@pytest.mark.timeout(900)  # three actor restarts: minutes on a loaded 2-core machine
 @pytest.mark.parametrize("script", [["device", "device", "device"], ["stage", "device", "die"]])
 def test_device_faults_count_in_the_attempt_ledger_on_ray(ray_cluster, corpus, inject, tmp_path, script):
     """A device fault ends the actor (Ray replaces it), and that attempt counts in the job's ledger
@@ -365,6 +366,7 @@ def test_ray_data_reads_our_shards_back(ray_cluster, local_reference):
     assert sorted(s["__key__"] for s in samples) == sorted(r["key"] for r in rows)
 
 
+@pytest.mark.timeout(900)  # three actor restarts: minutes on a loaded 2-core machine
 @pytest.mark.parametrize("attempts", [["crash", "crash", "crash"], ["raise", "crash", "crash"]])
 def test_attempt_cap_holds_on_ray_whatever_ends_an_attempt(ray_cluster, inject, corpus, local_reference, tmp_path,
                                                            attempts):
