@@ -102,6 +102,7 @@ class _DiskSet:
         self.log_size = 0
         self.count = 0
         self._generation = 0
+        self._fd: int | None = None
         self._open_table(max(1 << 16, int(capacity / LOAD) + 1))
         nbytes = int(min(FILTER_BYTES, max(1 << 16, 2 * capacity)))  # ~16 bits a key, up to the cap
         self.bits = np.zeros(nbytes, dtype=np.uint8)
@@ -122,7 +123,7 @@ class _DiskSet:
         self.table_path = path
         with open(path, "r+b") as fh:
             self._mm = mmap.mmap(fh.fileno(), capacity * 16)
-        if getattr(self, "_fd", None) is not None:
+        if self._fd is not None:
             os.close(self._fd)
         self._fd = os.open(path, os.O_RDONLY)  # lookups read slots with pread: nothing mapped
         # a plain array over the mapping (numpy's memmap class costs ~0.1 ms per indexing)
@@ -251,6 +252,7 @@ class _DiskSet:
         ``pread`` (a lookup lands anywhere in the table: through the mapping each one would map a
         page, or a whole large folio of the page cache, until the next release)."""
         fd, capacity = self._fd, self.capacity
+        assert fd is not None
         while True:
             n = min(PROBE_SLOTS, capacity - i)
             slots = memoryview(os.pread(fd, 16 * n, 16 * i)).cast("Q")
@@ -347,7 +349,7 @@ class _DiskSet:
             self._mm.close()
         except (AttributeError, BufferError):
             pass
-        for fd in (self.log_fd, getattr(self, "_fd", None)):
+        for fd in (self.log_fd, self._fd):
             try:
                 if fd is not None:
                     os.close(fd)
