@@ -6,11 +6,11 @@ Up to `SPILL` keys the answer comes from a Python set. Beyond that the set moves
 so that the driver's memory does not grow with the listing:
 
 - an open-addressing hash table (linear probing, at most `LOAD` full, doubled when needed) of
-  16-byte slots ``(hash, where the key's text is in the log)``, memory-mapped and probed with numpy
-  a block of keys at a time; the mapped pages are handed back to the page cache (``MADV_DONTNEED``)
-  after each `CHUNK` keys placed (a contiguous stretch of the table) and each `PROBES` keys looked
-  up (each maps a page, and the kernel up to 15 more around it), so at most ~32 MB of them are ever
-  resident, however large the table;
+  16-byte slots ``(hash, where the key's text is in the log)``, written through a memory mapping
+  `CHUNK` keys at a time in slot order (a contiguous stretch of it), whose pages are handed back to
+  the page cache (``MADV_DONTNEED``) after each chunk, and looked up with ``pread`` (a lookup lands
+  anywhere: through the mapping, each would keep a page, or a whole large folio of the page cache,
+  resident), so the table is never resident beyond a chunk's stretch, however large it is;
 - in front of it, in memory of a fixed size (at most `FILTER_BYTES` + 33 x `FLUSH` + 32 x `RUN_KEYS`
   bytes, ~135 MB, whatever the listing's size): a filter, three bits per key, that most new keys fail
   (no disk access for them), and the last keys added, held sorted by hash, placed into the table
@@ -30,7 +30,7 @@ import mmap
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import pairwise
 
 import numpy as np
@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 SPILL = 1 << 16
 #: keys placed at a time in the disk table (in slot order: a contiguous stretch of it)
 CHUNK = 4096
-#: keys looked up in the disk table (anywhere in it) before its pages are handed back
-PROBES = 512
+#: slots read at a time by a lookup (one ``pread``; linear probing rarely goes further)
+PROBE_SLOTS = 8
 #: bytes of the in-memory filter in front of the disk table (fixed: it does not grow with the keys)
 FILTER_BYTES = 64 << 20
 #: keys held in memory (sorted; 32 bytes each with the merge buffers) before they go into the disk
@@ -102,6 +102,7 @@ class _DiskSet:
         self.log_size = 0
         self.count = 0
         self._generation = 0
+        self._fd: int | None = None
         self._open_table(max(1 << 16, int(capacity / LOAD) + 1))
         nbytes = int(min(FILTER_BYTES, max(1 << 16, 2 * capacity)))  # ~16 bits a key, up to the cap
         self.bits = np.zeros(nbytes, dtype=np.uint8)
@@ -110,7 +111,6 @@ class _DiskSet:
         self._held = [np.empty(size, dtype=np.uint64) for _ in range(4)]  # hashes, values; twice (merging)
         self._mask = np.empty(size, dtype=bool)
         self.nheld = 0
-        self._lookups = 0
         small = min(RUN_KEYS, size)
         self._recent = [np.empty(small, dtype=np.uint64), np.empty(small, dtype=np.uint64)]
         self._runs = [0]  # where each sorted run of `_recent` ends (after a leading 0)
@@ -123,6 +123,9 @@ class _DiskSet:
         self.table_path = path
         with open(path, "r+b") as fh:
             self._mm = mmap.mmap(fh.fileno(), capacity * 16)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(path, os.O_RDONLY)  # lookups read slots with pread: nothing mapped
         # a plain array over the mapping (numpy's memmap class costs ~0.1 ms per indexing)
         self.table = np.frombuffer(self._mm, dtype=np.uint64).reshape(capacity, 2)
         self.capacity, self.size = capacity, np.uint64(capacity)
@@ -238,26 +241,27 @@ class _DiskSet:
         return found
 
     def _probe(self, h: np.ndarray) -> np.ndarray:
-        """Whether each hash is in the disk table (its pages handed back every `PROBES` hashes: each
-        probe maps a page of its own, and the kernel maps up to 15 more around it)."""
-        if len(h) > PROBES:
-            chunks = []
-            for a in range(0, len(h), PROBES):
-                chunks.append(self._probe(h[a:a + PROBES]))
-                self.release()
-            return np.concatenate(chunks)
-        found = np.zeros(len(h), dtype=bool)
-        active = np.arange(len(h))
-        pos = self._slots(h)
-        table = self.table
-        while active.size:
-            slot = table[pos[active], 0]
-            hit = slot == h[active]
-            found[active[hit]] = True
-            go_on = ~(hit | (slot == _EMPTY))
-            active = active[go_on]
-            pos[active] = (pos[active] + np.uint64(1)) % self.size
-        return found
+        """Whether each hash is in the disk table."""
+        slots = self._slots(h).tolist()
+        return np.fromiter((any(True for _ in self._chain(int(hv), i)) for hv, i in zip(h.tolist(), slots,
+                                                                                         strict=True)),
+                           dtype=bool, count=len(h))
+
+    def _chain(self, hv: int, i: int) -> Iterator[int]:
+        """The values of the slots holding hash `hv` on its probe sequence from slot `i`, read with
+        ``pread`` (a lookup lands anywhere in the table: through the mapping each one would map a
+        page, or a whole large folio of the page cache, until the next release)."""
+        fd, capacity = self._fd, self.capacity
+        assert fd is not None
+        while True:
+            n = min(PROBE_SLOTS, capacity - i)
+            slots = memoryview(os.pread(fd, 16 * n, 16 * i)).cast("Q")
+            for k in range(0, 2 * n, 2):
+                if slots[k] == hv:
+                    yield slots[k + 1]
+                elif slots[k] == 0:
+                    return
+            i = (i + n) % capacity
 
     def _is(self, v: int, data: bytes) -> bool:
         offset, length = v >> 16, v & 0xFFFF
@@ -270,23 +274,11 @@ class _DiskSet:
         if not self._in_filter(hs)[0]:
             return False
         data = key.encode("utf-8", "surrogatepass")
-        self._lookups += 1
-        if self._lookups >= PROBES:  # a block of many duplicate keys: their pages go back as they come
-            self._lookups = 0
-            self.release()
         for sh, sv in self._segments():
             lo, hi = int(np.searchsorted(sh, hv, side="left")), int(np.searchsorted(sh, hv, side="right"))
             if any(self._is(int(sv[j]), data) for j in range(lo, hi)):
                 return True
-        i = int(self._slots(hs)[0])
-        table = self.table
-        while True:
-            slot = table[i, 0]
-            if slot == _EMPTY:
-                return False
-            if slot == hv and self._is(int(table[i, 1]), data):
-                return True
-            i = (i + 1) % self.capacity
+        return any(self._is(v, data) for v in self._chain(int(hv), int(self._slots(hs)[0])))
 
     # -- inserts --------------------------------------------------------------------------------
     def add(self, keys: Sequence[str], h: np.ndarray) -> None:
@@ -357,10 +349,12 @@ class _DiskSet:
             self._mm.close()
         except (AttributeError, BufferError):
             pass
-        try:
-            os.close(self.log_fd)
-        except OSError:
-            pass
+        for fd in (self.log_fd, self._fd):
+            try:
+                if fd is not None:
+                    os.close(fd)
+            except OSError:
+                pass
 
 
 class KeyIndex:
