@@ -13,21 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from resize_pipeline.errors import SourceError
-from resize_pipeline.sources import list_source, manifest, manifest_io, tars
+from resize_pipeline.sources import list_source, tars
 from resize_pipeline.sources.common import MAX_SKIPPED_SHOWN
 
 HUGE = 2**63
-
-
-@pytest.fixture
-def small_blocks(monkeypatch):
-    from resize_pipeline.sources import common
-
-    monkeypatch.setattr(manifest_io, "CSV_BLOCK", 256)
-    monkeypatch.setattr(manifest_io, "READ_BLOCK", 256)
-    monkeypatch.setattr(manifest_io, "PARQUET_BATCH", 7)
-    monkeypatch.setattr(manifest, "BLOCK", 5)
-    monkeypatch.setattr(common, "BLOCK", 5)
 
 
 def _member(tf: tarfile.TarFile, name: str, data: bytes = b"", **kw) -> None:

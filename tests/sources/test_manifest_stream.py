@@ -11,20 +11,8 @@ import pyarrow as pa
 import pytest
 
 from resize_pipeline.errors import SourceError
-from resize_pipeline.sources import list_source, manifest, manifest_io
+from resize_pipeline.sources import list_source
 from resize_pipeline.sources.manifest import ManifestPaths, _metas
-
-
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Blocks of a few rows, so that small manifests span many of them."""
-    from resize_pipeline.sources import common
-
-    monkeypatch.setattr(manifest_io, "CSV_BLOCK", 256)
-    monkeypatch.setattr(manifest_io, "READ_BLOCK", 256)
-    monkeypatch.setattr(manifest_io, "PARQUET_BATCH", 7)
-    monkeypatch.setattr(manifest, "BLOCK", 5)
-    monkeypatch.setattr(common, "BLOCK", 5)
 
 
 def test_metadata_json_is_what_json_dumps_writes():
