@@ -329,6 +329,10 @@ def _show_waits(bar):
 def _convert(config: ConvertConfig, resolved, t0: float, progress: bool | None) -> Summary:
     from resize_pipeline.sinks.lock import DestLock
 
+    if config.engine != "ray" and not config.dry_run:
+        from resize_pipeline.engine.local import start_early
+
+        start_early(config)
     if config.update:
         return _convert_update(config, resolved, t0, progress)
     listing = _open_listing(config)

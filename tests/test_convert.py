@@ -13,6 +13,7 @@ from PIL import Image
 from resize_pipeline.config import ConvertConfig
 from resize_pipeline.conversion import convert
 from resize_pipeline.encode import decode_payload
+from tests.reliability.helpers import worker_pids
 
 
 def run(src, dst, **kw):
@@ -141,21 +142,6 @@ def test_shard_level_failure_is_retried_then_recorded_and_redone_on_rerun(image_
     assert (s.total, s.written, s.failed, s.resumed_shards) == (10, 10, 0, 2)
 
 
-def _children(pid: int) -> list[int]:
-    import os
-
-    kids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as fh:
-                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        kids.append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-    return kids
-
-
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_worker_process_costs_no_sample(image_folder, tmp_path):
     """SIGKILL one worker mid-job (as the OOM killer would): the pool is rebuilt, the lost shards are
@@ -178,7 +164,7 @@ def test_a_killed_worker_process_costs_no_sample(image_folder, tmp_path):
     deadline = time.time() + 60
     while killed is None and time.time() < deadline and proc.poll() is None:
         stats = list((dst / "_stats").glob("*.json")) if (dst / "_stats").exists() else []
-        workers = [k for k in _children(proc.pid) if "resource_tracker" not in open(f"/proc/{k}/cmdline").read()]
+        workers = worker_pids(proc.pid)
         if stats and workers:
             killed = workers[0]
             os.kill(killed, signal.SIGKILL)

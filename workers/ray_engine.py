@@ -464,7 +464,7 @@ def run_ray(config, resolved, plan: Any, on_progress: Callable[[int], None] | No
     except ray.exceptions.RayError as exc:
         if plan.error is not None:
             raise plan.error from None
-        raise _job_failed(exc) from exc
+        raise _job_failed(exc) from _released(exc)
     finally:
         _kill(gate)
 
@@ -478,7 +478,7 @@ def _run_tasks(config, resolved, tasks: list, on_progress: Callable[[int], None]
     try:
         yield from _results(run(config, resolved, tasks, None, gate), on_progress)
     except ray.exceptions.RayError as exc:
-        raise _job_failed(exc) from exc
+        raise _job_failed(exc) from _released(exc)
     finally:
         _kill(gate)
 
@@ -498,6 +498,24 @@ def _job_failed(exc: BaseException) -> OutputError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return OutputError(f"the Ray job failed ({type(exc).__name__}: {first}); the shards completed so "
                        "far are kept: rerun the same command to resume")
+
+
+def _released(exc: BaseException) -> BaseException:
+    """`exc` (and what it was raised from) without tracebacks, and the failed dataset's executor
+    collected now: its frames and its own reference cycles hold the job's actor pool (Ray Data drops
+    its actors by reference counting), so until a garbage collection happens to run, and for as long
+    as a caller keeps the error (to log it, in a retry loop), the actors keep their CPUs/GPUs and the
+    next job on the cluster waits for actors that cannot start."""
+    import gc
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    gc.collect()
+    return exc
 
 
 def _kill(actor: Any) -> None:

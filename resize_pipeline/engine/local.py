@@ -18,6 +18,7 @@ interface (`workers.gate.GateLedger`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: shards queued to a worker at once: one converting, one ready to stream in behind it
 WINDOW = 2
+#: worker processes in a row that die before reporting anything, after which the job stops
+UNBORN_LIMIT = 3
 
 
 def _one_line(exc: BaseException) -> str:
@@ -47,10 +50,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _exit_with_parent(parent: int) -> None:
-    # A SIGKILLed job leaves its workers blocked on their queues forever: follow the parent. An
-    # unfinished shard leaves nothing visible (parts are spooled locally), a temp file at worst.
+def _exit_with_parent(driver: int) -> None:
+    # A SIGKILLed job leaves its workers blocked on their queues forever: follow the driver. A worker
+    # process's parent is the driver (spawn) or the fork server, which ends with the driver
+    # (forkserver): exit when the parent changes or the driver is gone. An unfinished shard leaves
+    # nothing visible (parts are spooled locally), a temp file at worst.
+    parent = os.getppid()
     while os.getppid() == parent:
+        try:
+            os.kill(driver, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:  # alive, another user's (a reused pid is not ours to judge)
+            pass
         time.sleep(0.5)
     os._exit(1)
 
@@ -58,9 +70,9 @@ def _exit_with_parent(parent: int) -> None:
 def worker_main(wid: int, config, resolved, placement: Placement, threads: int, inbox, outbox,
                 parent: int | None = None, ledger=None) -> None:
     """A worker: build a `ShardRunner`, stream the tasks that arrive in `inbox` (None ends), report
-    ``(kind, wid, payload)`` messages to `outbox`: result, started/failed (a worker process's shard
-    attempts, for the driver's ledger), fatal (job-level error), error (could not start), device (a
-    device fault ended it), crash (a bug), exit.
+    ``(kind, wid, payload)`` messages to `outbox`: ready (built), result, started/failed (a worker
+    process's shard attempts, for the driver's ledger), fatal (job-level error), error (could not
+    start), device (a device fault ended it), crash (a bug), exit.
 
     `parent` is set in a worker process (which then reports its attempts to the driver); a thread
     worker shares the driver's `ledger`. A device fault ends a worker process for good (``os._exit``:
@@ -77,6 +89,7 @@ def worker_main(wid: int, config, resolved, placement: Placement, threads: int, 
     except BaseException as exc:  # noqa: BLE001 - reported to the driver
         outbox.put(("error", wid, _one_line(exc)))
         return
+    outbox.put(("ready", wid, None))
     source = TaskQueue()
 
     def pump() -> None:
@@ -105,15 +118,68 @@ def worker_main(wid: int, config, resolved, placement: Placement, threads: int, 
     outbox.put(("exit", wid, None))
 
 
-def _mp_context():
-    """``fork`` where it is safe (Linux, no torch/DALI/CUDA state in this process): workers start
-    faster on short jobs; ``spawn`` otherwise (fork after CUDA or OpenMP init can hang the children)."""
-    import sys
+#: what every CPU worker imports (none imports torch, DALI or CUDA): the fork server imports them once
+WORKER_MODULES = (
+    "resize_pipeline.runner",
+    "resize_pipeline.pipeline",
+    "resize_pipeline.decode.pillow",
+    "resize_pipeline.resize.classical",
+    "resize_pipeline.encode",
+    "resize_pipeline.sinks.webdataset",
+    "resize_pipeline.sinks.parquet",
+    "pyarrow.parquet",
+)
 
+
+def _mp_context():
+    """Worker processes start from a clean process, never as a fork of the driver: the driver has
+    threads of its own by then (the planner in pyarrow, the DEST lock's heartbeat, the progress bar),
+    and a fork inherits every lock they hold at that instant, held forever in the child (a worker hung
+    in Arrow's static initialisation on CI). ``forkserver`` on Linux: one clean, single-threaded server
+    process, started once with the worker's modules imported, forks each worker (fast starts);
+    ``spawn`` elsewhere, and where torch, DALI or another CUDA/OpenMP library is already imported (a
+    server started from such a process could have imported them too: a fresh interpreter is safest)."""
     heavy = ("torch", "nvidia.dali", "jax", "tensorflow")
     if sys.platform == "linux" and not any(m in sys.modules for m in heavy):
-        return mp.get_context("fork")
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(list(WORKER_MODULES))
+        return ctx
     return mp.get_context("spawn")
+
+
+@contextlib.contextmanager
+def _caller_main_hidden() -> Iterator[None]:
+    """While a worker process is started: `__main__` without its file and module name, so that the
+    worker does not run the caller's script again (what ``spawn`` and ``forkserver`` do by default, to
+    rebuild objects defined there). A worker runs our code only, on arguments of our types; a script
+    that calls `convert` without an ``if __name__ == "__main__":`` guard would otherwise convert again
+    in every worker (and stop there, on multiprocessing's bootstrapping error)."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+def start_early(config) -> None:
+    """Start the fork server now, at the start of a job that will likely want worker processes: the
+    server imports the worker's modules while this process lists SOURCE and takes DEST (a fresh
+    interpreter's imports: ~0.25 s of a short job otherwise waited for at the first worker's start)."""
+    if config.parallelism != "process" or config.num_workers < 2:
+        return
+    if is_in_process_url(config.source) or is_in_process_url(config.dest):
+        return
+    if _mp_context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 #: on a GPU job, one worker process per this many CPU cores of each GPU's share: one process's host
@@ -207,6 +273,7 @@ class _Slot:
         self.wid, self.handle, self.inbox, self.conn = wid, handle, inbox, conn
         self.tasks: dict[int, ShardTask] = {}
         self.exited = False
+        self.heard = False  # it reported something: it started
 
 
 def run_local(
@@ -312,7 +379,8 @@ def _run_pool(config, resolved, stream: TaskStream, workers, parallelism, thread
             p = ctx.Process(target=worker_main, name=f"convert-{wid}", daemon=True,
                             args=(wid, config, resolved, placements[wid], threads, inbox, _PipeOutbox(send),
                                   os.getpid()))
-            p.start()
+            with _caller_main_hidden():
+                p.start()
             send.close()  # the child holds the write end: EOF here when it dies
             return _Slot(wid, p, inbox, recv)
         inbox = queue.Queue()
@@ -324,6 +392,7 @@ def _run_pool(config, resolved, stream: TaskStream, workers, parallelism, thread
     pending: deque[ShardTask] = deque()
     slots = [start(w) for w in range(workers)]
     remaining = 0  # taken from the stream, not finished
+    unborn = 0  # worker processes in a row that died before they reported anything
 
     def refill() -> None:
         """Take what the stream has released (never waits)."""
@@ -356,7 +425,16 @@ def _run_pool(config, resolved, stream: TaskStream, workers, parallelism, thread
     def lost(slot: _Slot, why: str) -> Iterator[ShardResult]:
         """A worker ended (died, crashed, or stopped on a device fault): its running shards are charged
         an attempt and attempted again (or recorded, past the cap), the ones it had not started are
-        queued again, and a new worker takes its place."""
+        queued again, and a new worker takes its place. Worker processes that die as they start (a
+        native library that crashes on import, a memory limit below what one worker needs) would be
+        replaced forever: after `UNBORN_LIMIT` in a row the job stops, in one line."""
+        nonlocal unborn
+        unborn = 0 if slot.heard else unborn + 1
+        if unborn >= UNBORN_LIMIT:
+            raise OutputError(
+                f"worker processes die as they start ({why}; {unborn} in a row, before converting anything): "
+                "see the log above; --workers 1 runs the job in this process. The shards completed so far "
+                "are kept: rerun the same command to resume")
         log.warning("%s (worker %d: %s); replacing it; its %d shard(s) are attempted again",
                     "a worker stopped" if why.startswith("device fault") else "a worker process died",
                     slot.wid, why, len(slot.tasks))
@@ -412,7 +490,10 @@ def _run_pool(config, resolved, stream: TaskStream, workers, parallelism, thread
             for slot, msg in messages(0.5 if remaining else 0.05):
                 if slots[slot.wid] is not slot:
                     continue  # a report of a worker already replaced
+                if msg is not None:
+                    slot.heard = True
                 if msg is None:
+                    slot.handle.join(1)  # its pipe closed as it died: reap it, for its exit code
                     yield from lost(slot, f"exit code {slot.handle.exitcode}")
                     continue
                 kind, _, payload = msg
@@ -447,6 +528,7 @@ def _run_pool(config, resolved, stream: TaskStream, workers, parallelism, thread
                     yield from lost(slot, payload.strip().splitlines()[-1])
                 elif kind == "exit":
                     slot.exited = True
+                # "ready": the worker is built (`slot.heard`, above)
     finally:
         # stopped from outside (lock taken over, SIGTERM) or abandoned by the driver: end the worker
         # processes now rather than let them finish (and commit) their shards

@@ -27,6 +27,8 @@ sample written, the file decides what happens (read each time, so one cluster se
   next action of the script runs: ``stage`` raises an ordinary exception (a failed shard attempt),
   ``device`` raises a CUDA error (a device fault), ``die`` kills the process (``os._exit(1)``);
   past the end of the script, nothing happens. The log's line count is the number of attempts.
+- ``{"worker_dies_at_start": true}``: a local worker process kills itself (``os._exit(1)``) as it
+  builds its runner, before it reports anything (a native library that crashes on import).
 - ``{"die_at": "_run.json", "nth": 2, "when": "after"}``: the process kills itself (``os._exit(9)``, as
   SIGKILL would) at the nth rename into place (fsspec's local ``mv``, how every file of a local DEST
   is committed) whose final path contains ``die_at``, just ``before`` or ``after`` it.
@@ -111,6 +113,22 @@ def install() -> None:
     write._faulty = True  # type: ignore[attr-defined]
     base.RollingShardWriter.write = write
     _install_script()
+    _install_start_death()
+
+
+def _install_start_death() -> None:
+    import multiprocessing
+
+    from resize_pipeline import runner
+
+    real_init = runner.ShardRunner.__init__
+
+    def init(self, *args, **kwargs):
+        if _faults().get("worker_dies_at_start") and multiprocessing.parent_process() is not None:
+            os._exit(1)
+        real_init(self, *args, **kwargs)
+
+    runner.ShardRunner.__init__ = init
 
 
 def script_step(batch) -> None:

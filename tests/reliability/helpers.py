@@ -49,6 +49,43 @@ def run_cli(
     )
 
 
+# ---------------------------------------------------------------- processes
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux: read from /proc)."""
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
+    out, stack = [], list(kids.get(pid, []))
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack.extend(kids.get(p, []))
+    return out
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes of the job `pid`: its descendants, less multiprocessing's helpers (the
+    resource tracker, and the fork server: its children, the workers, share its command line)."""
+    out = []
+    for p in descendants(pid):
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            parent = int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if "resource_tracker" in cmd or ("forkserver" in cmd and parent == pid):
+            continue
+        out.append(p)
+    return out
+
+
 # ---------------------------------------------------------------- output trees
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import cli_cmd, cli_env, manifest_without_timing, run_cli, tree_files, write_jpegs
+from .helpers import cli_cmd, cli_env, descendants, manifest_without_timing, run_cli, tree_files, write_jpegs
 
 N_GOOD = 90
 PER_SHARD = 3
@@ -78,23 +78,6 @@ def _n_stats(out: Path) -> int:
     return len([p for p in d.glob("*.json")]) if d.is_dir() else 0
 
 
-def _descendants(pid: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(d))
-    out, stack = [], list(kids.get(pid, []))
-    while stack:
-        p = stack.pop()
-        out.append(p)
-        stack.extend(kids.get(p, []))
-    return out
-
-
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -125,7 +108,7 @@ def test_sigkill_then_rerun_is_byte_identical(source, out, workers, kill):
     while _n_stats(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     os.killpg(proc.pid, signal.SIGSTOP)  # freeze everything first: no progress while we look around
-    workers_pids = _descendants(proc.pid)
+    workers_pids = descendants(proc.pid)
     if kill == "group":
         os.killpg(proc.pid, signal.SIGKILL)
     else:
