@@ -34,6 +34,11 @@ def reading_blocks(path: Path) -> list[str]:
 
 PAGES = [p for p in DOCS if reading_blocks(p)]
 
+
+def _ray_if_used(page: Path) -> tuple:
+    """The `ray` mark for a page whose blocks use Ray (they start a local cluster)."""
+    return (pytest.mark.ray,) if any(re.search(r"^\s*import ray", b, re.M) for b in reading_blocks(page)) else ()
+
 RUNNER = """
 import json, sys, traceback
 blocks = json.load(open(sys.argv[1]))
@@ -74,7 +79,7 @@ def _grow(image_folder: Path, out: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("samples_per_shard", [100, 3, 0], ids=["1-shard", "4-shards", "3-generations"])
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+@pytest.mark.parametrize("page", [pytest.param(p, id=p.name, marks=_ray_if_used(p)) for p in PAGES])
 def test_blocks_run_on_real_output(page, samples_per_shard, image_folder, tmp_path):
     if samples_per_shard:
         convert(ConvertConfig(str(image_folder), str(tmp_path / "out"), size=(40, 32), format="both",

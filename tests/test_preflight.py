@@ -91,7 +91,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("engine", sorted(ENGINES))
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=pytest.mark.ray) if e == "ray" else e for e in sorted(ENGINES)])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_config_error_exits_2_and_leaves_dest_untouched(case, engine, image_folder, tmp_path, capsys, monkeypatch):
     if engine == "ray":
