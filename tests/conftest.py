@@ -11,7 +11,6 @@ from PIL import Image
 
 
 def pytest_collection_modifyitems(config, items):
-    _group_for_xdist(items)
     try:
         import torch
 
@@ -24,17 +23,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def _group_for_xdist(items) -> None:
-    """The suite runs in two processes (pytest-xdist, ``--dist loadgroup``: pyproject.toml). Every test
-    that starts a Ray cluster runs in one of them, one after another: some tests look for "the" local
-    cluster (``address="auto"``, the stale-record checks) and one started beside them by the other
-    process would be found instead; several clusters at once would also overload a 2-core machine. The
-    other tests go by module, so that a module's fixtures are built once."""
-    for item in items:
-        starts_ray = item.get_closest_marker("ray") is not None or item.nodeid.startswith("tests/workers/")
-        item.add_marker(pytest.mark.xdist_group("ray" if starts_ray else item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")
