@@ -24,8 +24,13 @@ def gpu_cluster():
     root = str(Path(resize_pipeline.__file__).resolve().parents[1])
     ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": root}})
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    # the test checks that both actors converted shards: the pool must not start dispatching before its
+    # second actor is up (Ray's default: at once, to whichever is ready; as in test_multinode)
+    waited, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 120
     yield
+    ctx.wait_for_min_actors_s = waited
     ray.shutdown()
 
 
